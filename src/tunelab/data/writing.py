@@ -1,0 +1,19 @@
+"""Write examples back out as JSONL (atomically, so a crash never leaves half a file)."""
+
+import json
+from pathlib import Path
+
+from tunelab.data.loading import Example
+from tunelab.paths import write_text_atomic
+
+
+def example_to_record(example: Example) -> dict:
+    if example.messages:
+        turns = list(example.messages) + [{"role": "assistant", "content": example.output}]
+        return {"messages": turns}
+    return {"input": example.input, "output": example.output}
+
+
+def write_examples_jsonl(path: Path, examples: list[Example]) -> None:
+    lines = (json.dumps(example_to_record(e), ensure_ascii=False) for e in examples)
+    write_text_atomic(path, "".join(line + "\n" for line in lines))

@@ -1,0 +1,1 @@
+"""Measure a prompt strategy (or adapted model) on held-out data."""

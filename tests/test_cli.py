@@ -1,0 +1,135 @@
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab import __version__
+from tunelab.cli.main import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_version_and_help():
+    assert run("--version").stdout.strip() == f"tunelab {__version__}"
+    help_text = run("--help").stdout
+    for command in ("models", "data", "eval"):
+        assert command in help_text
+
+
+@pytest.fixture
+def label_file(write_jsonl, label_rows):
+    return write_jsonl(label_rows, "labels.jsonl")
+
+
+def test_data_inspect_reports_rows_labels_lengths_and_duplicates(label_file, tiny_model_dir):
+    result = run(
+        "data",
+        "inspect",
+        label_file,
+        "--input",
+        "text",
+        "--output",
+        "label",
+        "--model",
+        tiny_model_dir,
+    )
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert "rows: 12" in out
+    assert "labels: 3 (classification)" in out
+    assert "duplicates: 1 inputs repeated (1 extra rows, 1 with different outputs)" in out
+    assert "lines 5, 12" in out
+    assert "median" in out and "p95" in out
+
+
+def test_data_inspect_overlap_with_test(label_file, write_jsonl):
+    test_file = write_jsonl([{"text": "LATE delivery", "label": "shipping"}], "test.jsonl")
+    result = run("data", "inspect", label_file, "--test", test_file, "--no-tokens")
+    assert result.exit_code == 0, result.output
+    assert "1 test rows also in training (test lines 1)" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("content", "name", "args", "message"),
+    [
+        ('{"text": "a", "label": "b"}\n{oops\n', "bad.jsonl", [], "bad.jsonl:2: malformed JSON"),
+        (
+            "text,label\nhi,x\n",
+            "d.csv",
+            ["--output", "category"],
+            "d.csv:1: field 'category' (the output) not found; fields: text, label",
+        ),
+        ("", "empty.jsonl", [], "empty.jsonl: file is empty"),
+        (None, "missing.csv", [], "missing.csv: no such file"),
+    ],
+)
+def test_broken_inputs_exit_non_zero_with_one_line(tmp_path, content, name, args, message):
+    path = tmp_path / name
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    result = run("data", "inspect", path, "--no-tokens", *args)
+    assert result.exit_code == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_data_split_writes_stratified_files(label_file, tmp_path):
+    out = tmp_path / "split"
+    result = run("data", "split", label_file, "--out", out, "--test-size", "3", "--seed", "1")
+    assert result.exit_code == 0, result.output
+    test_rows = [json.loads(x) for x in (out / "test.jsonl").read_text().splitlines()]
+    train_rows = (out / "train.jsonl").read_text().splitlines()
+    assert len(test_rows) == 3 and len(train_rows) == 9
+    assert sorted(r["output"] for r in test_rows) == ["billing", "login", "shipping"]
+    assert "stratified" in result.stdout
+
+
+def test_models_info_of_local_folder(tiny_model_dir):
+    result = run("models", "info", tiny_model_dir)
+    assert result.exit_code == 0, result.output
+    assert "LlamaForCausalLM" in result.stdout and "parameters" in result.stdout
+
+
+def test_models_info_unknown_model_is_one_line():
+    result = run("models", "info", "not-a-model")
+    assert result.exit_code == 1
+    assert "error: unknown model 'not-a-model'" in result.stderr
+
+
+def test_eval_writes_run_folder(label_file, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run(
+        "eval",
+        "--data",
+        label_file,
+        "--model",
+        tiny_model_dir,
+        "--out",
+        out,
+        "--max-new-tokens",
+        "3",
+        "--input",
+        "text",
+        "--output",
+        "label",
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["labels"] == ["billing", "login", "shipping"]
+    assert 0.0 <= summary["metrics"]["accuracy"] <= 1.0
+    predictions = (out / "predictions.jsonl").read_text().splitlines()
+    assert len(predictions) == summary["examples"] == 2  # 20% of 12 rows, rounded
+    config = json.loads((out / "config.json").read_text())
+    assert config["strategy"]["name"] == "zero-shot"
+    assert "accuracy" in result.stdout
+
+
+def test_eval_rejects_empty_label_list(label_file, tiny_model_dir):
+    result = run("eval", "--data", label_file, "--model", tiny_model_dir, "--labels", " , ")
+    assert result.exit_code == 1
+    assert "label list is empty" in result.stderr

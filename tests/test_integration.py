@@ -1,0 +1,52 @@
+"""Integration tests on the real embedded model and the shared datasets (kept few and short)."""
+
+import time
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import SHARED_DATASETS, needs_embedded_model, needs_shared_datasets
+from tunelab.cli.main import app
+
+pytestmark = pytest.mark.integration
+
+
+@needs_embedded_model()
+def test_embedded_model_converts_once_and_answers():
+    from tunelab.evaluation.generation import GenerationConfig, generate
+    from tunelab.models import load_model
+    from tunelab.prompting.render import to_prompt_text
+
+    loaded = load_model("smollm2-135m")  # converts on the first ever call
+    assert (loaded.source.cache_path / "model.safetensors").is_file()
+    assert sum(p.numel() for p in loaded.model.parameters()) == 134_515_008
+    prompt = to_prompt_text(
+        loaded.tokenizer, [{"role": "user", "content": "What is the capital of France?"}]
+    )
+    [answer] = generate(
+        loaded.model, loaded.tokenizer, [prompt], GenerationConfig(max_new_tokens=12)
+    )
+    assert "Paris" in answer
+
+
+@needs_embedded_model()
+@needs_shared_datasets()
+def test_inspect_banking77():
+    started = time.perf_counter()
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "inspect",
+            str(SHARED_DATASETS / "banking77" / "train.csv"),
+            "--input",
+            "text",
+            "--output",
+            "category",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "rows: 10003" in result.stdout
+    assert "labels: 77 (classification)" in result.stdout
+    assert "duplicates:" in result.stdout
+    assert time.perf_counter() - started < 120  # generous: a hang, not a speed target

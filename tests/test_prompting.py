@@ -1,0 +1,69 @@
+import pytest
+
+from tunelab.data import Example
+from tunelab.errors import TuneLabError
+from tunelab.prompting import PromptStrategy, load_strategy
+from tunelab.prompting.render import build_messages, render_user_turn, to_prompt_text
+
+
+def test_template_sees_input_labels_and_record_fields():
+    example = Example("my card", "billing", 1, fields=(("text", "my card"), ("lang", "en")))
+    rendered = render_user_turn(
+        "[{{ lang }}] {{ input }} ({{ labels|join('/') }})", example, ["a", "b"]
+    )
+    assert rendered == "[en] my card (a/b)"
+
+
+def test_template_with_missing_field_names_it():
+    example = Example("x", "y", 1, fields=(("text", "x"),))
+    with pytest.raises(TuneLabError, match=r"'product' is undefined.*available: input, labels"):
+        render_user_turn("{{ product }}: {{ input }}", example, None)
+
+
+def test_template_syntax_error_is_rejected_when_loading(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("template: '{{ input '\n", encoding="utf-8")
+    with pytest.raises(TuneLabError, match="template syntax error"):
+        load_strategy(path)
+
+
+def test_strategy_file_errors_name_the_field(tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text("shots: -1\ncolour: red\n", encoding="utf-8")
+    with pytest.raises(TuneLabError) as err:
+        load_strategy(path)
+    assert "field shots: Input should be greater than or equal to 0" in str(err.value)
+    assert "field colour: Extra inputs are not permitted" in str(err.value)
+
+
+def test_strategy_name_defaults_to_file_stem(tmp_path):
+    path = tmp_path / "persona.yaml"
+    path.write_text("system: You are kind.\n", encoding="utf-8")
+    assert load_strategy(path) == PromptStrategy(name="persona", system="You are kind.")
+
+
+def test_messages_put_shots_before_the_query():
+    messages = build_messages("sys", "q", shots=[("q1", "a1")])
+    assert messages == [
+        {"role": "system", "content": "sys"},
+        {"role": "user", "content": "q1"},
+        {"role": "assistant", "content": "a1"},
+        {"role": "user", "content": "q"},
+    ]
+
+
+def test_chat_history_keeps_earlier_turns_and_system():
+    history = (
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "reset?"},
+    )
+    messages = build_messages(None, "reset?", history=history)
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[-1]["content"] == "reset?"
+
+
+def test_prompt_uses_the_chat_template(tiny_tokenizer):
+    text = to_prompt_text(tiny_tokenizer, [{"role": "user", "content": "hi"}])
+    assert text == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
