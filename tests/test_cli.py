@@ -121,7 +121,8 @@ def test_eval_writes_run_folder(label_file, tiny_model_dir, tmp_path):
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["labels"] == ["billing", "login", "shipping"]
-    assert 0.0 <= summary["metrics"]["accuracy"] <= 1.0
+    accuracy = summary["metrics"]["accuracy"]
+    assert accuracy["low"] <= accuracy["value"] <= accuracy["high"]
     predictions = (out / "predictions.jsonl").read_text().splitlines()
     assert len(predictions) == summary["examples"] == 2  # 20% of 12 rows, rounded
     config = json.loads((out / "config.json").read_text())
@@ -133,3 +134,55 @@ def test_eval_rejects_empty_label_list(label_file, tiny_model_dir):
     result = run("eval", "--data", label_file, "--model", tiny_model_dir, "--labels", " , ")
     assert result.exit_code == 1
     assert "label list is empty" in result.stderr
+
+
+def test_eval_with_more_shots_than_rows(label_file, tiny_model_dir):
+    result = run("eval", "--data", label_file, "--model", tiny_model_dir, "--shots", "50")
+    assert result.exit_code == 1
+    assert "shots=50 is more than the 10 training examples" in result.stderr
+
+
+def test_eval_template_with_missing_field(label_file, tiny_model_dir, tmp_path):
+    strategy = tmp_path / "s.yaml"
+    strategy.write_text("template: '{{ product }}: {{ input }}'\n", encoding="utf-8")
+    result = run("eval", "--data", label_file, "--model", tiny_model_dir, "--prompt", strategy)
+    assert result.exit_code == 1
+    assert "'product' is undefined" in result.stderr and "available:" in result.stderr
+
+
+def test_eval_few_shot_cot_consistency_run(label_file, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    result = run(
+        "eval",
+        "--data",
+        label_file,
+        "--model",
+        tiny_model_dir,
+        "--shots",
+        "2",
+        "--selector",
+        "similar",
+        "--embedder",
+        "tfidf",
+        "--mode",
+        "both",
+        "--consistency",
+        "--max-new-tokens",
+        "2",
+        "--out",
+        out,
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["retriever"].startswith("tf-idf")
+    assert len(summary["consistency"]["per_template"]) == 3
+    assert (out / "strategy.yaml").read_text().startswith("name: 2-shot similar")
+    assert "consistency over 3 templates" in result.stdout
+
+
+def test_eval_unknown_selector_is_one_clear_line(label_file, tiny_model_dir):
+    result = run("eval", "--data", label_file, "--model", tiny_model_dir, "--selector", "best")
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        "error: --selector: Input should be 'fixed', 'random' or 'similar'"
+    )

@@ -1,9 +1,11 @@
 """``tunelab eval``: measure a prompt strategy on held-out data."""
 
+import json
 import time
 from pathlib import Path
 
 import typer
+import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -12,9 +14,22 @@ from tunelab.data import load_dataset, split_examples
 from tunelab.data.stats import looks_like_classification
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.generation import GenerationConfig
-from tunelab.evaluation.runner import EvalResult, config_record, evaluate, write_run
+from tunelab.evaluation.runner import (
+    EvalResult,
+    EvalSettings,
+    config_record,
+    evaluate,
+    evaluate_consistency,
+    resolve_modes,
+    write_run,
+)
 from tunelab.models import DEFAULT_MODEL, load_model
 from tunelab.prompting import PromptStrategy, load_strategy
+from tunelab.prompting.strategy import (
+    PARAPHRASES_CLASSIFY,
+    PARAPHRASES_FREE,
+    validate_strategy,
+)
 
 
 def eval_command(
@@ -24,20 +39,36 @@ def eval_command(
     output_field: str | None = typer.Option(None, "--output", help="Output field/column."),
     model: str = typer.Option(DEFAULT_MODEL, help="Registered name, local folder or hub id."),
     prompt: Path | None = typer.Option(None, help="Prompt strategy file (YAML/JSON)."),
+    system: str | None = typer.Option(None, help="System/context text (overrides the file)."),
+    shots: int | None = typer.Option(None, min=0, help="Few-shot examples (overrides the file)."),
+    selector: str | None = typer.Option(None, help="fixed | random | similar."),
+    cot: bool | None = typer.Option(None, "--cot/--no-cot", help="Chain of thought."),
     labels: str = typer.Option(
         "auto",
         help="auto: a label set when outputs look like labels; "
         "none: free text; or a comma-separated list.",
     ),
+    mode: str = typer.Option(
+        "auto",
+        help="auto | score (label log-likelihood) | generate | "
+        "both. auto scores labels when there is a label set.",
+    ),
     limit: int | None = typer.Option(None, min=1, help="Evaluate only the first N test rows."),
     max_new_tokens: int = typer.Option(32, min=1),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy decoding."),
+    stop: list[str] = typer.Option([], help="Stop string (repeatable)."),
+    format_regex: str | None = typer.Option(None, help="Regex the raw output must fully match."),
+    format_schema: Path | None = typer.Option(None, help="JSON schema file for the output."),
+    consistency: bool = typer.Option(False, help="Also run paraphrased templates."),
+    paraphrases: Path | None = typer.Option(None, help="YAML list of templates for consistency."),
+    embedder: str = typer.Option("auto", help="auto (MiniLM when installed) | tfidf."),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(8, min=1),
     out: Path | None = typer.Option(None, help="Run folder (default runs/eval-<time>)."),
     show: int = typer.Option(10, min=0, help="Predictions to print."),
 ) -> None:
     """Evaluate a prompt strategy and write predictions + metrics to a run folder."""
+    strategy = _strategy(prompt, system=system, shots=shots, selector=selector, cot=cot)
     train_set = load_dataset(data, input_field, output_field)
     if test:
         train, held_out = train_set.examples, load_dataset(test, input_field, output_field).examples
@@ -45,26 +76,93 @@ def eval_command(
         train, held_out = split_examples(train_set.examples, 0.2, seed=seed)
     held_out = held_out[:limit] if limit else held_out
     label_set = _resolve_labels(labels, train)
-    strategy = load_strategy(prompt) if prompt else PromptStrategy()
-    generation = GenerationConfig(
-        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size
+    settings = EvalSettings(
+        mode=_choice("--mode", mode, ("auto", "score", "generate", "both")),
+        generation=GenerationConfig(
+            max_new_tokens=max_new_tokens,
+            temperature=temperature,
+            seed=seed,
+            stop=tuple(stop),
+            batch_size=batch_size,
+        ),
+        format_regex=format_regex,
+        format_schema=_read_schema(format_schema) if format_schema else None,
+        seed=seed,
+        embedder=_choice("--embedder", embedder, ("auto", "tfidf")),
     )
+    passes = len(resolve_modes(settings.mode, label_set, strategy.cot))
+    templates = _paraphrases(paraphrases, label_set) if consistency or paraphrases else None
     console.print(f"loading {model} ...")
     loaded = load_model(model)
-    result = _run_with_progress(loaded, strategy, held_out, label_set, generation)
+    with _progress() as progress:
+        result = _run(
+            progress,
+            strategy.name,
+            len(held_out) * passes,
+            evaluate,
+            loaded.model,
+            loaded.tokenizer,
+            strategy,
+            held_out,
+            train=train,
+            labels=label_set,
+            settings=settings,
+        )
+        if templates:
+            result.extra["consistency"] = _run(
+                progress,
+                "paraphrases",
+                len(held_out) * len(templates),
+                evaluate_consistency,
+                loaded.model,
+                loaded.tokenizer,
+                strategy,
+                templates,
+                held_out,
+                train=train,
+                labels=label_set,
+                settings=settings,
+            )
     run_dir = out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
     config = config_record(
         data=data,
         test=test,
         model=model,
         strategy=strategy,
-        generation=generation,
+        settings=settings,
         labels=label_set,
         limit=limit,
     )
     write_run(run_dir, result, config)
     _print_result(result, strategy, show)
     console.print(f"run folder: {run_dir}")
+
+
+def _strategy(path: Path | None, **overrides) -> PromptStrategy:
+    strategy = load_strategy(path) if path else PromptStrategy()
+    changes = {key: value for key, value in overrides.items() if value is not None}
+    if not changes:
+        return strategy
+    if path is None and "name" not in changes:
+        changes["name"] = _describe(changes)
+    return validate_strategy({**strategy.model_dump(), **changes}, where="--")
+
+
+def _describe(changes: dict) -> str:
+    parts = [f"{changes['shots']}-shot" if changes.get("shots") else "zero-shot"]
+    if changes.get("shots") and changes.get("selector"):
+        parts.append(changes["selector"])
+    if changes.get("system"):
+        parts.append("context")
+    if changes.get("cot"):
+        parts.append("cot")
+    return " ".join(parts)
+
+
+def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise TuneLabError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
 
 
 def _resolve_labels(option: str, train) -> list[str] | None:
@@ -78,24 +176,38 @@ def _resolve_labels(option: str, train) -> list[str] | None:
     return chosen
 
 
-def _run_with_progress(loaded, strategy, examples, labels, generation) -> EvalResult:
+def _read_schema(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise TuneLabError(f"{path}: cannot read JSON schema ({err})") from None
+
+
+def _paraphrases(path: Path | None, labels) -> list[str]:
+    if path is None:
+        return PARAPHRASES_CLASSIFY if labels else PARAPHRASES_FREE
+    try:
+        templates = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as err:
+        raise TuneLabError(f"{path}: cannot read paraphrases ({err})") from None
+    if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
+        raise TuneLabError(f"{path}: expected a YAML list of template strings")
+    return templates
+
+
+def _progress() -> Progress:
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=console, transient=True) as progress:
-        task = progress.add_task(f"eval {strategy.name}", total=len(examples))
-        return evaluate(
-            loaded.model,
-            loaded.tokenizer,
-            strategy,
-            examples,
-            labels=labels,
-            generation=generation,
-            on_progress=lambda n: progress.advance(task, n),
-        )
+    return Progress(*columns, console=console, transient=True)
+
+
+def _run(progress: Progress, label: str, total: int, function, *args, **kwargs):
+    task = progress.add_task(label, total=total)
+    return function(*args, on_progress=lambda n: progress.advance(task, n), **kwargs)
 
 
 def _print_result(result: EvalResult, strategy: PromptStrategy, show: int) -> None:
@@ -105,11 +217,23 @@ def _print_result(result: EvalResult, strategy: PromptStrategy, show: int) -> No
             mark = "[green]✓[/]" if row["correct"] else "[red]✗[/]"
             table.add_row(row["input"][:60], row["reference"][:40], row["prediction"][:40], mark)
         console.print(table)
-    table = Table("strategy", *result.metrics, "examples", "seconds", title="metrics")
-    table.add_row(
-        strategy.name,
-        *(f"{v:.3f}" for v in result.metrics.values()),
-        str(len(result.predictions)),
-        f"{result.seconds:.1f}",
+    table = Table(
+        "metric",
+        "value",
+        "95% interval",
+        title=f"{strategy.name} ({len(result.predictions)} examples, {result.seconds:.1f} s)",
     )
+    for name, value in result.metrics.items():
+        table.add_row(name, f"{value['value']:.3f}", f"{value['low']:.3f} – {value['high']:.3f}")
     console.print(table)
+    if result.extra.get("retriever"):
+        console.print(f"similar shots retrieved with {result.extra['retriever']}")
+    speeds = ", ".join(f"{k} {v:.1f} ex/s" for k, v in result.extra["examples_per_second"].items())
+    console.print(f"speed: {speeds}")
+    if "consistency" in result.extra:
+        c = result.extra["consistency"]
+        console.print(
+            f"consistency over {len(c['per_template'])} templates: {c['metric']} mean "
+            f"{c['mean']:.3f}, spread {c['spread']:.3f}; all answers agree on "
+            f"{c['agreement']['value']:.1%} of examples"
+        )

@@ -35,3 +35,109 @@ def macro_f1(predictions: list[str], references: list[str], labels: list[str]) -
 
 def label_distribution(predictions: list[str]) -> Counter:
     return Counter(normalize_answer(p) for p in predictions)
+
+
+def token_f1(predictions: list[str], references: list[str]) -> list[float]:
+    """SQuAD-style bag-of-words F1 per example."""
+    scores = []
+    for prediction, reference in zip(predictions, references, strict=True):
+        pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+        common = sum((Counter(pred) & Counter(ref)).values())
+        if not pred or not ref:
+            scores.append(float(pred == ref))
+        elif common == 0:
+            scores.append(0.0)
+        else:
+            precision, recall = common / len(pred), common / len(ref)
+            scores.append(2 * precision * recall / (precision + recall))
+    return scores
+
+
+def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
+    """ROUGE-L F-measure per example (rouge-score, with stemming)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return [
+        scorer.score(reference, prediction)["rougeL"].fmeasure
+        for prediction, reference in zip(predictions, references, strict=True)
+    ]
+
+
+def bleu(predictions: list[str], references: list[str]) -> float:
+    """Corpus BLEU (sacrebleu defaults), on a 0–1 scale like every other metric here."""
+    import sacrebleu
+
+    return sacrebleu.corpus_bleu(predictions, [references]).score / 100
+
+
+def chrf(predictions: list[str], references: list[str]) -> float:
+    """Corpus chrF (sacrebleu defaults), on a 0–1 scale."""
+    import sacrebleu
+
+    return sacrebleu.corpus_chrf(predictions, [references]).score / 100
+
+
+def embedding_similarity(predictions: list[str], references: list[str], embedder) -> list[float]:
+    """Cosine similarity of each prediction's embedding with its reference's."""
+    pairs = embedder.embed(list(predictions) + list(references))
+    n = len(predictions)
+    return (pairs[:n] * pairs[n:]).sum(-1).clamp(-1, 1).tolist()
+
+
+def format_compliance(
+    outputs: list[str], *, regex: str | None = None, schema: dict | None = None
+) -> list[float]:
+    """1.0 where the raw output fully matches ``regex`` and/or is JSON valid under ``schema``."""
+    import json
+
+    import jsonschema
+
+    pattern = re.compile(regex, re.DOTALL) if regex else None
+    validator = jsonschema.Draft202012Validator(schema) if schema is not None else None
+    scores = []
+    for output in outputs:
+        ok = pattern is None or pattern.fullmatch(output.strip()) is not None
+        if ok and validator is not None:
+            try:
+                ok = validator.is_valid(json.loads(output))
+            except json.JSONDecodeError:
+                ok = False
+        scores.append(float(ok))
+    return scores
+
+
+def bootstrap_interval(
+    statistic, n: int, *, resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ``statistic(indices)`` over ``n`` examples."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def mean_with_interval(scores: list[float], *, resamples: int = 1000, seed: int = 0) -> dict:
+    """Mean of per-example scores with its bootstrap 95% interval."""
+    import numpy as np
+
+    values = np.asarray(scores, dtype=float)
+    low, high = bootstrap_interval(
+        lambda idx: values[idx].mean(), len(values), resamples=resamples, seed=seed
+    )
+    return {"value": float(values.mean()), "low": low, "high": high}
+
+
+def corpus_with_interval(
+    metric, predictions: list[str], references: list[str], *, resamples: int = 200, seed: int = 0
+) -> dict:
+    """A corpus-level metric (BLEU, chrF, macro-F1) with an interval from resampled corpora."""
+
+    def on(indices) -> float:
+        return metric([predictions[i] for i in indices], [references[i] for i in indices])
+
+    low, high = bootstrap_interval(on, len(predictions), resamples=resamples, seed=seed)
+    return {"value": metric(predictions, references), "low": low, "high": high}

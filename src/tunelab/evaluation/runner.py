@@ -1,38 +1,100 @@
-"""Run a prompt strategy over a test set and record everything needed to trust the number."""
+"""Run a prompt strategy over a test set and record everything needed to trust the number.
+
+Pipeline: choose shots → render prompts → label scoring and/or free generation → extract
+answers (chain of thought) → metrics with bootstrap intervals → predictions + metrics files.
+"""
 
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 from tunelab.data.loading import Example
-from tunelab.evaluation import metrics
+from tunelab.errors import TuneLabError
+from tunelab.evaluation import metrics as m
+from tunelab.evaluation.embeddings import get_embedder
 from tunelab.evaluation.generation import GenerationConfig, generate
+from tunelab.evaluation.label_scoring import score_labels
 from tunelab.paths import atomic_directory, write_json_atomic
-from tunelab.prompting.render import build_messages, render_user_turn, to_prompt_text
+from tunelab.prompting.cot import extract_answer
+from tunelab.prompting.render import (
+    build_messages,
+    render_text,
+    render_user_turn,
+    to_prompt_text,
+)
+from tunelab.prompting.shots import select_shots
 from tunelab.prompting.strategy import PromptStrategy
+
+Mode = Literal["auto", "score", "generate", "both"]
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    mode: Mode = "auto"  # auto: label scoring when there is a label set, else generation
+    generation: GenerationConfig = GenerationConfig()
+    format_regex: str | None = None
+    format_schema: dict | None = None
+    seed: int = 0
+    embedder: str = "auto"  # "tfidf" forces the fallback
+    resamples: int = 1000
 
 
 @dataclass
 class EvalResult:
     predictions: list[dict]
-    metrics: dict[str, float]
+    metrics: dict[str, dict]  # name -> {"value", "low", "high"}
     seconds: float
     labels: list[str] | None = None
     extra: dict = field(default_factory=dict)
 
+    def headline(self) -> dict[str, float]:
+        return {name: v["value"] for name, v in self.metrics.items()}
+
+
+def resolve_modes(mode: Mode, labels: list[str] | None, cot: bool) -> list[str]:
+    if mode in ("score", "both") and labels is None:
+        raise TuneLabError(f"--mode {mode} needs a label set (outputs are free text here)")
+    if mode == "score" and cot:
+        raise TuneLabError("chain of thought needs free generation; use --mode generate or both")
+    if mode == "auto":
+        return ["score"] if labels and not cot else ["generate"]
+    return ["score", "generate"] if mode == "both" else [mode]
+
 
 def build_prompts(
-    tokenizer, strategy: PromptStrategy, examples: list[Example], labels: list[str] | None
+    tokenizer,
+    strategy: PromptStrategy,
+    examples: list[Example],
+    labels: list[str] | None,
+    shots: list[list[Example]],
 ) -> list[str]:
-    template = strategy.resolved_template(classification=labels is not None)
+    template = strategy.resolved_template()
+    system = system_text(strategy, labels)
     prompts = []
-    for example in examples:
+    for example, chosen in zip(examples, shots, strict=True):
+        worked = [
+            (
+                render_user_turn(template, s, labels),
+                f"Answer: {s.output}" if strategy.cot else s.output,
+            )
+            for s in chosen
+        ]
         user_turn = render_user_turn(template, example, labels)
-        messages = build_messages(strategy.system, user_turn, history=example.messages)
+        messages = build_messages(system, user_turn, worked, history=example.messages)
         prompts.append(to_prompt_text(tokenizer, messages))
     return prompts
+
+
+def system_text(strategy: PromptStrategy, labels: list[str] | None) -> str | None:
+    """Persona/context first, then the task instruction rendered with the label set."""
+    instruction = strategy.resolved_instruction(classification=labels is not None)
+    if instruction:
+        instruction = render_text(instruction, labels=labels or [])
+    return "\n\n".join(p for p in (strategy.system, instruction) if p) or None
 
 
 def evaluate(
@@ -41,32 +103,135 @@ def evaluate(
     strategy: PromptStrategy,
     test: list[Example],
     *,
+    train: list[Example] = (),
     labels: list[str] | None = None,
-    generation: GenerationConfig = GenerationConfig(),
-    on_progress: Callable[[int], None] | None = None,
+    settings: EvalSettings = EvalSettings(),
+    on_progress: Progress | None = None,
 ) -> EvalResult:
-    """Generate an answer per test example and score it against the reference."""
+    """Score ``strategy`` on ``test``; ``train`` supplies few-shot examples."""
+    if labels is not None and not labels:
+        raise TuneLabError("the label set is empty")
+    modes = resolve_modes(settings.mode, labels, strategy.cot)
     started = time.perf_counter()
-    prompts = build_prompts(tokenizer, strategy, test, labels)
-    answers = generate(model, tokenizer, prompts, generation, on_batch=on_progress)
+    shots, retriever = select_shots(
+        strategy, list(train), test, seed=settings.seed, embedder=settings.embedder
+    )
+    prompts = build_prompts(tokenizer, strategy, test, labels, shots)
     references = [e.output for e in test]
-    correct = metrics.exact_match(answers, references)
-    scores = {"exact_match": sum(correct) / len(correct)}
-    if labels is not None:
-        scores["accuracy"] = scores.pop("exact_match")
-        scores["macro_f1"] = metrics.macro_f1(answers, references, labels)
-    predictions = [
-        {
-            "line": e.line,
-            "input": e.input,
-            "reference": e.output,
-            "prediction": a,
-            "correct": c,
-            "prompt": p,
-        }
-        for e, a, c, p in zip(test, answers, correct, prompts, strict=True)
+    rows = [
+        {"line": e.line, "input": e.input, "reference": e.output, "prompt": p}
+        for e, p in zip(test, prompts, strict=True)
     ]
-    return EvalResult(predictions, scores, time.perf_counter() - started, labels)
+    scores, speed = {}, {}
+    for mode in modes:
+        mode_started = time.perf_counter()
+        if mode == "score":
+            answers = _predict_by_scoring(model, tokenizer, prompts, labels, settings, on_progress)
+            raw = answers
+        else:
+            raw = generate(model, tokenizer, prompts, settings.generation, on_batch=on_progress)
+            answers = [extract_answer(r, labels) for r in raw] if strategy.cot else raw
+        speed[mode] = len(test) / (time.perf_counter() - mode_started)
+        prefix = f"{mode}/" if len(modes) > 1 else ""
+        scores.update(_score(answers, raw, references, labels, settings, prefix))
+        for row, answer, output in zip(rows, answers, raw, strict=True):
+            row[f"{mode}_prediction"] = answer
+            if mode == "generate":
+                row["raw_output"] = output
+    for row in rows:
+        row["prediction"] = row[f"{modes[0]}_prediction"]
+        row["correct"] = m.exact_match([row["prediction"]], [row["reference"]])[0]
+    extra = {"modes": modes, "examples_per_second": speed, "retriever": retriever}
+    return EvalResult(rows, scores, time.perf_counter() - started, labels, extra)
+
+
+def _predict_by_scoring(model, tokenizer, prompts, labels, settings, on_progress) -> list[str]:
+    table = score_labels(
+        model,
+        tokenizer,
+        prompts,
+        labels,
+        batch_size=settings.generation.batch_size,
+        on_batch=on_progress,
+    )
+    return [labels[i] for i in table.argmax(-1).tolist()]
+
+
+def _score(answers, raw, references, labels, settings: EvalSettings, prefix: str) -> dict:
+    boot = {"resamples": settings.resamples, "seed": settings.seed}
+    out = {}
+    if labels is not None:
+        out["accuracy"] = m.mean_with_interval(m.exact_match(answers, references), **boot)
+        out["macro_f1"] = m.corpus_with_interval(
+            lambda p, r: m.macro_f1(p, r, labels), answers, references, seed=settings.seed
+        )
+    else:
+        embedder = get_embedder(answers + references, settings.embedder)
+        per_example = {
+            "exact_match": m.exact_match(answers, references),
+            "token_f1": m.token_f1(answers, references),
+            "rouge_l": m.rouge_l(answers, references),
+            "embedding_similarity": m.embedding_similarity(answers, references, embedder),
+        }
+        out = {name: m.mean_with_interval(v, **boot) for name, v in per_example.items()}
+        out["bleu"] = m.corpus_with_interval(m.bleu, answers, references, seed=settings.seed)
+        out["chrf"] = m.corpus_with_interval(m.chrf, answers, references, seed=settings.seed)
+    if settings.format_regex or settings.format_schema is not None:
+        compliance = m.format_compliance(
+            raw, regex=settings.format_regex, schema=settings.format_schema
+        )
+        out["format_compliance"] = m.mean_with_interval(compliance, **boot)
+    return {prefix + name: value for name, value in out.items()}
+
+
+def evaluate_consistency(
+    model,
+    tokenizer,
+    strategy: PromptStrategy,
+    templates: list[str],
+    test: list[Example],
+    *,
+    train: list[Example] = (),
+    labels: list[str] | None = None,
+    settings: EvalSettings = EvalSettings(),
+    on_progress: Progress | None = None,
+) -> dict:
+    """Run the same test set through paraphrased templates: metric spread and answer agreement.
+
+    Agreement is the share of examples on which every template gives the same normalised
+    answer; the spread is max - min of the headline metric across templates.
+    """
+    if len(templates) < 2:
+        raise TuneLabError("consistency needs at least two paraphrased templates")
+    per_template, answers = [], []
+    for index, template in enumerate(templates):
+        variant = strategy.model_copy(update={"template": template, "name": f"paraphrase-{index}"})
+        result = evaluate(
+            model,
+            tokenizer,
+            variant,
+            test,
+            train=train,
+            labels=labels,
+            settings=replace(settings, mode=_single_mode(settings.mode)),
+            on_progress=on_progress,
+        )
+        metric = next(iter(result.metrics))
+        per_template.append({"template": template, metric: result.metrics[metric]["value"]})
+        answers.append([m.normalize_answer(r["prediction"]) for r in result.predictions])
+    values = [row[metric] for row in per_template]
+    agree = [float(len(set(column)) == 1) for column in zip(*answers, strict=True)]
+    return {
+        "metric": metric,
+        "per_template": per_template,
+        "spread": max(values) - min(values),
+        "mean": sum(values) / len(values),
+        "agreement": m.mean_with_interval(agree, resamples=settings.resamples, seed=settings.seed),
+    }
+
+
+def _single_mode(mode: Mode) -> Mode:
+    return "auto" if mode == "both" else mode
 
 
 def write_run(run_dir: Path, result: EvalResult, config: dict) -> Path:
@@ -83,6 +248,12 @@ def write_run(run_dir: Path, result: EvalResult, config: dict) -> Path:
         }
         write_json_atomic(scratch / "metrics.json", summary)
         write_json_atomic(scratch / "config.json", config)
+        if "strategy" in config:
+            import yaml
+
+            (scratch / "strategy.yaml").write_text(
+                yaml.safe_dump(config["strategy"], sort_keys=False, allow_unicode=True), "utf-8"
+            )
     return run_dir
 
 

@@ -23,6 +23,10 @@ def render_user_turn(template: str, example: Example, labels: list[str] | None) 
     """Render the user turn; a variable the record lacks is an error naming it and the fields."""
     variables = dict(example.fields)
     variables.update(input=example.input, labels=labels or [])
+    return render_text(template, **variables)
+
+
+def render_text(template: str, **variables) -> str:
     try:
         return compile_template(template).render(**variables).strip()
     except jinja2.UndefinedError as err:

@@ -17,10 +17,26 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunelab.errors import TuneLabError
 
 DEFAULT_TEMPLATE = "{{ input }}"
-DEFAULT_CLASSIFY_TEMPLATE = (
-    "Classify the text into exactly one of these categories:\n{{ labels | join(', ') }}\n\n"
-    "Text: {{ input }}\nAnswer with the category name only."
+# The task instruction goes into the system message once, not into every few-shot turn.
+CLASSIFY_INSTRUCTION = (
+    "Classify the text into exactly one of these categories: {{ labels | join(', ') }}."
 )
+ANSWER_ONLY = "Answer with the category name only."
+COT_ANSWER = (
+    "Think step by step. Then write the final answer on its own last line, starting with 'Answer:'."
+)
+
+# Paraphrases used by `tunelab eval --consistency` when the user gives none.
+PARAPHRASES_CLASSIFY = [
+    "{{ input }}",
+    "Message: {{ input }}\nCategory:",
+    "Which category fits this message best?\n{{ input }}",
+]
+PARAPHRASES_FREE = [
+    "{{ input }}",
+    "Please respond to the following.\n\n{{ input }}",
+    "Request: {{ input }}\nWrite the response.",
+]
 
 
 class PromptStrategy(BaseModel):
@@ -30,11 +46,15 @@ class PromptStrategy(BaseModel):
 
     name: str = Field("zero-shot", description="Label shown in reports.")
     system: str | None = Field(None, description="System/context text: persona, background.")
+    instruction: str | None = Field(
+        None,
+        description="Task instruction (Jinja2, sees `labels`), placed in the system message "
+        "after `system`. Default: for a label set, 'classify into one of <labels>'.",
+    )
     template: str | None = Field(
         None,
-        description="Jinja2 template of the user turn; sees `input`, `labels` and every field "
-        "of the record. Default: the input, or a classification instruction when the outputs "
-        "are labels.",
+        description="Jinja2 template of each user turn (query and shots); sees `input`, "
+        "`labels` and every field of the record. Default: the input itself.",
     )
     shots: int = Field(0, ge=0, description="Number of worked examples placed before the query.")
     selector: Literal["fixed", "random", "similar"] = Field(
@@ -45,7 +65,7 @@ class PromptStrategy(BaseModel):
     )
     cot: bool = Field(False, description="Ask for step-by-step reasoning, then a final answer.")
 
-    @field_validator("template")
+    @field_validator("template", "instruction")
     @classmethod
     def _template_compiles(cls, template: str | None) -> str | None:
         if template is not None:
@@ -54,10 +74,17 @@ class PromptStrategy(BaseModel):
             compile_template(template)
         return template
 
-    def resolved_template(self, classification: bool) -> str:
-        if self.template:
-            return self.template
-        return DEFAULT_CLASSIFY_TEMPLATE if classification else DEFAULT_TEMPLATE
+    def resolved_template(self) -> str:
+        return self.template or DEFAULT_TEMPLATE
+
+    def resolved_instruction(self, classification: bool) -> str | None:
+        """The instruction, with the answer-format sentence that suits labels and CoT."""
+        parts = [self.instruction or (CLASSIFY_INSTRUCTION if classification else None)]
+        if self.cot:
+            parts.append(COT_ANSWER)
+        elif classification and self.instruction is None:
+            parts.append(ANSWER_ONLY)
+        return "\n".join(p for p in parts if p) or None
 
 
 def load_strategy(path: Path) -> PromptStrategy:
@@ -71,11 +98,15 @@ def load_strategy(path: Path) -> PromptStrategy:
     if not isinstance(raw, dict):
         raise TuneLabError(f"{path}: expected a mapping of strategy fields")
     raw.setdefault("name", path.stem)
+    return validate_strategy(raw, where=f"{path}: field ")
+
+
+def validate_strategy(raw: dict, where: str) -> PromptStrategy:
+    """Build a strategy; each invalid field becomes one line ``<where><field>: <problem>``."""
     try:
         return PromptStrategy.model_validate(raw)
     except ValidationError as err:
         problems = [
-            f"{path}: field {'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}"
-            for e in err.errors()
+            f"{where}{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in err.errors()
         ]
         raise TuneLabError("\n".join(problems)) from None

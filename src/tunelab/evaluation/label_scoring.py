@@ -1,0 +1,219 @@
+"""Classification by label log-likelihood, with each prompt encoded once.
+
+For a batch of prompts: one forward pass fills the KV cache; a second pass feeds every label's
+tokens at once, arranged as a prefix trie (labels sharing a first token share that node), with
+a tree attention mask so each node sees the prompt plus its own ancestors only. A label's score
+is the sum of its tokens' log-probabilities, plus the end-of-answer token, so "card" and
+"card_arrival" are told apart:
+
+    log p(label | prompt) = sum_t log p(y_t | prompt, y_<t) + log p(<eos> | prompt, y)
+
+Exact pruning: every term is <= 0, so no label can score above its first token's
+log-probability. Per example, the subtrees of the most likely first tokens are scored first;
+a first token already less likely than the best complete label cannot hold the winner and is
+skipped (its labels get -inf). The argmax is exactly that of the full table, which
+``exhaustive=True`` computes.
+"""
+
+import copy
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LabelTrie:
+    """Trie over tokenised labels. Node i holds ``tokens[i]``, ``parents[i]`` (-1 = the prompt).
+
+    ``paths[k]`` lists the nodes of label k followed by its end-of-answer node.
+    """
+
+    tokens: list[int]
+    parents: list[int]
+    depths: list[int]
+    paths: list[list[int]]
+
+    @classmethod
+    def build(cls, tokenizer, labels: list[str]) -> "LabelTrie":
+        tokens, parents, depths, paths = [], [], [], []
+        children: dict[tuple[int, int], int] = {}
+        for label in labels:
+            ids = tokenizer(label, add_special_tokens=False)["input_ids"]
+            parent, path = -1, []
+            for depth, token in enumerate([*ids, tokenizer.eos_token_id]):
+                key = (parent, token)
+                if key not in children:
+                    children[key] = len(tokens)
+                    tokens.append(token)
+                    parents.append(parent)
+                    depths.append(depth)
+                parent = children[key]
+                path.append(parent)
+            paths.append(path)
+        return cls(tokens, parents, depths, paths)
+
+    @property
+    def first_nodes(self) -> list[int]:
+        return [node for node, parent in enumerate(self.parents) if parent < 0]
+
+    def root_of(self, node: int) -> int:
+        while self.parents[node] >= 0:
+            node = self.parents[node]
+        return node
+
+    def fed_nodes_under(self, roots: set[int]) -> list[int]:
+        """Nodes whose output logits are needed: those with a child, below the given roots."""
+        return sorted({p for p in self.parents if p >= 0 and self.root_of(p) in roots})
+
+
+@torch.inference_mode()
+def score_labels(
+    model,
+    tokenizer,
+    prompts: list[str],
+    labels: list[str],
+    *,
+    batch_size: int = 8,
+    exhaustive: bool = False,
+    on_batch: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Return a (len(prompts), len(labels)) tensor of label log-likelihoods.
+
+    The token prefix that all prompts share (system text, instruction, label list, fixed
+    shots) is encoded once and its KV cache reused for every batch.
+    """
+    trie = LabelTrie.build(tokenizer, labels)
+    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    shared = _shared_prefix_length(ids)
+    prefix_cache = _encode_prefix(model, ids[0][:shared]) if shared else None
+    order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
+    scores = torch.empty(len(prompts), len(labels))
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        suffixes = [ids[i][shared:] for i in batch]
+        scores[batch] = _score_batch(
+            model, tokenizer, suffixes, trie, prefix_cache, shared, exhaustive
+        )
+        if on_batch:
+            on_batch(len(batch))
+    return scores
+
+
+def _shared_prefix_length(ids: list[list[int]]) -> int:
+    """Longest common token prefix, leaving every prompt at least one token of its own."""
+    shortest = min(len(x) for x in ids)
+    length = 0
+    while length < shortest - 1 and all(x[length] == ids[0][length] for x in ids):
+        length += 1
+    return length
+
+
+def _encode_prefix(model, prefix: list[int]):
+    device = next(model.parameters()).device
+    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
+    return out.past_key_values
+
+
+def _score_batch(
+    model, tokenizer, suffixes, trie: LabelTrie, prefix_cache, shared: int, exhaustive: bool
+) -> torch.Tensor:
+    device = next(model.parameters()).device
+    padded = tokenizer.pad(
+        {"input_ids": suffixes}, padding=True, padding_side="left", return_tensors="pt"
+    ).to(device)
+    suffix_mask = padded["attention_mask"]
+    batch = len(suffixes)
+    cache = None
+    if prefix_cache is not None:
+        cache = copy.deepcopy(prefix_cache)
+        cache.batch_repeat_interleave(batch)
+    mask = torch.cat([suffix_mask.new_ones(batch, shared), suffix_mask], dim=-1)
+    positions = shared + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
+    prefill = model(
+        input_ids=padded["input_ids"],
+        attention_mask=mask,
+        position_ids=positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,  # only the last position predicts a label's first token
+    )
+    cache = prefill.past_key_values
+    prompt_length = cache.get_seq_length()
+    first = prefill.logits[:, -1].float().log_softmax(-1).cpu()  # (B, V)
+    roots = trie.first_nodes
+    bound = first[:, [trie.tokens[r] for r in roots]]  # (B, R): upper bound per first token
+    scores = torch.full((batch, len(trie.paths)), -torch.inf)
+    done: list[set[int]] = [set() for _ in range(batch)]
+    if exhaustive:
+        wanted = [set(roots) for _ in range(batch)]
+    else:
+        top = bound.topk(min(INITIAL_ROOTS, len(roots)), dim=-1).indices.tolist()
+        wanted = [{roots[i] for i in row} for row in top]
+    while any(wanted):
+        fed = [trie.fed_nodes_under(w) for w in wanted]
+        node_logprobs = _tree_forward(model, cache, mask, fed, trie).cpu()  # (B, M, V)
+        cache.crop(-(cache.get_seq_length() - prompt_length))  # drop the trie nodes again
+        for row in range(batch):
+            _fill_scores(scores[row], trie, wanted[row], first[row], node_logprobs[row], fed[row])
+            done[row] |= wanted[row]
+        best = scores.max(-1).values
+        wanted = [
+            {r for i, r in enumerate(roots) if r not in done[row] and bound[row, i] > best[row]}
+            for row in range(batch)
+        ]
+    return scores
+
+
+INITIAL_ROOTS = 3  # first tokens whose labels are scored before the bound can prune
+
+
+def _fill_scores(scores, trie: LabelTrie, roots: set[int], first, node_logprobs, fed) -> None:
+    """Exact log-likelihood of every label under ``roots`` for one example."""
+    row_of = {node: i for i, node in enumerate(fed)}
+    for k, path in enumerate(trie.paths):
+        if path[0] not in roots:
+            continue
+        total = first[trie.tokens[path[0]]]
+        for parent, node in itertools.pairwise(path):
+            total = total + node_logprobs[row_of[parent], trie.tokens[node]]
+        scores[k] = total
+
+
+def _tree_forward(model, cache, prompt_mask: torch.Tensor, fed: list[list[int]], trie):
+    """Feed each row's trie nodes after its cached prompt; a node sees the prompt + ancestors.
+
+    Rows may feed different nodes; shorter rows are padded with copies of their last node.
+    """
+    batch, prompt_len = prompt_mask.shape
+    device = prompt_mask.device
+    width = max(len(nodes) for nodes in fed)
+    tree = torch.zeros(batch, width, width, dtype=torch.bool)
+    tokens = torch.zeros(batch, width, dtype=torch.long)
+    depths = torch.zeros(batch, width, dtype=torch.long)
+    for row, nodes in enumerate(fed):
+        nodes = nodes or [trie.first_nodes[0]]
+        index = {node: i for i, node in enumerate(nodes)}
+        for i in range(width):
+            node = nodes[min(i, len(nodes) - 1)]
+            tokens[row, i], depths[row, i] = trie.tokens[node], trie.depths[node]
+            tree[row, i, i] = True
+            ancestor = trie.parents[node]
+            while ancestor >= 0:
+                tree[row, i, index[ancestor]] = True
+                ancestor = trie.parents[ancestor]
+    allowed = torch.cat(
+        [prompt_mask.bool()[:, None, :].expand(batch, width, prompt_len), tree.to(device)], dim=-1
+    )  # (B, M, P + M)
+    dtype = next(model.parameters()).dtype
+    bias = torch.zeros(allowed.shape, dtype=dtype, device=device)
+    bias.masked_fill_(~allowed, torch.finfo(dtype).min)
+    out = model(
+        input_ids=tokens.to(device),
+        attention_mask=bias[:, None],
+        position_ids=prompt_mask.sum(-1, keepdim=True) + depths.to(device),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.logits.float().log_softmax(-1)

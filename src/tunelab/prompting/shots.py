@@ -1,0 +1,67 @@
+"""Few-shot example selection: fixed ids, seeded random, or nearest neighbours of the query."""
+
+import random
+
+import torch
+
+from tunelab.data.loading import Example
+from tunelab.data.stats import normalize_text
+from tunelab.errors import TuneLabError
+from tunelab.evaluation.embeddings import get_embedder
+from tunelab.prompting.strategy import PromptStrategy
+
+
+def select_shots(
+    strategy: PromptStrategy,
+    train: list[Example],
+    queries: list[Example],
+    *,
+    seed: int = 0,
+    embedder: str = "auto",
+) -> tuple[list[list[Example]], str | None]:
+    """Shots for each query, and the name of the retriever used (``similar`` only).
+
+    ``random`` draws one seeded sample shared by every query (the classic k-shot set-up, and
+    it keeps prompts comparable); ``similar`` never returns a training row whose input equals
+    the query's, which would leak the answer.
+    """
+    k = strategy.shots
+    if k == 0:
+        return [[] for _ in queries], None
+    if k > len(train):
+        raise TuneLabError(f"shots={k} is more than the {len(train)} training examples")
+    if strategy.selector == "fixed":
+        return [_fixed(strategy, train)] * len(queries), None
+    if strategy.selector == "random":
+        return [random.Random(seed).sample(train, k)] * len(queries), None
+    return _similar(k, train, queries, embedder)
+
+
+def _fixed(strategy: PromptStrategy, train: list[Example]) -> list[Example]:
+    ids = strategy.shot_ids
+    if len(ids) != strategy.shots:
+        raise TuneLabError(
+            f"selector=fixed needs shot_ids with {strategy.shots} row indices, got {len(ids)}"
+        )
+    bad = [i for i in ids if not 0 <= i < len(train)]
+    if bad:
+        raise TuneLabError(f"shot_ids {bad} are outside the training set (0..{len(train) - 1})")
+    return [train[i] for i in ids]
+
+
+def _similar(
+    k: int, train: list[Example], queries: list[Example], prefer: str
+) -> tuple[list[list[Example]], str]:
+    embedder = get_embedder([e.input for e in train], prefer)
+    pool = embedder.embed([e.input for e in train])
+    asked = embedder.embed([q.input for q in queries])
+    similarity = asked @ pool.T  # (Q, N) cosine
+    train_keys = [normalize_text(e.input) for e in train]
+    for row, query in enumerate(queries):
+        key = normalize_text(query.input)
+        for column, train_key in enumerate(train_keys):
+            if train_key == key:
+                similarity[row, column] = -torch.inf
+    top = similarity.topk(k, dim=-1).indices
+    # Most similar last: closest to the query, where small models attend most.
+    return [[train[i] for i in reversed(row.tolist())] for row in top], embedder.name
