@@ -33,10 +33,6 @@ def macro_f1(predictions: list[str], references: list[str], labels: list[str]) -
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def label_distribution(predictions: list[str]) -> Counter:
-    return Counter(normalize_answer(p) for p in predictions)
-
-
 def token_f1(predictions: list[str], references: list[str]) -> list[float]:
     """SQuAD-style bag-of-words F1 per example."""
     scores = []
