@@ -107,13 +107,18 @@ def evaluate(
     labels: list[str] | None = None,
     settings: EvalSettings = EvalSettings(),
     on_progress: Progress | None = None,
+    chosen_shots: tuple[list[list[Example]], str | None] | None = None,
 ) -> EvalResult:
-    """Score ``strategy`` on ``test``; ``train`` supplies few-shot examples."""
+    """Score ``strategy`` on ``test``; ``train`` supplies few-shot examples.
+
+    ``chosen_shots`` (the result of :func:`select_shots`) lets callers that vary only the
+    template reuse one selection instead of re-embedding the training set.
+    """
     if labels is not None and not labels:
         raise TuneLabError("the label set is empty")
     modes = resolve_modes(settings.mode, labels, strategy.cot)
     started = time.perf_counter()
-    shots, retriever = select_shots(
+    shots, retriever = chosen_shots or select_shots(
         strategy, list(train), test, seed=settings.seed, embedder=settings.embedder
     )
     prompts = build_prompts(tokenizer, strategy, test, labels, shots)
@@ -203,6 +208,9 @@ def evaluate_consistency(
     """
     if len(templates) < 2:
         raise TuneLabError("consistency needs at least two paraphrased templates")
+    chosen_shots = select_shots(
+        strategy, list(train), test, seed=settings.seed, embedder=settings.embedder
+    )
     per_template, answers = [], []
     for index, template in enumerate(templates):
         variant = strategy.model_copy(update={"template": template, "name": f"paraphrase-{index}"})
@@ -215,6 +223,7 @@ def evaluate_consistency(
             labels=labels,
             settings=replace(settings, mode=_single_mode(settings.mode)),
             on_progress=on_progress,
+            chosen_shots=chosen_shots,
         )
         metric = next(iter(result.metrics))
         per_template.append({"template": template, metric: result.metrics[metric]["value"]})

@@ -1,6 +1,7 @@
 """Few-shot example selection: fixed ids, seeded random, or nearest neighbours of the query."""
 
 import random
+from collections import defaultdict
 
 import torch
 
@@ -56,12 +57,11 @@ def _similar(
     pool = embedder.embed([e.input for e in train])
     asked = embedder.embed([q.input for q in queries])
     similarity = asked @ pool.T  # (Q, N) cosine
-    train_keys = [normalize_text(e.input) for e in train]
+    columns_of = defaultdict(list)
+    for column, example in enumerate(train):
+        columns_of[normalize_text(example.input)].append(column)
     for row, query in enumerate(queries):
-        key = normalize_text(query.input)
-        for column, train_key in enumerate(train_keys):
-            if train_key == key:
-                similarity[row, column] = -torch.inf
+        similarity[row, columns_of.get(normalize_text(query.input), [])] = -torch.inf
     top = similarity.topk(k, dim=-1).indices
     # Most similar last: closest to the query, where small models attend most.
     return [[train[i] for i in reversed(row.tolist())] for row in top], embedder.name
