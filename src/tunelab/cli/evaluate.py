@@ -9,9 +9,9 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from tunelab.cli.common import choice, resolve_labels
 from tunelab.cli.output import console
 from tunelab.data import load_dataset, split_examples
-from tunelab.data.stats import looks_like_classification
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.generation import GenerationConfig
 from tunelab.evaluation.runner import (
@@ -30,6 +30,8 @@ from tunelab.prompting.strategy import (
     PARAPHRASES_FREE,
     validate_strategy,
 )
+from tunelab.prompting.task_prefix import with_task_prefix
+from tunelab.training.artifacts import load_trained_run
 
 
 def eval_command(
@@ -38,6 +40,9 @@ def eval_command(
     input_field: str | None = typer.Option(None, "--input", help="Input field/column."),
     output_field: str | None = typer.Option(None, "--output", help="Output field/column."),
     model: str = typer.Option(DEFAULT_MODEL, help="Registered name, local folder or hub id."),
+    adapter: Path | None = typer.Option(
+        None, help="A `tunelab train` run folder: its model, prompt, labels and task prefix."
+    ),
     prompt: Path | None = typer.Option(None, help="Prompt strategy file (YAML/JSON)."),
     system: str | None = typer.Option(None, help="System/context text (overrides the file)."),
     shots: int | None = typer.Option(None, min=0, help="Few-shot examples (overrides the file)."),
@@ -68,16 +73,24 @@ def eval_command(
     show: int = typer.Option(10, min=0, help="Predictions to print."),
 ) -> None:
     """Evaluate a prompt strategy and write predictions + metrics to a run folder."""
-    strategy = _strategy(prompt, system=system, shots=shots, selector=selector, cot=cot)
+    trained = _trained_run_meta(adapter)
+    strategy = _strategy(
+        prompt, system=system, shots=shots, selector=selector, cot=cot, base=trained.get("strategy")
+    )
     train_set = load_dataset(data, input_field, output_field)
     if test:
         train, held_out = train_set.examples, load_dataset(test, input_field, output_field).examples
     else:
         train, held_out = split_examples(train_set.examples, 0.2, seed=seed)
     held_out = held_out[:limit] if limit else held_out
-    label_set = _resolve_labels(labels, train)
+    if labels == "auto" and "labels" in trained:
+        label_set = trained["labels"]
+    else:
+        label_set = resolve_labels(labels, train)
+    train = with_task_prefix(train, trained.get("task_prefix"))
+    held_out = with_task_prefix(held_out, trained.get("task_prefix"))
     settings = EvalSettings(
-        mode=_choice("--mode", mode, ("auto", "score", "generate", "both")),
+        mode=choice("--mode", mode, ("auto", "score", "generate", "both")),
         generation=GenerationConfig(
             max_new_tokens=max_new_tokens,
             temperature=temperature,
@@ -88,12 +101,12 @@ def eval_command(
         format_regex=format_regex,
         format_schema=_read_schema(format_schema) if format_schema else None,
         seed=seed,
-        embedder=_choice("--embedder", embedder, ("auto", "tfidf")),
+        embedder=choice("--embedder", embedder, ("auto", "tfidf")),
     )
     passes = len(resolve_modes(settings.mode, label_set, strategy.cot))
     templates = _paraphrases(paraphrases, label_set) if consistency or paraphrases else None
-    console.print(f"loading {model} ...")
-    loaded = load_model(model)
+    console.print(f"loading {adapter or model} ...")
+    loaded = load_trained_run(adapter) if adapter else load_model(model)
     with _progress() as progress:
         result = _run(
             progress,
@@ -127,7 +140,8 @@ def eval_command(
     config = config_record(
         data=data,
         test=test,
-        model=model,
+        model=trained.get("base_model", model),
+        adapter=adapter,
         strategy=strategy,
         settings=settings,
         labels=label_set,
@@ -138,12 +152,26 @@ def eval_command(
     console.print(f"run folder: {run_dir}")
 
 
-def _strategy(path: Path | None, **overrides) -> PromptStrategy:
-    strategy = load_strategy(path) if path else PromptStrategy()
+def _trained_run_meta(adapter: Path | None) -> dict:
+    if adapter is None:
+        return {}
+    from tunelab.training.artifacts import read_meta
+
+    return read_meta(adapter)
+
+
+def _strategy(path: Path | None, base: dict | None = None, **overrides) -> PromptStrategy:
+    """The strategy file, else the one a trained run was trained with, else zero-shot."""
+    if path:
+        strategy = load_strategy(path)
+    elif base:
+        strategy = validate_strategy(base, where="trained run strategy: ")
+    else:
+        strategy = PromptStrategy()
     changes = {key: value for key, value in overrides.items() if value is not None}
     if not changes:
         return strategy
-    if path is None and "name" not in changes:
+    if path is None and base is None and "name" not in changes:
         changes["name"] = _describe(changes)
     return validate_strategy({**strategy.model_dump(), **changes}, where="--")
 
@@ -157,23 +185,6 @@ def _describe(changes: dict) -> str:
     if changes.get("cot"):
         parts.append("cot")
     return " ".join(parts)
-
-
-def _choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
-    if value not in allowed:
-        raise TuneLabError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
-
-
-def _resolve_labels(option: str, train) -> list[str] | None:
-    if option == "none":
-        return None
-    if option == "auto":
-        return sorted({e.output for e in train}) if looks_like_classification(train) else None
-    chosen = [label.strip() for label in option.split(",") if label.strip()]
-    if not chosen:
-        raise TuneLabError("--labels: the label list is empty")
-    return chosen
 
 
 def _read_schema(path: Path) -> dict:

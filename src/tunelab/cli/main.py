@@ -1,6 +1,7 @@
 """The ``tunelab`` command: wires the sub-commands and turns user errors into one-line messages."""
 
 import os
+import warnings
 
 import click
 import typer
@@ -54,14 +55,20 @@ def _quiet_libraries() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # save_pretrained's "Writing model shards" bar
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated")
 
 
 def _register_commands() -> None:
-    from tunelab.cli import data, evaluate, models
+    from tunelab.cli import data, evaluate, models, train
 
     app.add_typer(models.app, name="models")
     app.add_typer(data.app, name="data")
     app.command("eval")(evaluate.eval_command)
+    app.command("train")(train.train_command)
+    app.command("methods")(train.methods_command)
 
 
 _register_commands()

@@ -49,7 +49,8 @@ class PromptStrategy(BaseModel):
     instruction: str | None = Field(
         None,
         description="Task instruction (Jinja2, sees `labels`), placed in the system message "
-        "after `system`. Default: for a label set, 'classify into one of <labels>'.",
+        "after `system`. Default: for a label set, 'classify into one of <labels>'; an empty "
+        "string means no instruction (trained models).",
     )
     template: str | None = Field(
         None,
@@ -79,7 +80,8 @@ class PromptStrategy(BaseModel):
 
     def resolved_instruction(self, classification: bool) -> str | None:
         """The instruction, with the answer-format sentence that suits labels and CoT."""
-        parts = [self.instruction or (CLASSIFY_INSTRUCTION if classification else None)]
+        default = CLASSIFY_INSTRUCTION if classification else None
+        parts = [default if self.instruction is None else self.instruction]
         if self.cot:
             parts.append(COT_ANSWER)
         elif classification and self.instruction is None:

@@ -1,0 +1,158 @@
+"""``tunelab train``: adapt the model to the dataset with one method; ``tunelab methods``."""
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from tunelab.cli.common import resolve_labels
+from tunelab.cli.output import console
+from tunelab.data import load_dataset, split_examples
+from tunelab.errors import TuneLabError
+from tunelab.models import DEFAULT_MODEL
+from tunelab.prompting import load_strategy
+from tunelab.training.config import make_settings, parse_option_pairs
+from tunelab.training.methods import all_methods
+
+
+def train_command(
+    data: Path = typer.Option(..., help="Training data (JSONL, CSV or chat JSONL)."),
+    method: str = typer.Option(..., help="full | lora | prompt-tuning | prefix-tuning | p-tuning"),
+    dev: Path | None = typer.Option(None, help="Dev file for per-epoch evaluation."),
+    dev_size: float = typer.Option(0.1, help="Fraction carved from --data when no --dev."),
+    test: Path | None = typer.Option(None, help="Held-out test file for the final evaluation."),
+    input_field: str | None = typer.Option(None, "--input", help="Input field/column."),
+    output_field: str | None = typer.Option(None, "--output", help="Output field/column."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Registered name, local folder or hub id."),
+    prompt: Path | None = typer.Option(None, help="Prompt strategy file for the training prompts."),
+    labels: str = typer.Option("auto", help="auto | none | comma-separated label list."),
+    task_prefix: str | None = typer.Option(None, help='e.g. "[TECH_SUPPORT]", stored with it.'),
+    option: list[str] = typer.Option(
+        [], "--option", "-o", help="Method option KEY=VALUE (repeatable; see tunelab methods)."
+    ),
+    learning_rate: float | None = typer.Option(None, "--lr", help="Default: the method's."),
+    epochs: float = typer.Option(2.0),
+    batch_size: int = typer.Option(8),
+    grad_accum: int = typer.Option(1, help="Batches per optimiser step."),
+    warmup: float = typer.Option(0.06, help="Fraction of steps warming up."),
+    scheduler: str = typer.Option("linear", help="linear | cosine | constant_with_warmup."),
+    weight_decay: float = typer.Option(0.0),
+    max_length: int = typer.Option(512, help="Longest prompt+answer kept (tokens)."),
+    metric: str | None = typer.Option(None, help="Dev metric (default accuracy / rouge_l)."),
+    patience: int = typer.Option(2, help="Evaluations without improvement before stopping."),
+    save_steps: int = typer.Option(50, help="Checkpoint every N optimiser steps."),
+    seed: int = typer.Option(0),
+    report_to: list[str] = typer.Option([], help="tensorboard | wandb | mlflow (repeatable)."),
+    out: Path | None = typer.Option(None, help="Run folder (default runs/train-<method>-<time>)."),
+    resume: bool = typer.Option(False, help="Continue the interrupted run in --out."),
+    overwrite: bool = typer.Option(False, help="Replace whatever is in --out."),
+    keep_checkpoints: bool = typer.Option(False, help="Keep Trainer checkpoints at the end."),
+) -> None:
+    """Train one method, keep the best epoch on the dev metric, evaluate, save the adapter."""
+    from tunelab.training.run import default_training_strategy, train_run
+
+    settings = make_settings(
+        method=method,
+        options=parse_option_pairs(option),
+        learning_rate=learning_rate,
+        epochs=epochs,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        warmup=warmup,
+        scheduler=scheduler,
+        weight_decay=weight_decay,
+        max_length=max_length,
+        seed=seed,
+        metric=metric,
+        patience=patience,
+        save_steps=save_steps,
+        task_prefix=task_prefix,
+        report_to=report_to,
+    )
+    if resume and out is None:
+        raise TuneLabError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
+    train_data = _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed)
+    settings = settings.resolved(classification=train_data.labels is not None)
+    strategy = load_strategy(prompt) if prompt else default_training_strategy(settings.method)
+    run_dir = out or Path("runs") / time.strftime(f"train-{settings.method}-%Y%m%d-%H%M%S")
+    _print_plan(settings, train_data, run_dir)
+    try:
+        outcome = train_run(
+            settings,
+            train_data,
+            strategy,
+            model,
+            run_dir,
+            resume=resume,
+            overwrite=overwrite,
+            keep_checkpoints=keep_checkpoints,
+            console=console,
+        )
+    except KeyboardInterrupt:
+        console.print(
+            f"\n[yellow]interrupted[/]; continue with the same command plus "
+            f"--out {run_dir} --resume"
+        )
+        raise typer.Exit(130) from None
+    _print_outcome(outcome)
+
+
+def _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed):
+    from tunelab.training.run import TrainData
+
+    train = load_dataset(data, input_field, output_field).examples
+    label_set = resolve_labels(labels, train)
+    files = {"train": data}
+    if dev:
+        dev_examples = load_dataset(dev, input_field, output_field).examples
+        files["dev"] = dev
+    else:
+        train, dev_examples = split_examples(
+            train, dev_size, seed=seed, stratify=label_set is not None
+        )
+    test_examples = None
+    if test:
+        test_examples = load_dataset(test, input_field, output_field).examples
+        files["test"] = test
+    return TrainData(train, dev_examples, test_examples, label_set, files)
+
+
+def _print_plan(settings, data, run_dir: Path) -> None:
+    options = ", ".join(f"{k}={v}" for k, v in settings.options.items())
+    console.print(
+        f"[bold]{settings.method}[/] ({options or 'no options'}) · lr {settings.learning_rate:g} · "
+        f"{settings.epochs:g} epochs · batch {settings.batch_size}x{settings.grad_accum} · "
+        f"train {len(data.train)} / dev {len(data.dev)} / test {len(data.test or [])} · "
+        f"{f'{len(data.labels)} labels' if data.labels else 'free text'} → {run_dir}"
+    )
+
+
+def _print_outcome(outcome) -> None:
+    s = outcome.summary
+    table = Table("metric", "value", "95% interval", title=f"final evaluation ({s['method']})")
+    for name, value in outcome.final.metrics.items():
+        table.add_row(name, f"{value['value']:.3f}", f"{value['low']:.3f} – {value['high']:.3f}")
+    console.print(table)
+    console.print(
+        f"trainable parameters {s['trainable_parameters']:,} ({s['trainable_percent']:.3f}%) · "
+        f"train {s['train_seconds']:.0f} s, {s['tokens_per_second']:.0f} tok/s · "
+        f"peak memory {s['peak_memory_mb']:.0f} MB · best dev {s['dev_metric']} "
+        f"{(s['best_dev_metric'] or 0):.3f} at step {s['best_checkpoint_step']}"
+    )
+    console.print(f"run folder: {outcome.run_dir}")
+
+
+def methods_command() -> None:
+    """List the training methods, their default learning rates and options."""
+    table = Table("method", "default lr", "options (default)", "what / why", show_lines=True)
+    for method in all_methods().values():
+        fields = method.options.model_fields
+        options = "\n".join(f"{name}={field.default!r}" for name, field in fields.items())
+        table.add_row(
+            method.name,
+            f"{method.learning_rate:g}",
+            options or "-",
+            f"{method.summary}\n{method.why}",
+        )
+    console.print(table)

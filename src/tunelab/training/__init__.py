@@ -1,0 +1,1 @@
+"""Fine-tuning: full, LoRA and soft-prompt methods on the user's data, with the HF Trainer."""

@@ -1,0 +1,83 @@
+"""The trained-run folder: what is in it, how it is written, and how it is loaded back.
+
+    RUN_DIR/
+      config.json          resolved settings, data files with hashes, package versions
+      metrics.jsonl        one record per log step and per dev evaluation
+      checkpoints/         Trainer checkpoints while training (removed at the end)
+      adapter/             the result: PEFT adapter or full weights, tokenizer, tunelab.json
+      predictions.jsonl    final evaluation, one row per example
+      metrics.json         final metrics and the cost of training
+
+``adapter/`` appears in one rename once complete, and ``tunelab.json`` inside it is what marks
+a finished run, so an interrupted run is never mistaken for a usable one.
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.errors import TuneLabError
+from tunelab.paths import atomic_directory, write_json_atomic
+
+ADAPTER_DIR = "adapter"
+META_FILE = "tunelab.json"
+CHECKPOINTS_DIR = "checkpoints"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class TrainedRun:
+    run_dir: Path
+    meta: dict  # method, base_model, task_prefix, strategy, labels, max_new_tokens
+    model: object  # what the evaluation engine calls (soft prompts become a cached prefix)
+    tokenizer: object
+
+    @property
+    def task_prefix(self) -> str | None:
+        return self.meta.get("task_prefix")
+
+
+def is_finished(run_dir: Path) -> bool:
+    return (run_dir / ADAPTER_DIR / META_FILE).is_file()
+
+
+def save_adapted_model(run_dir: Path, model, tokenizer, meta: dict) -> Path:
+    """Write weights, tokenizer and metadata into ``RUN_DIR/adapter`` in one atomic step."""
+    with atomic_directory(run_dir / ADAPTER_DIR) as scratch:
+        model.save_pretrained(scratch)
+        tokenizer.save_pretrained(scratch)
+        write_json_atomic(scratch / META_FILE, {"format": FORMAT_VERSION, **meta})
+    return run_dir / ADAPTER_DIR
+
+
+def read_meta(run_dir: Path) -> dict:
+    path = run_dir / ADAPTER_DIR / META_FILE
+    if not path.is_file():
+        if (run_dir / "config.json").is_file():
+            raise TuneLabError(
+                f"{run_dir}: training did not finish; continue it with "
+                f"`tunelab train ... --out {run_dir} --resume`"
+            )
+        raise TuneLabError(f"{run_dir}: not a tunelab training run (no {ADAPTER_DIR}/{META_FILE})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def load_trained_run(run_dir: Path, *, device: str = "cpu") -> TrainedRun:
+    """Load base model + adapter (or the full weights) ready for evaluation or chat."""
+    from tunelab.models import load_model
+    from tunelab.training.soft_prompt import inference_view
+
+    meta = read_meta(run_dir)
+    adapter = run_dir / ADAPTER_DIR
+    if (adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = load_model(meta["base_model"], device=device)
+        model = PeftModel.from_pretrained(base.model, adapter).eval()
+        if not model.active_peft_config.is_prompt_learning:
+            model = model.merge_and_unload()  # LoRA folded into the weights: no extra matmuls
+        tokenizer = base.tokenizer
+    else:
+        loaded = load_model(str(adapter), device=device)
+        model, tokenizer = loaded.model, loaded.tokenizer
+    return TrainedRun(run_dir, meta, inference_view(model), tokenizer)

@@ -1,0 +1,82 @@
+"""Training settings: validated before any model is loaded, stored resolved with every run."""
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tunelab.errors import TuneLabError
+from tunelab.training.methods import get_method
+
+CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
+FREE_TEXT_METRICS = ("rouge_l", "token_f1", "exact_match", "embedding_similarity", "bleu", "chrf")
+
+
+class TrainSettings(BaseModel):
+    """Everything that decides a training run (besides the data and the prompt strategy)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str
+    options: dict = Field(default_factory=dict, description="method options (tunelab methods)")
+    learning_rate: float | None = Field(None, gt=0, description="default: the method's")
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0, description="batches per optimiser step")
+    warmup: float = Field(0.06, ge=0, lt=1, description="fraction of steps spent warming up")
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
+    weight_decay: float = Field(0.0, ge=0)
+    max_length: int = Field(512, ge=8, description="longest prompt+answer kept, in tokens")
+    seed: int = 0
+    metric: str | None = Field(None, description="dev metric for keep-best and early stopping")
+    patience: int = Field(2, ge=0, description="evals without improvement before stopping; 0=off")
+    save_steps: int = Field(50, gt=0, description="checkpoint every N optimiser steps")
+    task_prefix: str | None = None
+    report_to: list[str] = Field(default_factory=list)
+
+    def resolved(self, classification: bool) -> "TrainSettings":
+        """Fill method defaults (learning rate, options, metric) so the stored config is exact."""
+        method = get_method(self.method)
+        options = method.parse_options(self.options).model_dump()
+        metric = self.metric or ("accuracy" if classification else "rouge_l")
+        allowed = CLASSIFICATION_METRICS if classification else FREE_TEXT_METRICS
+        if metric not in allowed:
+            kind = "classification" if classification else "free-text"
+            raise TuneLabError(
+                f"--metric {metric!r} is not a {kind} metric; choose one of {', '.join(allowed)}"
+            )
+        return self.model_copy(
+            update={
+                "method": method.name,
+                "options": options,
+                "learning_rate": self.learning_rate or method.learning_rate,
+                "metric": metric,
+            }
+        )
+
+
+def make_settings(**values) -> TrainSettings:
+    """Validate CLI/experiment values; each problem is one line naming the option."""
+    try:
+        settings = TrainSettings.model_validate(values)
+    except ValidationError as err:
+        lines = [
+            f"--{'.'.join(map(str, e['loc'])).replace('_', '-')}: {e['msg']}" for e in err.errors()
+        ]
+        raise TuneLabError("\n".join(lines)) from None
+    method = get_method(settings.method)
+    method.parse_options(settings.options)
+    return settings
+
+
+def parse_option_pairs(pairs: list[str]) -> dict:
+    """``["r=8", "target_modules=q_proj,v_proj"]`` → a dict, YAML-typed (8 is an int)."""
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise TuneLabError(f"--option {pair!r}: expected KEY=VALUE")
+        parsed = yaml.safe_load(value) if value.strip() else ""
+        options[key.strip().replace("-", "_")] = parsed if parsed is not None else value
+    return options

@@ -1,0 +1,67 @@
+"""Turn examples into training sequences whose loss covers the answer tokens only.
+
+The prompt is rendered exactly as the evaluation engine renders it (same strategy, chat
+template, task prefix), so the model is trained on the text it will be asked about. The answer
+is followed by the end-of-turn token, which label scoring also scores and generation stops on.
+"""
+
+from dataclasses import dataclass
+
+from tunelab.data.loading import Example
+from tunelab.evaluation.runner import build_prompts
+from tunelab.prompting.strategy import PromptStrategy
+
+IGNORE_INDEX = -100  # positions the loss skips (PyTorch's cross-entropy default)
+
+
+@dataclass
+class Encoded:
+    features: list[dict]  # input_ids, attention_mask, labels per example
+    skipped: list[int]  # source lines of examples longer than max_length
+
+    @property
+    def answer_tokens(self) -> int:
+        return sum(sum(1 for t in f["labels"] if t != IGNORE_INDEX) for f in self.features)
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(len(f["input_ids"]) for f in self.features)
+
+
+def encode_examples(
+    tokenizer,
+    strategy: PromptStrategy,
+    examples: list[Example],
+    labels: list[str] | None,
+    max_length: int,
+) -> Encoded:
+    prompts = build_prompts(tokenizer, strategy, examples, labels, [[] for _ in examples])
+    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer([e.output for e in examples], add_special_tokens=False)["input_ids"]
+    features, skipped = [], []
+    for example, prompt, answer in zip(examples, prompt_ids, answer_ids, strict=True):
+        answer = [*answer, tokenizer.eos_token_id]
+        if len(prompt) + len(answer) > max_length:
+            skipped.append(example.line)
+            continue
+        features.append(
+            {
+                "input_ids": prompt + answer,
+                "attention_mask": [1] * (len(prompt) + len(answer)),
+                "labels": [IGNORE_INDEX] * len(prompt) + answer,
+            }
+        )
+    return Encoded(features, skipped)
+
+
+class FeatureList:
+    """A sized, indexable dataset over encoded features (what the Trainer's samplers need)."""
+
+    def __init__(self, features: list[dict]):
+        self.features = features
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.features[index]

@@ -1,0 +1,75 @@
+"""The registry of training methods. Adding a method = one module here + one line below.
+
+A method turns a loaded base model into the model the Trainer optimises, and carries the
+defaults that make it train well on small models (the learning rate above all: soft prompts
+need one to three orders of magnitude more than weight updates).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from tunelab.errors import TuneLabError
+
+
+class MethodOptions(BaseModel):
+    """Base of each method's own options; unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass
+class MethodContext:
+    """What a method may need besides the model: initialisation text comes from these."""
+
+    tokenizer: Any
+    labels: list[str] | None = None
+    task_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    summary: str
+    learning_rate: float  # default, documented in the method's module
+    options: type[MethodOptions]
+    apply: Any  # (model, options, context) -> trainable model
+    why: str = ""  # one sentence on the defaults, shown by `tunelab methods`
+    aliases: tuple[str, ...] = field(default=())
+
+    def parse_options(self, raw: dict) -> MethodOptions:
+        try:
+            return self.options.model_validate(raw)
+        except ValidationError as err:
+            problems = [
+                f"--option {'.'.join(map(str, e['loc'])) or '(top)'} ({self.name}): {e['msg']}"
+                for e in err.errors()
+            ]
+            raise TuneLabError("\n".join(problems)) from None
+
+
+def _registry() -> dict[str, Method]:
+    from tunelab.training.methods import full, lora, p_tuning, prefix_tuning, prompt_tuning
+
+    methods = [
+        full.METHOD,
+        lora.METHOD,
+        prompt_tuning.METHOD,
+        prefix_tuning.METHOD,
+        p_tuning.METHOD,
+    ]
+    return {m.name: m for m in methods}
+
+
+def all_methods() -> dict[str, Method]:
+    return _registry()
+
+
+def get_method(name: str) -> Method:
+    methods = _registry()
+    normalised = name.strip().lower().replace("_", "-")
+    for method in methods.values():
+        if normalised == method.name or normalised in method.aliases:
+            return method
+    raise TuneLabError(f"unknown method {name!r}; choose one of: {', '.join(methods)}")

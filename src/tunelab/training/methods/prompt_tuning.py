@@ -1,0 +1,85 @@
+"""Prompt tuning (Lester et al., 2021): only a few virtual token embeddings are learned.
+
+Defaults: 20 virtual tokens, learning rate 3e-2 with AdamW, initialised from the class labels
+(classification) or from an instruction text. Lester et al. trained with 0.3 under Adafactor;
+with AdamW's normalised steps, rates between 1e-2 and 1e-1 train, the 1e-3..1e-4 rates of
+weight fine-tuning leave the prompt where it started. Initialising from real token embeddings
+(labels or text) keeps the prompt in the region of embedding space the model understands;
+random vectors start far outside it and train slowly.
+"""
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from tunelab.errors import TuneLabError
+from tunelab.training.methods import Method, MethodContext, MethodOptions
+
+DEFAULT_INIT_TEXT = "Read the input carefully and answer with the correct output."
+
+
+class PromptTuningOptions(MethodOptions):
+    virtual_tokens: int = Field(20, gt=0, description="length of the learned prompt")
+    init: Literal["auto", "labels", "text", "vocab", "random"] = Field(
+        "auto", description="auto: labels for classification, else text"
+    )
+    init_text: str | None = Field(None, description="text for init=text")
+
+
+def apply(model, options: PromptTuningOptions, context: MethodContext):
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+    config = PromptTuningConfig(
+        task_type=TaskType.CAUSAL_LM,
+        num_virtual_tokens=options.virtual_tokens,
+        prompt_tuning_init=PromptTuningInit.RANDOM,
+    )
+    peft_model = get_peft_model(model, config)
+    init = options.init
+    if init == "auto":
+        init = "labels" if context.labels else "text"
+    if init != "random":
+        vectors = initial_vectors(model, context, init, options)
+        embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding
+        with torch.no_grad():
+            embedding.weight.copy_(vectors.to(embedding.weight.dtype))
+    return peft_model
+
+
+def initial_vectors(model, context: MethodContext, init: str, options) -> torch.Tensor:
+    """``virtual_tokens`` x hidden starting embeddings taken from real tokens.
+
+    labels: the mean embedding of each class label's tokens, one label per virtual token
+    (cycled when there are fewer labels than tokens); text: the tokens of ``init_text``,
+    cycled to length; vocab: random vocabulary rows (seeded by the Trainer's seed).
+    """
+    table = model.get_input_embeddings().weight.detach()
+    n = options.virtual_tokens
+    tokenizer = context.tokenizer
+    if init == "vocab":
+        return table[torch.randint(0, table.shape[0], (n,))].clone()
+    if init == "labels":
+        if not context.labels:
+            raise TuneLabError("--option init=labels needs a label set (classification data)")
+        rows = [
+            table[tokenizer(label, add_special_tokens=False)["input_ids"]].mean(0)
+            for label in context.labels
+        ]
+        return torch.stack([rows[i % len(rows)] for i in range(n)])
+    text = options.init_text or context.task_prefix or DEFAULT_INIT_TEXT
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise TuneLabError("--option init_text: the text has no tokens")
+    return table[[ids[i % len(ids)] for i in range(n)]].clone()
+
+
+METHOD = Method(
+    name="prompt-tuning",
+    summary="learned soft prompt of virtual token embeddings",
+    learning_rate=3e-2,
+    options=PromptTuningOptions,
+    apply=apply,
+    why="soft prompts need rates ~100x LoRA's; label/text init starts inside embedding space",
+    aliases=("prompt", "soft-prompt"),
+)

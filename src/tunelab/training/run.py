@@ -1,0 +1,314 @@
+"""One training run, end to end: data → method → Trainer → best checkpoint → adapter → eval."""
+
+import contextlib
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.data.loading import Example
+from tunelab.errors import TuneLabError
+from tunelab.evaluation.generation import GenerationConfig
+from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate
+from tunelab.paths import write_json_atomic
+from tunelab.prompting.strategy import PromptStrategy
+from tunelab.prompting.task_prefix import with_task_prefix
+from tunelab.training import artifacts
+from tunelab.training.config import TrainSettings
+from tunelab.training.encoding import FeatureList, encode_examples
+from tunelab.training.methods import MethodContext, get_method
+from tunelab.training.soft_prompt import inference_view
+from tunelab.training.trainer import (
+    KeepBestAndStopEarly,
+    MetricsFile,
+    ProgressDisplay,
+    RestoreTrainableState,
+    TaskMetricTrainer,
+    load_checkpoint_weights,
+    peak_memory_mb,
+    truncate_metrics_file,
+)
+
+
+@dataclass
+class TrainData:
+    train: list[Example]
+    dev: list[Example]
+    test: list[Example] | None
+    labels: list[str] | None
+    files: dict[str, Path]  # role -> path, hashed into the run config
+
+
+@dataclass
+class TrainOutcome:
+    run_dir: Path
+    final: EvalResult
+    summary: dict
+
+
+def default_training_strategy(name: str) -> PromptStrategy:
+    """No instruction and no label list: the trained weights carry the task, so prompts stay
+    short (a 77-label list would multiply every training sequence's length by ten)."""
+    return PromptStrategy(name=name, instruction="")
+
+
+def train_run(
+    settings: TrainSettings,
+    data: TrainData,
+    strategy: PromptStrategy,
+    base_model: str,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    keep_checkpoints: bool = False,
+    console=None,
+    callbacks: tuple = (),
+) -> TrainOutcome:
+    if strategy.shots or strategy.cot:
+        raise TuneLabError("training prompts cannot use few-shot examples or chain of thought")
+    config = _run_config(settings, data, strategy, base_model)
+    checkpoint = _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    from transformers import set_seed
+
+    from tunelab.models import load_model
+
+    loaded = load_model(base_model)
+    tokenizer = loaded.tokenizer
+    tokenizer.padding_side = "right"  # training pads after the answer; inference pads left
+    set_seed(settings.seed)
+    method = get_method(settings.method)
+    context = MethodContext(tokenizer, data.labels, settings.task_prefix)
+    model = method.apply(loaded.model, method.parse_options(settings.options), context)
+    model.train()
+
+    train = with_task_prefix(data.train, settings.task_prefix)
+    dev = with_task_prefix(data.dev, settings.task_prefix)
+    encoded = encode_examples(tokenizer, strategy, train, data.labels, settings.max_length)
+    if not encoded.features:
+        raise TuneLabError(
+            f"every training example is longer than --max-length {settings.max_length}"
+        )
+    if encoded.skipped and console:
+        console.print(
+            f"[yellow]skipped {len(encoded.skipped)} examples longer than {settings.max_length} "
+            f"tokens (lines {', '.join(map(str, encoded.skipped[:5]))}...)[/]"
+        )
+    generation = GenerationConfig(max_new_tokens=_answer_budget(tokenizer, train), batch_size=8)
+    eval_settings = EvalSettings(generation=generation, seed=settings.seed, resamples=200)
+
+    def task_eval(view) -> EvalResult:
+        return evaluate(view, tokenizer, strategy, dev, labels=data.labels, settings=eval_settings)
+
+    metric_key = f"eval_{settings.metric}"
+    trainer = _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metric_key)
+    progress = ProgressDisplay(console, metric_key) if console else None
+    if progress:
+        progress.trainer = trainer
+        trainer.add_callback(progress)
+    trainer.add_callback(RestoreTrainableState(checkpoint))
+    for callback in callbacks:
+        trainer.add_callback(callback)
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    train_seconds = time.perf_counter() - started
+
+    best = trainer.state.best_model_checkpoint
+    if best:
+        load_checkpoint_weights(model, Path(best))
+    model.eval()
+    meta = {
+        "method": method.name,
+        "base_model": base_model,
+        "task_prefix": settings.task_prefix,
+        "strategy": strategy.model_dump(),
+        "labels": data.labels,
+        "max_new_tokens": generation.max_new_tokens,
+        "settings": settings.model_dump(),
+    }
+    artifacts.save_adapted_model(run_dir, model, tokenizer, meta)
+
+    held_out = with_task_prefix(data.test, settings.task_prefix) if data.test else dev
+    final = evaluate(
+        inference_view(model),
+        tokenizer,
+        strategy,
+        held_out,
+        labels=data.labels,
+        settings=EvalSettings(generation=generation, seed=settings.seed),
+    )
+    summary = _summary(trainer, model, settings, encoded, train_seconds, best, data)
+    _write_final(run_dir, final, summary, "test" if data.test else "dev")
+    if not keep_checkpoints:
+        shutil.rmtree(run_dir / artifacts.CHECKPOINTS_DIR, ignore_errors=True)
+    return TrainOutcome(run_dir, final, summary)
+
+
+def _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metric_key):
+    import torch
+    from transformers import DataCollatorForSeq2Seq, PrinterCallback, TrainingArguments
+
+    args = TrainingArguments(
+        output_dir=str(run_dir / artifacts.CHECKPOINTS_DIR),
+        num_train_epochs=settings.epochs,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accum,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup,
+        lr_scheduler_type=settings.scheduler,
+        seed=settings.seed,
+        train_sampling_strategy="group_by_length",
+        eval_strategy="epoch",
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        save_total_limit=2,  # the best and the latest checkpoint survive rotation
+        metric_for_best_model=metric_key,
+        greater_is_better=True,
+        logging_steps=max(1, min(10, settings.save_steps)),
+        report_to=settings.report_to or "none",
+        disable_tqdm=True,
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+    )
+    trainer = TaskMetricTrainer(
+        model=model,
+        args=args,
+        train_dataset=FeatureList(encoded.features),
+        eval_dataset=FeatureList(encoded.features[:1]),  # unused: evaluate() runs the task
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        processing_class=tokenizer,
+        task_eval=task_eval,
+        callbacks=[
+            KeepBestAndStopEarly(metric_key, settings.patience),
+            MetricsFile(run_dir / "metrics.jsonl"),
+        ],
+    )
+    trainer.remove_callback(PrinterCallback)
+    return trainer
+
+
+def _answer_budget(tokenizer, examples: list[Example]) -> int:
+    """Generation length for free-text dev evaluation: the longest training answer, plus slack."""
+    lengths = [len(ids) for ids in tokenizer([e.output for e in examples])["input_ids"]]
+    return min(512, max(lengths, default=16) + 16)
+
+
+def _prepare_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool) -> Path | None:
+    """Check the folder against the request; return the checkpoint to resume from, if any."""
+    stored = run_dir / "config.json"
+    if overwrite and run_dir.exists():
+        shutil.rmtree(run_dir)
+    elif resume:
+        if artifacts.is_finished(run_dir):
+            raise TuneLabError(f"{run_dir}: this run already finished; nothing to resume")
+        if not stored.is_file():
+            raise TuneLabError(f"{run_dir}: no run to resume here (no config.json)")
+        _check_same_config(json.loads(stored.read_text(encoding="utf-8")), config, run_dir)
+        checkpoint = latest_checkpoint(run_dir / artifacts.CHECKPOINTS_DIR)
+        truncate_metrics_file(run_dir / "metrics.jsonl", _step_of(checkpoint))
+        return checkpoint
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        what = "a finished run" if artifacts.is_finished(run_dir) else "an unfinished run"
+        raise TuneLabError(
+            f"{run_dir} already holds {what}; pass --resume to continue it, "
+            "--overwrite to start again, or choose another --out"
+        )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    write_json_atomic(stored, config)
+    return None
+
+
+def latest_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint (the Trainer writes trainer_state.json last)."""
+    complete = [c for c in folder.glob("checkpoint-*") if (c / "trainer_state.json").is_file()]
+    return max(complete, key=_step_of, default=None)
+
+
+def _step_of(checkpoint: Path | None) -> int:
+    return int(checkpoint.name.rsplit("-", 1)[-1]) if checkpoint else 0
+
+
+def _check_same_config(stored: dict, requested: dict, run_dir: Path) -> None:
+    keys = ("settings", "strategy", "base_model", "data")
+    changed = [k for k in keys if stored.get(k) != requested.get(k)]
+    if changed:
+        raise TuneLabError(
+            f"{run_dir}: --resume needs the same settings as the interrupted run; "
+            f"different: {', '.join(changed)}"
+        )
+
+
+def _run_config(settings, data: TrainData, strategy, base_model: str) -> dict:
+    return {
+        "base_model": base_model,
+        "settings": settings.model_dump(),
+        "strategy": strategy.model_dump(),
+        "data": {
+            role: {"path": str(path), "sha256": _sha256(path)} for role, path in data.files.items()
+        },
+        "sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test or [])},
+        "labels": data.labels,
+        "versions": _versions(),
+    }
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("tunelab", "torch", "transformers", "peft", "accelerate"):
+        with contextlib.suppress(PackageNotFoundError):
+            found[package] = version(package)
+    return found
+
+
+def _summary(trainer, model, settings, encoded, train_seconds, best, data) -> dict:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    state = trainer.state
+    stepping = max(train_seconds - trainer.dev_eval_seconds, 1e-9)  # time spent on steps only
+    return {
+        "method": settings.method,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "trainable_percent": round(100 * trainable / total, 4),
+        "train_seconds": round(train_seconds, 1),
+        "dev_eval_seconds": round(trainer.dev_eval_seconds, 1),
+        "steps": state.global_step,
+        "epochs_done": round(state.epoch or 0.0, 3),
+        "stopped_early": state.global_step < state.max_steps,
+        "best_checkpoint_step": _step_of(Path(best)) if best else None,
+        "best_dev_metric": state.best_metric,
+        "dev_metric": settings.metric,
+        "tokens_per_second": round(trainer.tokens_seen / stepping, 1),
+        "answer_tokens_per_second": round(trainer.answer_tokens_seen / stepping, 1),
+        "train_examples": len(encoded.features),
+        "skipped_too_long": len(encoded.skipped),
+        "peak_memory_mb": round(peak_memory_mb(), 1),
+    }
+
+
+def _write_final(run_dir: Path, final: EvalResult, summary: dict, split: str) -> None:
+    from tunelab.paths import write_text_atomic
+
+    lines = (json.dumps(p, ensure_ascii=False) for p in final.predictions)
+    write_text_atomic(run_dir / "predictions.jsonl", "".join(x + "\n" for x in lines))
+    write_json_atomic(
+        run_dir / "metrics.json",
+        {
+            "evaluated_on": split,
+            "examples": len(final.predictions),
+            "metrics": final.metrics,
+            "eval_seconds": round(final.seconds, 2),
+            "training": summary,
+        },
+    )

@@ -1,0 +1,220 @@
+"""The HF Trainer, evaluated with the task metric, checkpointing every trainable weight.
+
+Stock Trainer behaviour kept: optimiser, schedule, gradient accumulation, length-grouped
+sampling, checkpoint rotation, RNG-exact resume, integrations (``report_to``). Changed:
+``evaluate`` runs the evaluation engine on the dev split (accuracy via label scoring, ROUGE-L
+via generation, ...) instead of computing a loss; soft-prompt checkpoints also store the prompt
+encoder, which PEFT's adapter files fold away (so a resumed P-tuning run would otherwise restart
+its encoder from the folded output).
+"""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from tunelab.evaluation.runner import EvalResult
+from tunelab.training.soft_prompt import inference_view
+
+TRAINABLE_STATE = "trainable_state.safetensors"
+
+
+class TaskMetricTrainer(Trainer):
+    def __init__(self, *args, task_eval: Callable[[object], EvalResult], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.task_eval = task_eval
+        self.tokens_seen = 0
+        self.answer_tokens_seen = 0
+        self.last_eval: EvalResult | None = None
+        self.dev_eval_seconds = 0.0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.tokens_seen += int(inputs["attention_mask"].sum())
+        self.answer_tokens_seen += int((inputs["labels"] != -100).sum())
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        was_training = self.model.training
+        self.model.eval()
+        result = self.task_eval(inference_view(self.model))
+        self.model.train(was_training)
+        self.last_eval = result
+        self.dev_eval_seconds += result.seconds
+        metrics = {
+            f"{metric_key_prefix}_{name.replace('/', '_')}": value["value"]
+            for name, value in result.metrics.items()
+        }
+        metrics[f"{metric_key_prefix}_seconds"] = round(result.seconds, 2)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(
+            self.args, self.state, self.control, metrics
+        )
+        return metrics
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        super().save_model(output_dir, _internal_call)
+        if _internal_call and output_dir and is_peft(self.model):
+            save_trainable_state(self.model, Path(output_dir))
+
+
+def is_peft(model) -> bool:
+    return getattr(model, "peft_config", None) is not None
+
+
+def save_trainable_state(model, folder: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    save_file(state, str(folder / TRAINABLE_STATE))
+
+
+def load_checkpoint_weights(model, checkpoint: Path) -> None:
+    """Restore trainable weights from one of our checkpoints (PEFT or full model)."""
+    from safetensors.torch import load_file
+
+    if (checkpoint / TRAINABLE_STATE).is_file():
+        state = load_file(str(checkpoint / TRAINABLE_STATE))
+        missing = set(state) - {n for n, _ in model.named_parameters()}
+        if missing:
+            raise RuntimeError(f"{checkpoint}: unexpected weights {sorted(missing)[:3]}")
+        model.load_state_dict(state, strict=False)
+        return
+    single = checkpoint / "model.safetensors"
+    if single.is_file():
+        model.load_state_dict(load_file(str(single)), strict=False)
+        model.tie_weights()
+        return
+    from transformers.modeling_utils import load_sharded_checkpoint
+
+    load_sharded_checkpoint(model, str(checkpoint), strict=False)
+    model.tie_weights()
+
+
+class RestoreTrainableState(TrainerCallback):
+    """On resume, reload our full trainable state after the Trainer's own checkpoint load."""
+
+    def __init__(self, checkpoint: Path | None):
+        self.checkpoint = checkpoint
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        restorable = self.checkpoint and (self.checkpoint / TRAINABLE_STATE).is_file()
+        if restorable and model is not None:
+            load_checkpoint_weights(model, self.checkpoint)
+
+
+class KeepBestAndStopEarly(TrainerCallback):
+    """Checkpoint after every evaluation (so the best one exists) and stop after ``patience``
+    evaluations without improvement. The count comes from the log history, which the Trainer
+    restores on resume, so early stopping survives interruptions."""
+
+    def __init__(self, metric_key: str, patience: int):
+        self.metric_key = metric_key
+        self.patience = patience
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        control.should_save = True
+        history = [h[self.metric_key] for h in state.log_history if self.metric_key in h]
+        if self.patience and history:
+            best_at = max(range(len(history)), key=lambda i: (history[i], -i))
+            if len(history) - 1 - best_at >= self.patience:
+                control.should_training_stop = True
+
+
+class MetricsFile(TrainerCallback):
+    """Append every log record (loss, learning rate, dev metrics) to ``metrics.jsonl``."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        record = {**(logs or {}), "step": state.global_step, "epoch": round(state.epoch or 0, 4)}
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+
+def truncate_metrics_file(path: Path, last_step: int) -> None:
+    """Drop records written after the checkpoint a run resumes from (they will be redone)."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= last_step
+    ]
+    from tunelab.paths import write_text_atomic
+
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+class ProgressDisplay(TrainerCallback):
+    """A rich progress bar: step, loss, tokens/s, ETA; the dev metric after each evaluation."""
+
+    def __init__(self, console, metric_key: str):
+        self.console = console
+        self.metric_key = metric_key
+        self.trainer: TaskMetricTrainer | None = None
+        self.progress = None
+        self.task = None
+        self.started_at = 0.0
+        self.tokens_at_start = 0
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import time
+
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self.progress = Progress(
+            TextColumn("[bold]train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task(
+            "train", total=state.max_steps, completed=state.global_step, status=""
+        )
+        self.started_at = time.perf_counter()
+        self.tokens_at_start = self.trainer.tokens_seen if self.trainer else 0
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        elapsed = max(time.perf_counter() - self.started_at, 1e-9)
+        tokens = (self.trainer.tokens_seen - self.tokens_at_start) if self.trainer else 0
+        loss = next((h["loss"] for h in reversed(state.log_history) if "loss" in h), None)
+        status = f"loss {loss:.3f} · " if loss is not None else ""
+        self.progress.update(
+            self.task, completed=state.global_step, status=f"{status}{tokens / elapsed:.0f} tok/s"
+        )
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        if metrics and self.metric_key in metrics:
+            name = self.metric_key.removeprefix("eval_")
+            self.console.print(
+                f"epoch {state.epoch:.2f} · step {state.global_step}: dev {name} "
+                f"{metrics[self.metric_key]:.3f}"
+            )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.stop()
+
+
+def peak_memory_mb() -> float:
+    """Peak accelerator memory when on a GPU, else the process's peak resident set size."""
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

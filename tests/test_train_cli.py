@@ -1,0 +1,79 @@
+"""`tunelab train`, `tunelab methods` and `tunelab eval --adapter` end to end on the tiny model."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.cli.main import app
+
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture
+def files(write_jsonl, label_rows):
+    train = write_jsonl(label_rows * 2, "train.jsonl")
+    test = write_jsonl(label_rows[::3], "test.jsonl")
+    return train, test
+
+
+def test_train_then_eval_adapter_applies_the_task_prefix(files, tiny_model_dir, tmp_path):
+    train, test = files
+    out = tmp_path / "run"
+    common = ["--data", train, "--input", "text", "--output", "label"]
+    result = run(
+        "train", *common, "--test", test, "--model", tiny_model_dir, "--method", "prompt-tuning",
+        "-o", "virtual_tokens=4", "--epochs", "1", "--batch-size", "4",
+        "--task-prefix", "[SUPPORT]", "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "final evaluation (prompt-tuning)" in result.output
+    meta = json.loads((out / "adapter" / "tunelab.json").read_text())
+    assert meta["task_prefix"] == "[SUPPORT]" and meta["labels"] == ["billing", "login", "shipping"]
+    trained = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(row["input"].startswith("[SUPPORT] ") for row in trained)
+
+    evaluated = tmp_path / "eval"
+    result = run("eval", *common, "--test", test, "--adapter", out, "--out", evaluated, "--show", 0)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (evaluated / "predictions.jsonl").read_text().splitlines()]
+    assert [r["input"] for r in rows] == [r["input"] for r in trained]
+    assert [r["prediction"] for r in rows] == [r["prediction"] for r in trained]  # same model
+    assert "Classify" not in rows[0]["prompt"]  # the training prompt, not the zero-shot one
+
+    again = run("train", *common, "--model", tiny_model_dir, "--method", "lora", "--out", out)
+    assert again.exit_code == 1 and "already holds a finished run" in again.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--method", "lora", "--lr", "-0.1"], "--learning-rate"),
+        (["--method", "prompt-tuning", "-o", "virtual_tokens=0"], "virtual_tokens"),
+        (["--method", "adapters"], "unknown method 'adapters'"),
+        (["--method", "lora", "-o", "target_modules=qq_proj"], "qq_proj not in the model"),
+        (["--method", "lora", "--resume"], "no run to resume here"),
+    ],
+)
+def test_bad_hyperparameters_give_one_line_errors(files, tiny_model_dir, tmp_path, args, message):
+    train, _ = files
+    result = run(
+        "train", "--data", train, "--input", "text", "--output", "label",
+        "--model", tiny_model_dir, "--out", tmp_path / "r", *args,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "r" / "adapter").exists()
+
+
+def test_methods_lists_every_method_with_defaults():
+    result = run("methods")
+    assert result.exit_code == 0
+    for name in ("full", "lora", "prompt-tuning", "prefix-tuning", "p-tuning"):
+        assert name in result.output
+    assert "virtual_tokens=20" in result.output
