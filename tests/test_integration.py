@@ -50,3 +50,34 @@ def test_inspect_banking77():
     assert "labels: 77 (classification)" in result.stdout
     assert "duplicates:" in result.stdout
     assert time.perf_counter() - started < 120  # generous: a hang, not a speed target
+
+
+@needs_embedded_model()
+def test_prefix_tuning_trains_and_reloads_on_the_embedded_model(tmp_path):
+    """Prefix tuning is where the KV-cache changes of recent transformers broke other tools."""
+    import json
+
+    examples = "examples/support_intents"
+    out = tmp_path / "run"
+    common = ["--data", f"{examples}/train.jsonl", "--input", "text", "--output", "intent"]
+    result = CliRunner().invoke(
+        app,
+        ["train", *common, "--test", f"{examples}/test.jsonl", "--method", "prefix-tuning",
+         "--epochs", "1", "--batch-size", "8", "--task-prefix", "[SUPPORT]", "--out", str(out)],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    losses = [
+        json.loads(line)["loss"]
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+        if '"loss"' in line
+    ]
+    assert losses and all(loss == loss for loss in losses)  # logged and finite
+    trained = json.loads((out / "metrics.json").read_text())["metrics"]["accuracy"]["value"]
+    evaluated = CliRunner().invoke(
+        app,
+        ["eval", *common, "--test", f"{examples}/test.jsonl", "--adapter", str(out),
+         "--out", str(tmp_path / "eval"), "--show", "0"],
+    )  # fmt: skip
+    assert evaluated.exit_code == 0, evaluated.output
+    again = json.loads((tmp_path / "eval" / "metrics.json").read_text())["metrics"]["accuracy"]
+    assert again["value"] == trained  # the reloaded adapter predicts what the trained one did

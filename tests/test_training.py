@@ -360,3 +360,13 @@ def test_batches_are_padded_to_their_own_longest_sequence(tmp_path, tiny_model_d
     finally:
         run_module._build_trainer = original
     assert seen and all(width == longest for width, longest in seen)
+
+
+def test_report_to_needs_a_known_installed_integration():
+    with pytest.raises(TuneLabError, match="choose from tensorboard"):
+        make_settings(method="lora", report_to=["slack"])
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        with pytest.raises(TuneLabError, match="pip install mlflow"):
+            make_settings(method="lora", report_to=["mlflow"])

@@ -65,7 +65,24 @@ def make_settings(**values) -> TrainSettings:
         raise TuneLabError("\n".join(lines)) from None
     method = get_method(settings.method)
     method.parse_options(settings.options)
+    for integration in settings.report_to:
+        _check_integration(integration)
     return settings
+
+
+# --report-to value -> the package the Trainer's integration imports
+INTEGRATIONS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
+
+
+def _check_integration(name: str) -> None:
+    import importlib.util
+
+    if name not in INTEGRATIONS:
+        raise TuneLabError(f"--report-to {name!r}: choose from {', '.join(INTEGRATIONS)}")
+    if importlib.util.find_spec(INTEGRATIONS[name]) is None:
+        raise TuneLabError(
+            f"--report-to {name} needs its package: pip install {INTEGRATIONS[name]}"
+        )
 
 
 def parse_option_pairs(pairs: list[str]) -> dict:
