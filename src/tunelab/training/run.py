@@ -67,45 +67,26 @@ def train_run(
     console=None,
     callbacks: tuple = (),
 ) -> TrainOutcome:
+    """Train ``settings.method`` on ``data``; return the final evaluation and the cost."""
     if strategy.shots or strategy.cot:
         raise TuneLabError("training prompts cannot use few-shot examples or chain of thought")
+    base_model = _portable_model_name(base_model)
     config = _run_config(settings, data, strategy, base_model)
     checkpoint = _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
-    from transformers import set_seed
-
-    from tunelab.models import load_model
-
-    loaded = load_model(base_model)
-    tokenizer = loaded.tokenizer
-    tokenizer.padding_side = "right"  # training pads after the answer; inference pads left
-    set_seed(settings.seed)
-    method = get_method(settings.method)
-    context = MethodContext(tokenizer, data.labels, settings.task_prefix)
-    model = method.apply(loaded.model, method.parse_options(settings.options), context)
-    model.train()
-
+    model, tokenizer = _adapted_model(settings, base_model, data.labels)
     train = with_task_prefix(data.train, settings.task_prefix)
     dev = with_task_prefix(data.dev, settings.task_prefix)
-    encoded = encode_examples(tokenizer, strategy, train, data.labels, settings.max_length)
-    if not encoded.features:
-        raise TuneLabError(
-            f"every training example is longer than --max-length {settings.max_length}"
-        )
-    if encoded.skipped and console:
-        console.print(
-            f"[yellow]skipped {len(encoded.skipped)} examples longer than {settings.max_length} "
-            f"tokens (lines {', '.join(map(str, encoded.skipped[:5]))}...)[/]"
-        )
+    encoded = _encode(tokenizer, strategy, train, data.labels, settings, console)
     generation = GenerationConfig(max_new_tokens=_answer_budget(tokenizer, train), batch_size=8)
-    eval_settings = EvalSettings(generation=generation, seed=settings.seed, resamples=200)
+    dev_settings = EvalSettings(generation=generation, seed=settings.seed, resamples=200)
 
     def task_eval(view) -> EvalResult:
-        return evaluate(view, tokenizer, strategy, dev, labels=data.labels, settings=eval_settings)
+        return evaluate(view, tokenizer, strategy, dev, labels=data.labels, settings=dev_settings)
 
     metric_key = f"eval_{settings.metric}"
     trainer = _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metric_key)
-    progress = ProgressDisplay(console, metric_key) if console else None
-    if progress:
+    if console:
+        progress = ProgressDisplay(console, metric_key)
         progress.trainer = trainer
         trainer.add_callback(progress)
     trainer.add_callback(RestoreTrainableState(checkpoint))
@@ -120,7 +101,7 @@ def train_run(
         load_checkpoint_weights(model, Path(best))
     model.eval()
     meta = {
-        "method": method.name,
+        "method": settings.method,
         "base_model": base_model,
         "task_prefix": settings.task_prefix,
         "strategy": strategy.model_dump(),
@@ -129,21 +110,53 @@ def train_run(
         "settings": settings.model_dump(),
     }
     artifacts.save_adapted_model(run_dir, model, tokenizer, meta)
-
     held_out = with_task_prefix(data.test, settings.task_prefix) if data.test else dev
+    final_settings = EvalSettings(generation=generation, seed=settings.seed)
     final = evaluate(
-        inference_view(model),
-        tokenizer,
-        strategy,
-        held_out,
-        labels=data.labels,
-        settings=EvalSettings(generation=generation, seed=settings.seed),
-    )
-    summary = _summary(trainer, model, settings, encoded, train_seconds, best, data)
+        inference_view(model), tokenizer, strategy, held_out, labels=data.labels,
+        settings=final_settings,
+    )  # fmt: skip
+    summary = _summary(trainer, model, settings, encoded, train_seconds, best)
     _write_final(run_dir, final, summary, "test" if data.test else "dev")
     if not keep_checkpoints:
         shutil.rmtree(run_dir / artifacts.CHECKPOINTS_DIR, ignore_errors=True)
     return TrainOutcome(run_dir, final, summary)
+
+
+def _adapted_model(settings: TrainSettings, base_model: str, labels: list[str] | None):
+    """Load the base model and apply the method, seeded so initialisation is reproducible."""
+    from transformers import set_seed
+
+    from tunelab.models import load_model
+
+    loaded = load_model(base_model)
+    tokenizer = loaded.tokenizer
+    tokenizer.padding_side = "right"  # training pads after the answer; inference pads left
+    set_seed(settings.seed)
+    method = get_method(settings.method)
+    context = MethodContext(tokenizer, labels, settings.task_prefix)
+    model = method.apply(loaded.model, method.parse_options(settings.options), context)
+    return model.train(), tokenizer
+
+
+def _encode(tokenizer, strategy, train, labels, settings: TrainSettings, console):
+    encoded = encode_examples(tokenizer, strategy, train, labels, settings.max_length)
+    if not encoded.features:
+        raise TuneLabError(
+            f"every training example is longer than --max-length {settings.max_length}"
+        )
+    if encoded.skipped and console:
+        console.print(
+            f"[yellow]skipped {len(encoded.skipped)} examples longer than {settings.max_length} "
+            f"tokens (lines {', '.join(map(str, encoded.skipped[:5]))}...)[/]"
+        )
+    return encoded
+
+
+def _portable_model_name(name: str) -> str:
+    """A local model folder is stored as an absolute path, so the run loads from anywhere."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name
 
 
 def _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metric_key):
@@ -271,7 +284,7 @@ def _versions() -> dict:
     return found
 
 
-def _summary(trainer, model, settings, encoded, train_seconds, best, data) -> dict:
+def _summary(trainer, model, settings, encoded, train_seconds, best) -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     state = trainer.state
