@@ -3,6 +3,7 @@
 import contextlib
 import hashlib
 import json
+import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -180,7 +181,8 @@ def _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metr
         save_total_limit=2,  # the best and the latest checkpoint survive rotation
         metric_for_best_model=metric_key,
         greater_is_better=True,
-        logging_steps=max(1, min(10, settings.save_steps)),
+        logging_steps=_logging_interval(len(encoded.features), settings),
+        logging_first_step=True,
         report_to=settings.report_to or "none",
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -202,6 +204,12 @@ def _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metr
     )
     trainer.remove_callback(PrinterCallback)
     return trainer
+
+
+def _logging_interval(examples: int, settings: TrainSettings) -> int:
+    """Every 10 steps, but at least twice per epoch so short runs still log a loss curve."""
+    steps_per_epoch = math.ceil(examples / (settings.batch_size * settings.grad_accum))
+    return max(1, min(10, steps_per_epoch // 2))
 
 
 def _answer_budget(tokenizer, examples: list[Example]) -> int:
