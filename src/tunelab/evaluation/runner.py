@@ -17,7 +17,7 @@ from tunelab.evaluation import metrics as m
 from tunelab.evaluation.embeddings import get_embedder
 from tunelab.evaluation.generation import GenerationConfig, generate
 from tunelab.evaluation.label_scoring import score_labels
-from tunelab.paths import atomic_directory, write_json_atomic
+from tunelab.paths import atomic_directory, write_json_atomic, write_text_atomic
 from tunelab.prompting.cot import extract_answer
 from tunelab.prompting.render import (
     build_messages,
@@ -246,8 +246,7 @@ def _single_mode(mode: Mode) -> Mode:
 def write_run(run_dir: Path, result: EvalResult, config: dict) -> Path:
     """Write predictions, metrics and the resolved config into ``run_dir`` atomically."""
     with atomic_directory(run_dir) as scratch:
-        lines = (json.dumps(p, ensure_ascii=False) for p in result.predictions)
-        (scratch / "predictions.jsonl").write_text("".join(x + "\n" for x in lines), "utf-8")
+        write_predictions(scratch / "predictions.jsonl", result.predictions)
         summary = {
             "metrics": result.metrics,
             "seconds": round(result.seconds, 2),
@@ -264,6 +263,11 @@ def write_run(run_dir: Path, result: EvalResult, config: dict) -> Path:
                 yaml.safe_dump(config["strategy"], sort_keys=False, allow_unicode=True), "utf-8"
             )
     return run_dir
+
+
+def write_predictions(path: Path, predictions: list[dict]) -> None:
+    lines = (json.dumps(p, ensure_ascii=False) for p in predictions)
+    write_text_atomic(path, "".join(x + "\n" for x in lines))
 
 
 def config_record(**parts) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.generation import GenerationConfig
-from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate
+from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate, write_predictions
 from tunelab.paths import write_json_atomic
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import with_task_prefix
@@ -319,10 +319,7 @@ def _summary(trainer, model, settings, encoded, train_seconds, best) -> dict:
 
 
 def _write_final(run_dir: Path, final: EvalResult, summary: dict, split: str) -> None:
-    from tunelab.paths import write_text_atomic
-
-    lines = (json.dumps(p, ensure_ascii=False) for p in final.predictions)
-    write_text_atomic(run_dir / "predictions.jsonl", "".join(x + "\n" for x in lines))
+    write_predictions(run_dir / "predictions.jsonl", final.predictions)
     write_json_atomic(
         run_dir / "metrics.json",
         {
