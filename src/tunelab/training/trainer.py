@@ -27,7 +27,6 @@ class TaskMetricTrainer(Trainer):
         self.task_eval = task_eval
         self.tokens_seen = 0
         self.answer_tokens_seen = 0
-        self.last_eval: EvalResult | None = None
         self.dev_eval_seconds = 0.0
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -40,7 +39,6 @@ class TaskMetricTrainer(Trainer):
         self.model.eval()
         result = self.task_eval(inference_view(self.model))
         self.model.train(was_training)
-        self.last_eval = result
         self.dev_eval_seconds += result.seconds
         metrics = {
             f"{metric_key_prefix}_{name.replace('/', '_')}": value["value"]
