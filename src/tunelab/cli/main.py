@@ -62,13 +62,14 @@ def _quiet_libraries() -> None:
 
 
 def _register_commands() -> None:
-    from tunelab.cli import data, evaluate, models, train
+    from tunelab.cli import data, evaluate, models, optimize, train
 
     app.add_typer(models.app, name="models")
     app.add_typer(data.app, name="data")
     app.command("eval")(evaluate.eval_command)
     app.command("train")(train.train_command)
     app.command("methods")(train.methods_command)
+    app.command("optimize")(optimize.optimize_command)
 
 
 _register_commands()

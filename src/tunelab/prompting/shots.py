@@ -53,15 +53,32 @@ def _fixed(strategy: PromptStrategy, train: list[Example]) -> list[Example]:
 def _similar(
     k: int, train: list[Example], queries: list[Example], prefer: str
 ) -> tuple[list[list[Example]], str]:
-    embedder = get_embedder([e.input for e in train], prefer)
-    pool = embedder.embed([e.input for e in train])
-    asked = embedder.embed([q.input for q in queries])
-    similarity = asked @ pool.T  # (Q, N) cosine
-    columns_of = defaultdict(list)
-    for column, example in enumerate(train):
-        columns_of[normalize_text(example.input)].append(column)
-    for row, query in enumerate(queries):
-        similarity[row, columns_of.get(normalize_text(query.input), [])] = -torch.inf
-    top = similarity.topk(k, dim=-1).indices
-    # Most similar last: closest to the query, where small models attend most.
-    return [[train[i] for i in reversed(row.tolist())] for row in top], embedder.name
+    finder = NearestShots(train, prefer)
+    return finder.select(queries, k), finder.name
+
+
+class NearestShots:
+    """The training pool embedded once, answering nearest-neighbour shot queries for any k.
+
+    Callers that ask many times (the prompt optimiser tries several shot counts on the same
+    queries) keep one instance instead of re-embedding the pool for every question.
+    """
+
+    def __init__(self, train: list[Example], prefer: str = "auto"):
+        self.train = train
+        self.embedder = get_embedder([e.input for e in train], prefer)
+        self.name = self.embedder.name
+        self.pool = self.embedder.embed([e.input for e in train])
+        self.columns_of = defaultdict(list)
+        for column, example in enumerate(train):
+            self.columns_of[normalize_text(example.input)].append(column)
+
+    def select(self, queries: list[Example], k: int) -> list[list[Example]]:
+        if not queries:
+            return []
+        similarity = self.embedder.embed([q.input for q in queries]) @ self.pool.T  # (Q, N)
+        for row, query in enumerate(queries):
+            similarity[row, self.columns_of.get(normalize_text(query.input), [])] = -torch.inf
+        top = similarity.topk(k, dim=-1).indices
+        # Most similar last: closest to the query, where small models attend most.
+        return [[self.train[i] for i in reversed(row.tolist())] for row in top]

@@ -1,7 +1,5 @@
 """One training run, end to end: data → method → Trainer → best checkpoint → adapter → eval."""
 
-import contextlib
-import hashlib
 import json
 import math
 import shutil
@@ -16,6 +14,7 @@ from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate, write_
 from tunelab.paths import write_json_atomic
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import with_task_prefix
+from tunelab.provenance import file_record, git_commit, package_versions
 from tunelab.training import artifacts
 from tunelab.training.config import TrainSettings
 from tunelab.training.encoding import FeatureList, encode_examples
@@ -269,27 +268,12 @@ def _run_config(settings, data: TrainData, strategy, base_model: str) -> dict:
         "base_model": base_model,
         "settings": settings.model_dump(),
         "strategy": strategy.model_dump(),
-        "data": {
-            role: {"path": str(path), "sha256": _sha256(path)} for role, path in data.files.items()
-        },
+        "data": {role: file_record(path) for role, path in data.files.items()},
         "sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test or [])},
         "labels": data.labels,
-        "versions": _versions(),
+        "versions": package_versions(),
+        "git_commit": git_commit(),
     }
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("tunelab", "torch", "transformers", "peft", "accelerate"):
-        with contextlib.suppress(PackageNotFoundError):
-            found[package] = version(package)
-    return found
 
 
 def _summary(trainer, model, settings, encoded, train_seconds, best) -> dict:

@@ -1,0 +1,300 @@
+"""``tunelab optimize``: search for a better prompt on a dev split, then compare on test."""
+
+import time
+from pathlib import Path
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tunelab.cli.common import choice, resolve_labels
+from tunelab.cli.output import console
+from tunelab.data import load_dataset, split_examples
+from tunelab.data.stats import looks_like_classification
+from tunelab.errors import TuneLabError
+from tunelab.evaluation.generation import GenerationConfig
+from tunelab.evaluation.runner import EvalSettings
+from tunelab.models import DEFAULT_MODEL, load_model
+from tunelab.optimize.edits import OPERATORS, EditSpace
+from tunelab.optimize.parts import parts_of
+from tunelab.optimize.run import (
+    OptimizeSplits,
+    RunFolder,
+    evaluate_on_test,
+    optimization_splits,
+    prepare_run_dir,
+    summary,
+    write_strategy,
+)
+from tunelab.optimize.scoring import PER_EXAMPLE_METRICS, DevScorer, ScoreCache
+from tunelab.optimize.search import Candidate, PromptSearch, SearchResult, SearchSettings
+from tunelab.prompting import PromptStrategy, load_strategy
+from tunelab.provenance import file_record, git_commit, package_versions
+
+
+def optimize_command(
+    data: Path = typer.Option(..., help="Training data: the dev split and the shot pool."),
+    test: Path | None = typer.Option(None, help="Held-out test file (default: 20% of --data)."),
+    input_field: str | None = typer.Option(None, "--input", help="Input field/column."),
+    output_field: str | None = typer.Option(None, "--output", help="Output field/column."),
+    model: str = typer.Option(DEFAULT_MODEL, help="Registered name, local folder or hub id."),
+    prompt: Path | None = typer.Option(None, help="Starting prompt strategy file."),
+    instruction: str | None = typer.Option(None, help="Starting instruction (zero-shot)."),
+    labels: str = typer.Option("auto", help="auto | none | comma-separated label list."),
+    dev_rows: float = typer.Option(200, help="Dev rows carved from --data (or a fraction)."),
+    budget: int = typer.Option(20, min=1, help="Prompts scored on dev, the start included."),
+    width: int = typer.Option(1, min=1, help="Beam width (1 = greedy)."),
+    operators: str = typer.Option(
+        "all", help=f"Edit operators, comma-separated: {', '.join(OPERATORS)}; or all / none."
+    ),
+    max_shots: int = typer.Option(8, min=0, help="Most few-shot examples the search may use."),
+    llm: int = typer.Option(
+        1, min=0, help="Instructions the LLM writer proposes per beam member and round (0: off)."
+    ),
+    proposer_url: str | None = typer.Option(
+        None, help="OpenAI-compatible endpoint for the writer (default: the local model)."
+    ),
+    proposer_model: str = typer.Option("gpt-4o-mini", help="Model name sent to --proposer-url."),
+    proposer_key_env: str = typer.Option(
+        "OPENAI_API_KEY", help="Environment variable holding the endpoint's API key."
+    ),
+    race: int = typer.Option(
+        50, min=0, help="Dev rows between racing checks (0: score every candidate fully)."
+    ),
+    metric: str = typer.Option(
+        "auto", help="auto (accuracy / rouge_l) | " + " | ".join(PER_EXAMPLE_METRICS)
+    ),
+    mode: str = typer.Option("auto", help="auto | score | generate (as in tunelab eval)."),
+    max_new_tokens: int = typer.Option(32, min=1),
+    batch_size: int = typer.Option(8, min=1),
+    seed: int = typer.Option(0),
+    out: Path | None = typer.Option(None, help="Run folder (default runs/optimize-<time>)."),
+    resume: bool = typer.Option(False, help="Continue in --out, reusing every cached score."),
+    overwrite: bool = typer.Option(False, help="Replace whatever is in --out."),
+) -> None:
+    """Search prompt variants on a dev split; report the winner's test score beside the start's."""
+    if resume and out is None:
+        raise TuneLabError("--resume needs --out RUN_DIR")
+    if prompt and instruction is not None:
+        raise TuneLabError("give either --prompt or --instruction, not both")
+    chosen_operators = _operators(operators)
+    if chosen_operators == () and not llm:
+        raise TuneLabError("--operators none and --llm 0 leave nothing to propose")
+    start = _start_strategy(prompt, instruction)
+    train = load_dataset(data, input_field, output_field).examples
+    label_set = resolve_labels(labels, train)
+    train, test_examples, test_files = _split_test(test, train, input_field, output_field, seed)
+    metric = _metric(metric, label_set)
+    if _count(dev_rows) >= len(train):
+        raise TuneLabError(f"--dev-rows {dev_rows:g}: the training data has {len(train)} rows")
+    splits = optimization_splits(
+        train, test_examples, _count(dev_rows), seed=seed, stratify=label_set is not None
+    )
+    settings = SearchSettings(budget=budget, width=width, chunk=race, llm_proposals=llm, seed=seed)
+    eval_settings = EvalSettings(
+        mode=choice("--mode", mode, ("auto", "score", "generate")),
+        generation=GenerationConfig(
+            max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed
+        ),
+        seed=seed,
+    )
+    space = EditSpace(
+        classification=label_set is not None,
+        max_shots=min(max_shots, len(splits.pool)),
+        answer_words=_answer_words(splits.pool),
+        operators=chosen_operators,
+    )
+    run_dir = out or Path("runs") / time.strftime("optimize-%Y%m%d-%H%M%S")
+    config = {
+        "model": model,
+        "data": {"train": file_record(data), **test_files},
+        "labels": label_set,
+        "start": start.model_dump(),
+        "search": {**vars(settings), "operators": operators, "max_shots": max_shots},
+        "eval": {"mode": mode, "max_new_tokens": max_new_tokens, "batch_size": batch_size},
+        "metric": metric,
+        "dev_rows": dev_rows,
+        "proposer": {"url": proposer_url, "model": proposer_model} if llm else None,
+        "sizes": {"pool": len(splits.pool), "dev": len(splits.dev), "test": len(splits.test)},
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+    prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    _print_plan(splits, label_set, metric, settings, run_dir)
+    console.print(f"loading {model} ...")
+    loaded = load_model(model)
+    folder = RunFolder(run_dir)
+    cache = ScoreCache(folder.cache_path)
+    if cache:
+        console.print(f"reusing {len(cache)} cached dev scores")
+    scorer = DevScorer(
+        loaded.model, loaded.tokenizer, splits.pool, label_set, eval_settings, metric, cache
+    )
+    writer = _writer(llm, proposer_url, proposer_model, proposer_key_env, loaded)
+    result = _search(scorer, splits, space, settings, writer, folder, start, metric)
+    write_strategy(run_dir / "start.yaml", start)
+    folder.new_best(result.best, f"{start.name}-optimized")
+    if result.stop_reason == "interrupted":
+        _write_summary(run_dir, result, metric, None, cache)
+        _print_best(result, metric)
+        console.print(
+            f"[yellow]interrupted[/]: everything scored so far is in {run_dir}; continue with "
+            f"the same command plus --out {run_dir} --resume"
+        )
+        raise typer.Exit(130)
+    console.print(f"scoring the start and the best prompt on {len(splits.test)} test rows ...")
+    strategies = {"start": start, "best": result.best.parts.to_strategy(f"{start.name}-optimized")}
+    test_results = evaluate_on_test(loaded, strategies, splits, label_set, eval_settings, run_dir)
+    _write_summary(run_dir, result, metric, test_results, cache)
+    _print_best(result, metric)
+    _print_test(test_results, metric)
+    console.print(f"best prompt: {run_dir / 'best.yaml'}\nrun folder: {run_dir}")
+
+
+def _start_strategy(prompt: Path | None, instruction: str | None) -> PromptStrategy:
+    if prompt:
+        return load_strategy(prompt)
+    if instruction is not None:
+        return PromptStrategy(name="start", instruction=instruction)
+    return PromptStrategy(name="zero-shot")
+
+
+def _split_test(test, train, input_field, output_field, seed):
+    """(training rows, test rows, test file record); 20% of the data when no --test."""
+    if test:
+        held_out = load_dataset(test, input_field, output_field).examples
+        return train, held_out, {"test": file_record(test)}
+    rest, held_out = split_examples(
+        train, 0.2, seed=seed, stratify=looks_like_classification(train)
+    )
+    return rest, held_out, {}
+
+
+def _count(value: float) -> float | int:
+    return int(value) if value >= 1 else value
+
+
+def _metric(metric: str, labels: list[str] | None) -> str:
+    if metric == "auto":
+        return "accuracy" if labels is not None else "rouge_l"
+    return choice("--metric", metric, tuple(PER_EXAMPLE_METRICS))
+
+
+def _operators(option: str) -> tuple[str, ...] | None:
+    if option == "all":
+        return None
+    if option == "none":
+        return ()
+    names = tuple(n.strip() for n in option.split(",") if n.strip())
+    unknown = [n for n in names if n not in OPERATORS]
+    if unknown:
+        raise TuneLabError(
+            f"--operators: unknown {', '.join(unknown)}; choose from {', '.join(OPERATORS)}"
+        )
+    return names
+
+
+def _answer_words(pool) -> int:
+    """A length limit near the typical reference: the median word count, rounded up to 10."""
+    counts = sorted(len(e.output.split()) for e in pool) or [40]
+    return max(10, -(-counts[len(counts) // 2] // 10) * 10)
+
+
+def _writer(llm: int, url: str | None, model_name: str, key_env: str, loaded):
+    if not llm:
+        return None
+    from tunelab.optimize.llm import EndpointWriter, LocalWriter
+
+    if url:
+        return EndpointWriter(url, model_name, key_env)
+    return LocalWriter(loaded.model, loaded.tokenizer)
+
+
+def _search(scorer, splits: OptimizeSplits, space, settings, writer, folder, start, metric):
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=True) as progress:
+        overall = progress.add_task("prompts scored", total=settings.budget)
+        current = progress.add_task("candidate", total=len(splits.dev))
+
+        def on_event(event: str, candidate: Candidate) -> None:
+            if event == "started":
+                progress.reset(current, description=f"#{candidate.id} {candidate.change[:40]}")
+            elif event == "finished":
+                progress.advance(overall)
+                folder.candidate_finished(candidate)
+                console.print(_candidate_line(candidate, metric))
+            elif event == "improved":
+                folder.new_best(candidate, f"{start.name}-optimized")
+
+        search = PromptSearch(
+            scorer,
+            splits.dev,
+            space,
+            settings,
+            writer=writer,
+            writer_examples=splits.pool,
+            on_event=on_event,
+            on_progress=lambda n: progress.advance(current, n),
+        )
+        return search.run(parts_of(start, classification=space.classification))
+
+
+def _candidate_line(candidate: Candidate, metric: str) -> str:
+    score = candidate.score
+    shown = (
+        f"{score['value']:.3f} ({score['low']:.3f}–{score['high']:.3f}) on {candidate.examples}"
+        if score
+        else "-"
+    )
+    status = {"pruned": "[dim]pruned[/]", "failed": "[red]failed[/]"}.get(candidate.status, "")
+    parent = "" if candidate.parent is None else f" ← #{candidate.parent}"
+    error = f" {candidate.error}" if candidate.error else ""
+    return f"#{candidate.id}{parent} {candidate.change}: {metric} {shown} {status}{error}"
+
+
+def _write_summary(run_dir, result: SearchResult, metric, test_results, cache) -> None:
+    from tunelab.paths import write_json_atomic
+
+    write_json_atomic(run_dir / "result.json", summary(result, metric, test_results, cache))
+
+
+def _print_plan(splits: OptimizeSplits, labels, metric, settings: SearchSettings, run_dir) -> None:
+    kind = f"{len(labels)} labels" if labels else "free text"
+    console.print(
+        f"[bold]optimize[/] · pool {len(splits.pool)} / dev {len(splits.dev)} / test "
+        f"{len(splits.test)} · {kind} · {metric} · budget {settings.budget}, width "
+        f"{settings.width}, racing every {settings.chunk or 'never'} → {run_dir}"
+    )
+    if splits.dropped:
+        console.print(
+            f"[yellow]note[/]: {splits.dropped} training rows share an input with the test set "
+            "and were left out of the dev split and the shot pool"
+        )
+
+
+def _print_best(result: SearchResult, metric: str) -> None:
+    from tunelab.optimize.run import lineage
+
+    best, start = result.best, result.start
+    console.print(
+        f"search stopped ({result.stop_reason}) after {len(result.candidates)} prompts, "
+        f"{result.seconds:.0f} s: dev {metric} {start.value:.3f} → {best.value:.3f}"
+    )
+    for step in lineage(best, result.candidates):
+        console.print(f"  + {step}")
+
+
+def _print_test(results, metric: str) -> None:
+    table = Table("prompt", "metric", "value", "95% interval", title="test set")
+    for role, result in results.items():
+        name = metric if metric in result.metrics else next(iter(result.metrics))
+        value = result.metrics[name]
+        table.add_row(
+            role, name, f"{value['value']:.3f}", f"{value['low']:.3f} – {value['high']:.3f}"
+        )
+    console.print(table)
