@@ -31,6 +31,7 @@ def main() -> None:
     parser.add_argument("--budget", type=int, default=24)
     parser.add_argument("--dev-rows", type=int, default=200)
     parser.add_argument("--llm", type=int, default=1)
+    parser.add_argument("--race", type=int, default=50)
     parser.add_argument("--operators", default="shots,selector,labels,format,persona,placement")
     parser.add_argument("--shared", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench-optimize"))
@@ -45,7 +46,8 @@ def main() -> None:
         "tunelab", "optimize", "--data", str(args.work / "train.jsonl"),
         "--test", str(args.work / "test.jsonl"), "--instruction", START,
         "--dev-rows", str(args.dev_rows), "--budget", str(args.budget),
-        "--operators", args.operators, "--llm", str(args.llm), "--out", str(out), "--overwrite",
+        "--operators", args.operators, "--llm", str(args.llm), "--race", str(args.race),
+        "--out", str(out), "--resume" if (out / "config.json").exists() else "--overwrite",
     ]  # fmt: skip
     print(f"<!-- {' '.join(command)} -->", flush=True)
     began = time.perf_counter()

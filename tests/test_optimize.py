@@ -311,9 +311,21 @@ def test_cli_optimizes_on_the_tiny_model_and_resumes_from_cache(
     assert rerun["dev_examples_scored"] == 0 and rerun["dev_examples_from_cache"] > 0
     assert rerun["best"]["dev"] == result["best"]["dev"]
 
-    changed_args = [*args[:-2], "--budget", "6", "--out", out, "--resume"]
-    changed = runner.invoke(app, [str(a) for a in changed_args])
-    assert changed.exit_code == 1 and "different: search" in changed.output
+    extended = runner.invoke(
+        app, [str(a) for a in [*args[:-2], "--budget", "7", "--out", out, "--resume"]]
+    )
+    assert extended.exit_code == 0, extended.output  # a larger budget reuses every cached score
+    longer = [json.loads(x) for x in (out / "trajectory.jsonl").read_text().splitlines()]
+
+    def scores(rows):
+        return [(r["prompt"], r["status"], r["dev_score"]) for r in rows]
+
+    assert len(longer) == 7 and scores(longer[:5]) == scores(trajectory)
+    changed = runner.invoke(
+        app, [str(a) for a in [*args[:-2], "--seed", "1", "--out", out, "--resume"]]
+    )
+    assert changed.exit_code == 1 and "different: dev_rows" not in changed.output
+    assert "different: seed" in changed.output
 
 
 def test_cli_rejects_unknown_operator(write_jsonl, label_rows):

@@ -39,7 +39,7 @@ def inspect_command(
         f"[bold]{file}[/]  format={dataset.format}  input={dataset.input_field}  "
         f"output={dataset.output_field}"
     )
-    _print_stats(stats, model if tokenizer else None, test)
+    print_stats(stats, model if tokenizer else None, test)
 
 
 @app.command("split")
@@ -70,7 +70,7 @@ def split_command(
     )
 
 
-def _print_stats(stats: DatasetStats, model: str | None, test: Path | None) -> None:
+def print_stats(stats: DatasetStats, model: str | None, test: Path | None) -> None:
     console.print(f"rows: {stats.rows}")
     if model:
         table = Table("tokens (" + model + ")", "min", "mean", "median", "p95", "max")

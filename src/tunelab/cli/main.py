@@ -62,7 +62,7 @@ def _quiet_libraries() -> None:
 
 
 def _register_commands() -> None:
-    from tunelab.cli import data, evaluate, models, optimize, train
+    from tunelab.cli import compare, data, evaluate, models, optimize, train
 
     app.add_typer(models.app, name="models")
     app.add_typer(data.app, name="data")
@@ -70,6 +70,7 @@ def _register_commands() -> None:
     app.command("train")(train.train_command)
     app.command("methods")(train.methods_command)
     app.command("optimize")(optimize.optimize_command)
+    app.command("compare")(compare.compare_command)
 
 
 _register_commands()

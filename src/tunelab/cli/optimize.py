@@ -19,15 +19,15 @@ from tunelab.optimize.edits import OPERATORS, EditSpace
 from tunelab.optimize.parts import parts_of
 from tunelab.optimize.run import (
     OptimizeSplits,
-    RunFolder,
     evaluate_on_test,
     optimization_splits,
     prepare_run_dir,
+    search_prompt,
     summary,
     write_strategy,
 )
-from tunelab.optimize.scoring import PER_EXAMPLE_METRICS, DevScorer, ScoreCache
-from tunelab.optimize.search import Candidate, PromptSearch, SearchResult, SearchSettings
+from tunelab.optimize.scoring import PER_EXAMPLE_METRICS
+from tunelab.optimize.search import Candidate, SearchResult, SearchSettings
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.provenance import file_record, git_commit, package_versions
 
@@ -114,6 +114,7 @@ def optimize_command(
         "eval": {"mode": mode, "max_new_tokens": max_new_tokens, "batch_size": batch_size},
         "metric": metric,
         "dev_rows": dev_rows,
+        "seed": seed,
         "proposer": {"url": proposer_url, "model": proposer_model} if llm else None,
         "sizes": {"pool": len(splits.pool), "dev": len(splits.dev), "test": len(splits.test)},
         "versions": package_versions(),
@@ -123,17 +124,11 @@ def optimize_command(
     _print_plan(splits, label_set, metric, settings, run_dir)
     console.print(f"loading {model} ...")
     loaded = load_model(model)
-    folder = RunFolder(run_dir)
-    cache = ScoreCache(folder.cache_path)
-    if cache:
-        console.print(f"reusing {len(cache)} cached dev scores")
-    scorer = DevScorer(
-        loaded.model, loaded.tokenizer, splits.pool, label_set, eval_settings, metric, cache
-    )
     writer = _writer(llm, proposer_url, proposer_model, proposer_key_env, loaded)
-    result = _search(scorer, splits, space, settings, writer, folder, start, metric)
+    result = _search(loaded, splits, label_set, eval_settings, metric, settings, space, writer,
+                     run_dir, start)  # fmt: skip
+    cache = result.cache
     write_strategy(run_dir / "start.yaml", start)
-    folder.new_best(result.best, f"{start.name}-optimized")
     if result.stop_reason == "interrupted":
         _write_summary(run_dir, result, metric, None, cache)
         _print_best(result, metric)
@@ -210,13 +205,15 @@ def _writer(llm: int, url: str | None, model_name: str, key_env: str, loaded):
     return LocalWriter(loaded.model, loaded.tokenizer)
 
 
-def _search(scorer, splits: OptimizeSplits, space, settings, writer, folder, start, metric):
+def _search(loaded, splits, labels, eval_settings, metric, settings, space, writer, run_dir, start):
     columns = (
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
+    if (run_dir / "cache.jsonl").exists():
+        console.print("reusing the dev scores cached in this folder")
     with Progress(*columns, console=console, transient=True) as progress:
         overall = progress.add_task("prompts scored", total=settings.budget)
         current = progress.add_task("candidate", total=len(splits.dev))
@@ -226,22 +223,13 @@ def _search(scorer, splits: OptimizeSplits, space, settings, writer, folder, sta
                 progress.reset(current, description=f"#{candidate.id} {candidate.change[:40]}")
             elif event == "finished":
                 progress.advance(overall)
-                folder.candidate_finished(candidate)
                 console.print(_candidate_line(candidate, metric))
-            elif event == "improved":
-                folder.new_best(candidate, f"{start.name}-optimized")
 
-        search = PromptSearch(
-            scorer,
-            splits.dev,
-            space,
-            settings,
-            writer=writer,
-            writer_examples=splits.pool,
-            on_event=on_event,
-            on_progress=lambda n: progress.advance(current, n),
-        )
-        return search.run(parts_of(start, classification=space.classification))
+        return search_prompt(
+            loaded, parts_of(start, classification=space.classification), splits, labels,
+            eval_settings, metric, settings, space, run_dir, writer=writer, on_event=on_event,
+            on_progress=lambda n: progress.advance(current, n), best_name=f"{start.name}-optimized",
+        )  # fmt: skip
 
 
 def _candidate_line(candidate: Candidate, metric: str) -> str:

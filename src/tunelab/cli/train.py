@@ -20,7 +20,9 @@ def train_command(
     data: Path = typer.Option(..., help="Training data (JSONL, CSV or chat JSONL)."),
     method: str = typer.Option(..., help="full | lora | prompt-tuning | prefix-tuning | p-tuning"),
     dev: Path | None = typer.Option(None, help="Dev file for per-epoch evaluation."),
-    dev_size: float = typer.Option(0.1, help="Fraction carved from --data when no --dev."),
+    dev_size: float = typer.Option(
+        0.1, min=0.0, max=0.9, help="Fraction carved from --data when no --dev (0: no dev)."
+    ),
     test: Path | None = typer.Option(None, help="Held-out test file for the final evaluation."),
     input_field: str | None = typer.Option(None, "--input", help="Input field/column."),
     output_field: str | None = typer.Option(None, "--output", help="Output field/column."),
@@ -107,10 +109,12 @@ def _load_data(data, dev, dev_size, test, input_field, output_field, labels, see
     if dev:
         dev_examples = load_dataset(dev, input_field, output_field).examples
         files["dev"] = dev
-    else:
+    elif dev_size > 0:
         train, dev_examples = split_examples(
             train, dev_size, seed=seed, stratify=label_set is not None
         )
+    else:
+        dev_examples = []
     test_examples = None
     if test:
         test_examples = load_dataset(test, input_field, output_field).examples

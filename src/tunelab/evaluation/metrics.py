@@ -20,6 +20,20 @@ def exact_match(predictions: list[str], references: list[str]) -> list[float]:
     ]
 
 
+def checklist_coverage(predictions: list[str], checklists: list[list[str]]) -> list[float]:
+    """Share of each example's required phrases (steps, keywords) found in its answer.
+
+    Matching is on normalised text, so "Restart the Hub" satisfies "restart the hub". An
+    example with an empty checklist counts as fully covered.
+    """
+    scores = []
+    for prediction, items in zip(predictions, checklists, strict=True):
+        answer = normalize_answer(prediction)
+        found = [normalize_answer(item) in answer for item in items]
+        scores.append(sum(found) / len(found) if found else 1.0)
+    return scores
+
+
 def macro_f1(predictions: list[str], references: list[str], labels: list[str]) -> float:
     """Unweighted mean of per-label F1 over the reference label set (normalised strings)."""
     preds = [normalize_answer(p) for p in predictions]

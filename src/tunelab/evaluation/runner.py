@@ -41,6 +41,7 @@ class EvalSettings:
     seed: int = 0
     embedder: str = "auto"  # "tfidf" forces the fallback
     resamples: int = 1000
+    checklist_field: str | None = None  # record field of required phrases, ';'-separated
 
 
 @dataclass
@@ -139,6 +140,12 @@ def evaluate(
         speed[mode] = len(test) / (time.perf_counter() - mode_started)
         prefix = f"{mode}/" if len(modes) > 1 else ""
         scores.update(_score(answers, raw, references, labels, settings, prefix))
+        if settings.checklist_field:
+            coverage = m.checklist_coverage(answers, checklists(test, settings.checklist_field))
+            boot = {"resamples": settings.resamples, "seed": settings.seed}
+            scores[f"{prefix}checklist"] = m.mean_with_interval(coverage, **boot)
+            for row, value in zip(rows, coverage, strict=True):
+                row[f"{mode}_checklist"] = value
         for row, answer, output in zip(rows, answers, raw, strict=True):
             row[f"{mode}_prediction"] = answer
             if mode == "generate":
@@ -148,6 +155,17 @@ def evaluate(
         row["correct"] = m.exact_match([row["prediction"]], [row["reference"]])[0]
     extra = {"modes": modes, "examples_per_second": speed, "retriever": retriever}
     return EvalResult(rows, scores, time.perf_counter() - started, labels, extra)
+
+
+def checklists(examples: list[Example], field_name: str) -> list[list[str]]:
+    """Each example's required phrases from ``field_name`` (a ';'-separated text field)."""
+    lists = []
+    for example in examples:
+        value = dict(example.fields).get(field_name)
+        if value is None:
+            raise TuneLabError(f"line {example.line}: field '{field_name}' (checklist) is missing")
+        lists.append([item.strip() for item in value.split(";") if item.strip()])
+    return lists
 
 
 def _predict_by_scoring(model, tokenizer, prompts, labels, settings, on_progress) -> list[str]:

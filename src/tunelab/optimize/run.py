@@ -13,11 +13,17 @@ from tunelab.data.splits import split_examples
 from tunelab.data.stats import normalize_text
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate, write_run
-from tunelab.optimize.search import Candidate, SearchResult
+from tunelab.optimize.edits import EditSpace
+from tunelab.optimize.llm import ChatWriter
+from tunelab.optimize.parts import PromptParts
+from tunelab.optimize.scoring import DevScorer, ScoreCache
+from tunelab.optimize.search import Candidate, Event, PromptSearch, SearchResult, SearchSettings
 from tunelab.paths import write_json_atomic, write_text_atomic
 from tunelab.prompting.strategy import PromptStrategy
 
-RESUME_KEYS = ("model", "data", "labels", "start", "search", "eval", "metric", "dev_rows")
+# What decides a cached score; search settings (budget, width, racing, operators, the start)
+# may change on --resume, so a search can be extended or narrowed without rescoring.
+RESUME_KEYS = ("model", "data", "labels", "eval", "metric", "dev_rows", "seed")
 
 
 @dataclass
@@ -58,9 +64,10 @@ def prepare_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: boo
             changed = [k for k in RESUME_KEYS if stored.get(k) != config.get(k)]
             if changed:
                 raise TuneLabError(
-                    f"{run_dir}: --resume needs the same settings as the earlier run; "
-                    f"different: {', '.join(changed)}"
+                    f"{run_dir}: --resume needs the same model, data and scoring settings as "
+                    f"the earlier run; different: {', '.join(changed)}"
                 )
+            write_json_atomic(stored_path, config)  # the search settings of this round
             return
         if not overwrite:
             raise TuneLabError(
@@ -97,6 +104,49 @@ def write_strategy(path: Path, strategy: PromptStrategy) -> None:
     """A strategy file that `tunelab eval --prompt` and `tunelab train --prompt` read."""
     text = yaml.safe_dump(strategy.model_dump(), sort_keys=False, allow_unicode=True, width=100)
     write_text_atomic(path, text)
+
+
+def search_prompt(
+    loaded,
+    start: PromptParts,
+    splits: OptimizeSplits,
+    labels: list[str] | None,
+    eval_settings: EvalSettings,
+    metric: str,
+    settings: SearchSettings,
+    space: EditSpace,
+    run_dir: Path,
+    *,
+    writer: ChatWriter | None = None,
+    on_event: Event | None = None,
+    on_progress=None,
+    best_name: str = "optimized",
+) -> SearchResult:
+    """Search from ``start`` with scores cached in ``run_dir``; trajectory and best.yaml are
+    rewritten after every candidate, so an interruption leaves a usable folder."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    folder = RunFolder(run_dir)
+    scorer = DevScorer(
+        loaded.model, loaded.tokenizer, splits.pool, labels, eval_settings, metric,
+        ScoreCache(folder.cache_path),
+    )  # fmt: skip
+
+    def record(event: str, candidate: Candidate) -> None:
+        if event == "finished":
+            folder.candidate_finished(candidate)
+        elif event == "improved":
+            folder.new_best(candidate, best_name)
+        if on_event:
+            on_event(event, candidate)
+
+    search = PromptSearch(
+        scorer, splits.dev, space, settings, writer=writer, writer_examples=splits.pool,
+        on_event=record, on_progress=on_progress,
+    )  # fmt: skip
+    result = search.run(start)
+    folder.new_best(result.best, best_name)
+    result.cache = scorer.cache
+    return result
 
 
 def evaluate_on_test(

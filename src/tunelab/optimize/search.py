@@ -13,7 +13,7 @@ import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from tunelab.data.loading import Example
@@ -84,7 +84,7 @@ class SearchResult:
     stop_reason: str  # budget | converged | interrupted
     seconds: float
     rounds: int = 0
-    notes: list[str] = field(default_factory=list)
+    cache: object = None  # the ScoreCache, for hit/miss counts
 
 
 class Scorer(Protocol):
@@ -231,7 +231,7 @@ class PromptSearch:
         self.on_event("started", candidate)
         began = time.perf_counter()
         strategy = candidate.strategy()
-        step = self.settings.chunk if race else len(self.dev)
+        step = self.settings.chunk or len(self.dev)  # chunks also bound what Ctrl-C loses
         scores: list[float] = []
         try:
             for start in range(0, len(self.dev), step):

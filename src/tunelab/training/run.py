@@ -70,6 +70,8 @@ def train_run(
     """Train ``settings.method`` on ``data``; return the final evaluation and the cost."""
     if strategy.shots or strategy.cot:
         raise TuneLabError("training prompts cannot use few-shot examples or chain of thought")
+    if not data.dev and not data.test:
+        raise TuneLabError("training needs a dev or a test split for its final evaluation")
     base_model = _portable_model_name(base_model)
     config = _run_config(settings, data, strategy, base_model)
     checkpoint = _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
@@ -84,7 +86,9 @@ def train_run(
         return evaluate(view, tokenizer, strategy, dev, labels=data.labels, settings=dev_settings)
 
     metric_key = f"eval_{settings.metric}"
-    trainer = _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metric_key)
+    trainer = _build_trainer(
+        settings, model, tokenizer, encoded, run_dir, task_eval if dev else None, metric_key
+    )
     if console:
         progress = ProgressDisplay(console, metric_key)
         progress.trainer = trainer
@@ -121,6 +125,51 @@ def train_run(
     if not keep_checkpoints:
         shutil.rmtree(run_dir / artifacts.CHECKPOINTS_DIR, ignore_errors=True)
     return TrainOutcome(run_dir, final, summary)
+
+
+@dataclass
+class StepTiming:
+    tokens_per_second: float
+    tokens_per_epoch: int
+    steps_per_epoch: int
+    examples: int
+
+
+def measure_training_speed(
+    settings: TrainSettings,
+    data: TrainData,
+    strategy: PromptStrategy,
+    base_model: str,
+    steps: int = 3,
+) -> StepTiming:
+    """Run ``steps`` real optimiser steps (after one warm-up step) in a scratch folder and
+    return the token throughput, from which the time of a whole run is estimated."""
+    import tempfile
+
+    from transformers import TrainerCallback
+
+    model, tokenizer = _adapted_model(settings, _portable_model_name(base_model), data.labels)
+    train = with_task_prefix(data.train, settings.task_prefix)
+    encoded = _encode(tokenizer, strategy, train, data.labels, settings, console=None)
+    marks: list[tuple[float, int]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            marks.append((time.perf_counter(), trainer.tokens_seen))
+
+    with tempfile.TemporaryDirectory() as scratch:
+        trainer = _build_trainer(settings, model, tokenizer, encoded, Path(scratch), None, "")
+        trainer.args.max_steps = steps + 1
+        trainer.add_callback(Clock())
+        trainer.train()
+    (t0, n0), (t1, n1) = marks[0], marks[-1]
+    per_step = settings.batch_size * settings.grad_accum
+    return StepTiming(
+        tokens_per_second=(n1 - n0) / max(t1 - t0, 1e-9),
+        tokens_per_epoch=sum(len(f["input_ids"]) for f in encoded.features),
+        steps_per_epoch=math.ceil(len(encoded.features) / per_step),
+        examples=len(encoded.features),
+    )
 
 
 def _adapted_model(settings: TrainSettings, base_model: str, labels: list[str] | None):
@@ -160,6 +209,8 @@ def _portable_model_name(name: str) -> str:
 
 
 def _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metric_key):
+    """Without a dev split (``task_eval`` None) there are no epoch evaluations: the last
+    weights are kept, as in a plain fine-tuning recipe on a tiny dataset."""
     import torch
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, TrainingArguments
 
@@ -174,12 +225,12 @@ def _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metr
         lr_scheduler_type=settings.scheduler,
         seed=settings.seed,
         train_sampling_strategy="group_by_length",
-        eval_strategy="epoch",
+        eval_strategy="epoch" if task_eval else "no",
         save_strategy="steps",
         save_steps=settings.save_steps,
         save_total_limit=2,  # the best and the latest checkpoint survive rotation
-        metric_for_best_model=metric_key,
-        greater_is_better=True,
+        metric_for_best_model=metric_key if task_eval else None,
+        greater_is_better=True if task_eval else None,
         logging_steps=_logging_interval(len(encoded.features), settings),
         logging_first_step=True,
         report_to=settings.report_to or "none",

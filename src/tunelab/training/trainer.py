@@ -8,6 +8,7 @@ encoder, which PEFT's adapter files fold away (so a resumed P-tuning run would o
 its encoder from the folded output).
 """
 
+import contextlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -210,9 +211,27 @@ class ProgressDisplay(TrainerCallback):
 
 
 def peak_memory_mb() -> float:
-    """Peak accelerator memory when on a GPU, else the process's peak resident set size."""
+    """Peak accelerator memory when on a GPU, else the process's peak resident set size
+    (since the last `reset_peak_memory`, where the OS supports resetting it)."""
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         return torch.cuda.max_memory_allocated() / 2**20
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def reset_peak_memory() -> None:
+    """Start a fresh peak, so several runs in one process each report their own.
+
+    Linux resets the resident-set high-water mark when "5" is written to clear_refs; other
+    systems keep the process-wide peak (an upper bound).
+    """
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")

@@ -1,0 +1,199 @@
+"""``tunelab compare``: every strategy of an experiment on the same data, one leaderboard."""
+
+import time
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from tunelab.cli.output import console
+from tunelab.compare.experiment import Experiment, load_experiment
+from tunelab.compare.leaderboard import markdown, params_text, recommend, rows_of, size_text
+from tunelab.compare.runner import (
+    ExperimentData,
+    ExperimentRunner,
+    check_metrics,
+    experiment_record,
+    headline_metric,
+    load_experiment_data,
+)
+from tunelab.errors import TuneLabError
+from tunelab.paths import write_json_atomic, write_text_atomic
+
+
+def compare_command(
+    experiment_file: Path = typer.Argument(..., metavar="EXPERIMENT.yaml"),
+    plan: bool = typer.Option(
+        False, "--plan", help="Show the data check and measured time estimates, then stop."
+    ),
+    estimate: bool = typer.Option(
+        True, "--estimate/--no-estimate", help="Measure time estimates before running."
+    ),
+    out: Path | None = typer.Option(None, help="Experiment folder (default runs/<name>)."),
+    only: list[str] = typer.Option([], help="Run only this strategy (repeatable)."),
+) -> None:
+    """Run every strategy (resumable: finished ones are skipped), then leaderboard + report."""
+    experiment = load_experiment(experiment_file)
+    data = load_experiment_data(experiment)
+    check_metrics(experiment, data.labels)
+    specs = _selected(experiment, only)
+    out_dir = out or Path("runs") / experiment.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out_dir / "experiment.json", experiment_record(experiment, data))
+    runner = ExperimentRunner(experiment, data, out_dir, console)
+    pending = [s for s in specs if runner.finished(s) is None]
+    _print_header(experiment, data, out_dir, len(specs) - len(pending))
+    if plan or (estimate and pending):
+        _print_data_check(runner, data)
+        _print_plan(runner, pending)
+    if plan:
+        return
+    began = time.perf_counter()
+    results = []
+    try:
+        for index, spec in enumerate(specs, 1):
+            status = "cached" if spec not in pending else spec.kind
+            console.rule(f"[{index}/{len(specs)}] {spec.name} · {status}")
+            results.append(runner.run(spec))
+    except KeyboardInterrupt:
+        console.print(
+            f"\n[yellow]interrupted[/]: finished strategies are kept in {out_dir}; run the same "
+            "command again to continue"
+        )
+        raise typer.Exit(130) from None
+    _finish(experiment, data, runner, results, out_dir, time.perf_counter() - began)
+
+
+def _selected(experiment: Experiment, only: list[str]):
+    if not only:
+        return experiment.strategies
+    names = [s.name for s in experiment.strategies]
+    unknown = [n for n in only if n not in names]
+    if unknown:
+        raise TuneLabError(
+            f"--only: no strategy named {', '.join(unknown)} (have {', '.join(names)})"
+        )
+    wanted = set(only)
+    for spec in experiment.strategies:  # a strategy needs the one its prompt comes from
+        if spec.name in wanted and spec.prompt_from:
+            wanted.add(spec.prompt_from)
+    return [s for s in experiment.strategies if s.name in wanted]
+
+
+def _print_header(experiment, data: ExperimentData, out_dir: Path, cached: int) -> None:
+    kind = f"{len(data.labels)} labels" if data.labels else "free text"
+    console.print(
+        f"[bold]{experiment.name}[/] · {experiment.model} · train {len(data.train)} / dev "
+        f"{len(data.dev)} / test {len(data.test)} · {kind} · "
+        f"{len(experiment.strategies)} strategies ({cached} already finished) → {out_dir}"
+    )
+
+
+def _print_data_check(runner: ExperimentRunner, data: ExperimentData) -> None:
+    from tunelab.cli.data import print_stats
+    from tunelab.compare.plan import data_check
+
+    console.rule("data check")
+    loaded = runner._base_model()
+    print_stats(data_check(data, loaded.tokenizer), runner.experiment.model, Path("the test set"))
+
+
+def _print_plan(runner: ExperimentRunner, pending) -> None:
+    from tunelab.compare.plan import plan_strategy
+
+    if not pending:
+        console.print("every strategy has finished; nothing to estimate")
+        return
+    console.rule("plan (measured on this machine)")
+    table = Table(
+        "strategy", "kind", "prompt tokens", "train tokens/epoch", "train/search", "test eval"
+    )  # fmt: skip
+    total, notes = 0.0, []
+    with console.status("timing a few real steps of each strategy ..."):
+        for spec in pending:
+            planned = plan_strategy(runner, spec)
+            total += planned.total_seconds
+            table.add_row(
+                planned.name, planned.kind, f"{planned.prompt_tokens:.0f}",
+                f"{planned.train_tokens:,}" if planned.train_tokens else "-",
+                _duration(planned.train_seconds) if planned.train_seconds else "-",
+                _duration(planned.eval_seconds),
+            )  # fmt: skip
+            if planned.note:
+                notes.append(f"  {planned.name}: {planned.note}")
+    console.print(table)
+    console.print("evaluation timed on 3 test examples per strategy; training on 3 real steps")
+    for note in notes:
+        console.print(note)
+    console.print(f"estimated total: {_duration(total)} (model loading not included)")
+
+
+def _finish(experiment, data, runner, results, out_dir: Path, seconds: float) -> None:
+    from tunelab.compare.report import write_report
+
+    metric = headline_metric(experiment, data.labels)
+    total = sum(p.numel() for p in runner._base_model().model.parameters()) if any(
+        r["kind"] != "train" for r in results
+    ) else None  # fmt: skip
+    rows = rows_of(results, metric, total)
+    recommendation = recommend(rows) if rows else None
+    table = Table(
+        "#", "strategy", "method", f"{metric} (95% CI)", "trainable", "train s", "ms/example",
+        "peak MB", "size", title=f"leaderboard · {experiment.name}",
+    )  # fmt: skip
+    for rank, r in enumerate(rows, 1):
+        table.add_row(
+            str(rank), r.name, r.method, f"{r.value:.3f} ({r.low:.3f}–{r.high:.3f})",
+            params_text(r), f"{r.adapt_seconds:.0f}", f"{r.latency_ms:.0f}",
+            f"{r.peak_memory_mb:.0f}", size_text(r.size_bytes),
+        )  # fmt: skip
+    by_name = {r["name"]: r for r in results}
+    extra = [m for m in experiment.metrics[1:]]
+    write_text_atomic(out_dir / "leaderboard.md", markdown(rows, metric, recommendation)
+                      + _extra_metrics_md(rows, by_name, extra))  # fmt: skip
+    write_json_atomic(out_dir / "results.json", {"metric": metric, "results": results})
+    facts = {
+        "model": experiment.model, "train": len(data.train), "dev": len(data.dev),
+        "test": len(data.test), "labels": data.labels, "seed": experiment.seed,
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }  # fmt: skip
+    report = write_report(
+        out_dir / "report.html", f"TuneLab comparison: {experiment.name}", metric, rows,
+        recommendation, by_name, {r.name: out_dir / r.name for r in rows}, facts,
+    )  # fmt: skip
+    console.print(table)
+    if extra:
+        console.print(_extra_metrics_text(rows, by_name, extra))
+    if recommendation:
+        console.print(recommendation.text(metric))
+    console.print(f"finished in {_duration(seconds)} · leaderboard: {out_dir / 'leaderboard.md'}")
+    console.print(f"report: {report}")
+
+
+def _extra_metrics_md(rows, by_name, extra: list[str]) -> str:
+    if not extra:
+        return ""
+    lines = ["", "| strategy | " + " | ".join(extra) + " |", "| --- " * (len(extra) + 1) + "|"]
+    for r in rows:
+        metrics = by_name[r.name]["metrics"]
+        cells = [_value(metrics.get(name)) for name in extra]
+        lines.append(f"| {r.name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _extra_metrics_text(rows, by_name, extra: list[str]) -> str:
+    lines = ["other metrics: " + ", ".join(extra)]
+    for r in rows:
+        metrics = by_name[r.name]["metrics"]
+        lines.append(f"  {r.name}: " + ", ".join(_value(metrics.get(n)) for n in extra))
+    return "\n".join(lines)
+
+
+def _value(score: dict | None) -> str:
+    return (
+        "-" if score is None else f"{score['value']:.3f} ({score['low']:.3f}–{score['high']:.3f})"
+    )
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

@@ -1,0 +1,110 @@
+"""Before spending compute: what the data looks like, how many tokens each strategy moves,
+and how long each will take on this machine, measured from a few real steps.
+
+Estimates are measurements scaled up: evaluation time from scoring a few test examples with
+the strategy's real prompt, training time from the token throughput of a few real optimiser
+steps of the strategy's method times the tokens of the planned epochs. A prompt search is
+estimated at its worst case (every candidate scored on the whole dev split).
+"""
+
+import math
+import time
+from dataclasses import dataclass
+
+from tunelab.compare.experiment import StrategySpec
+from tunelab.compare.runner import ExperimentData, ExperimentRunner
+from tunelab.evaluation.runner import build_prompts, evaluate
+from tunelab.prompting import PromptStrategy
+from tunelab.prompting.shots import select_shots
+
+SAMPLE = 3  # examples timed per evaluation estimate
+
+
+@dataclass
+class StrategyPlan:
+    name: str
+    kind: str
+    prompt_tokens: float  # mean prompt length at evaluation (tokens)
+    train_tokens: int | None  # tokens per training epoch
+    train_seconds: float | None  # estimated adaptation time
+    eval_seconds: float  # estimated test evaluation time
+    note: str = ""
+
+    @property
+    def total_seconds(self) -> float:
+        return (self.train_seconds or 0.0) + self.eval_seconds
+
+
+def plan_strategy(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan:
+    """Measure one strategy's cost on a few examples (a training strategy: a few steps)."""
+    data = runner.data
+    if spec.kind == "train":
+        return _plan_training(runner, spec)
+    start = _prompt_for(runner, spec)
+    per_example, tokens = _eval_speed(runner, start, data.test)
+    eval_seconds = per_example * len(data.test)
+    if spec.kind == "prompt":
+        return StrategyPlan(spec.name, "prompt", tokens, None, None, eval_seconds)
+    options = spec.optimize
+    pool_size = len(data.train) + len(data.dev)
+    dev_rows = options.dev_rows if options.dev_rows >= 1 else options.dev_rows * pool_size
+    search = per_example * dev_rows * options.budget
+    note = f"at most {options.budget} prompts x {int(dev_rows)} dev rows"
+    return StrategyPlan(spec.name, "optimize", tokens, None, search, eval_seconds, note)
+
+
+def _prompt_for(runner: ExperimentRunner, spec: StrategySpec) -> PromptStrategy:
+    if spec.prompt_from and spec.prompt_from not in runner.prompts:
+        # The source has not run yet: time the prompt it starts from (an estimate only).
+        source = runner.experiment.strategy(spec.prompt_from)
+        return _prompt_for(runner, source)
+    return runner._strategy_of(spec, default=PromptStrategy(name=spec.name))
+
+
+def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tuple[float, float]:
+    """Seconds per test example (measured on a few), and the mean prompt length in tokens."""
+    loaded = runner._base_model()
+    sample = test[:SAMPLE]
+    shots, retriever = select_shots(strategy, runner.data.train, sample, seed=runner.settings.seed)
+    prompts = build_prompts(loaded.tokenizer, strategy, sample, runner.data.labels, shots)
+    tokens = sum(len(loaded.tokenizer(p)["input_ids"]) for p in prompts) / max(len(prompts), 1)
+    began = time.perf_counter()
+    evaluate(
+        loaded.model, loaded.tokenizer, strategy, sample, labels=runner.data.labels,
+        settings=runner.settings, chosen_shots=(shots, retriever),
+    )  # fmt: skip
+    return (time.perf_counter() - began) / max(len(sample), 1), tokens
+
+
+def _plan_training(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan:
+    from tunelab.training.config import make_settings
+    from tunelab.training.run import TrainData, default_training_strategy, measure_training_speed
+
+    data: ExperimentData = runner.data
+    values = spec.train.model_dump(exclude_unset=True)
+    values.setdefault("task_prefix", runner.experiment.task_prefix)
+    values.setdefault("seed", runner.experiment.seed)
+    settings = make_settings(**values).resolved(data.labels is not None)
+    strategy = _prompt_for(runner, spec) if (spec.prompt or spec.prompt_file or spec.prompt_from) \
+        else default_training_strategy(spec.name)  # fmt: skip
+    train_data = TrainData(data.train, data.dev, data.test, data.labels, data.files)
+    timing = measure_training_speed(settings, train_data, strategy, runner.experiment.model)
+    per_example, tokens = _eval_speed(runner, strategy, data.test)
+    epochs = settings.epochs
+    train_seconds = epochs * timing.tokens_per_epoch / timing.tokens_per_second
+    dev_seconds = per_example * len(data.dev) * math.ceil(epochs)
+    note = (
+        f"{settings.method} at {timing.tokens_per_second:.0f} tok/s (3 steps measured) x "
+        f"{math.ceil(timing.steps_per_epoch * epochs)} steps"
+    )
+    return StrategyPlan(
+        spec.name, "train", tokens, timing.tokens_per_epoch, train_seconds + dev_seconds,
+        per_example * len(data.test), note,
+    )  # fmt: skip
+
+
+def data_check(data: ExperimentData, tokenizer):
+    """The `tunelab data inspect` statistics of the training split, with test overlap."""
+    from tunelab.data.stats import compute_stats
+
+    return compute_stats(data.train, tokenizer=tokenizer, test=data.test)

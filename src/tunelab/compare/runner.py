@@ -1,0 +1,333 @@
+"""Run every strategy of an experiment on the same splits; skip the ones already finished.
+
+Each strategy writes its own folder under the experiment folder and, last of all, its
+``result.json``: the marker that it finished. A rerun skips every strategy with that file, so
+a crash or Ctrl-C loses at most the strategy in progress (and a training run continues from
+its latest checkpoint).
+"""
+
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunelab.cli.common import resolve_labels
+from tunelab.compare.experiment import Experiment, StrategySpec
+from tunelab.data import load_dataset, split_examples
+from tunelab.data.loading import Example
+from tunelab.errors import TuneLabError
+from tunelab.evaluation.generation import GenerationConfig
+from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate, write_run
+from tunelab.paths import write_json_atomic
+from tunelab.prompting import PromptStrategy, load_strategy
+from tunelab.provenance import file_record, git_commit, package_versions, sha256_of
+from tunelab.training.trainer import peak_memory_mb, reset_peak_memory
+
+RESULT_FILE = "result.json"
+
+
+@dataclass
+class ExperimentData:
+    train: list[Example]
+    dev: list[Example]  # per-epoch evaluation of training methods ([] = none)
+    test: list[Example]
+    labels: list[str] | None
+    files: dict[str, Path]
+
+
+def load_experiment_data(experiment: Experiment) -> ExperimentData:
+    spec, seed = experiment.data, experiment.seed
+    train = load_dataset(spec.train, spec.input, spec.output).examples
+    labels = resolve_labels(spec.labels, train)
+    stratify = labels is not None
+    files = {"train": spec.train}
+    if spec.test:
+        test = load_dataset(spec.test, spec.input, spec.output).examples
+        files["test"] = spec.test
+    else:
+        train, test = split_examples(train, spec.test_size, seed=seed, stratify=stratify)
+    if spec.dev:
+        dev = load_dataset(spec.dev, spec.input, spec.output).examples
+        files["dev"] = spec.dev
+    elif spec.dev_size > 0:
+        train, dev = split_examples(train, spec.dev_size, seed=seed, stratify=stratify)
+    else:
+        dev = []
+    return ExperimentData(train, dev, test, labels, files)
+
+
+def check_metrics(experiment: Experiment, labels: list[str] | None) -> None:
+    """Every listed metric must be one the evaluation produces for this kind of task."""
+    if labels is not None:
+        known = ["accuracy", "macro_f1"]
+    else:
+        known = ["rouge_l", "embedding_similarity", "token_f1", "exact_match", "bleu", "chrf"]
+    if experiment.eval.checklist_field:
+        known.append("checklist")
+    unknown = [m for m in experiment.metrics if m not in known]
+    if unknown:
+        kind = "classification" if labels is not None else "free-text"
+        raise TuneLabError(
+            f"metrics: {', '.join(unknown)} not available for this {kind} task; choose from "
+            f"{', '.join(known)}"
+            + ("" if experiment.eval.checklist_field else " (checklist needs eval.checklist_field)")
+        )
+
+
+def headline_metric(experiment: Experiment, labels: list[str] | None) -> str:
+    if experiment.metrics:
+        return experiment.metrics[0]
+    return "accuracy" if labels is not None else "rouge_l"
+
+
+def eval_settings(experiment: Experiment) -> EvalSettings:
+    spec = experiment.eval
+    return EvalSettings(
+        mode=spec.mode,
+        generation=GenerationConfig(
+            max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size, seed=experiment.seed
+        ),
+        seed=experiment.seed,
+        checklist_field=spec.checklist_field,
+    )
+
+
+def experiment_record(experiment: Experiment, data: ExperimentData) -> dict:
+    """What reproduces the experiment: settings, data hashes, versions, commit."""
+    return {
+        "experiment": json.loads(experiment.model_dump_json()),
+        "data": {role: file_record(path) for role, path in data.files.items()},
+        "sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
+        "labels": data.labels,
+        "versions": package_versions(),
+        "git_commit": git_commit(),
+    }
+
+
+def finished_result(folder: Path) -> dict | None:
+    path = folder / RESULT_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+Progress = Callable[[str], None]
+
+
+class ExperimentRunner:
+    """Runs strategies in file order; the base model is loaded once for prompt strategies."""
+
+    def __init__(self, experiment: Experiment, data: ExperimentData, out: Path, console=None):
+        self.experiment, self.data, self.out, self.console = experiment, data, out, console
+        self.settings = eval_settings(experiment)
+        self._base = None
+        self.prompts: dict[str, PromptStrategy] = {}  # each strategy's final prompt
+
+    def spec_key(self, spec: StrategySpec) -> str:
+        """Everything that decides this strategy's result; a finished result with another
+        key is stale (the experiment file or the data changed) and runs again."""
+        parts = {
+            "spec": json.loads(spec.model_dump_json()),
+            "model": self.experiment.model,
+            "task_prefix": self.experiment.task_prefix,
+            "seed": self.experiment.seed,
+            "eval": self.experiment.eval.model_dump(),
+            "data": self.experiment.data.model_dump(mode="json"),
+            "hashes": {role: sha256_of(path) for role, path in self.data.files.items()},
+            "source": self.spec_key(self.experiment.strategy(spec.prompt_from))
+            if spec.prompt_from
+            else None,
+        }
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def finished(self, spec: StrategySpec) -> dict | None:
+        """The stored result when it is current, else None."""
+        done = finished_result(self.out / spec.name)
+        return done if done and done.get("spec_key") == self.spec_key(spec) else None
+
+    def run(self, spec: StrategySpec) -> dict:
+        folder = self.out / spec.name
+        done = self.finished(spec)
+        if done is not None:
+            self.prompts[spec.name] = PromptStrategy.model_validate(done["prompt"])
+            return done
+        if finished_result(folder) is not None:  # stale: settings or data changed
+            shutil.rmtree(folder)
+        reset_peak_memory()
+        began = time.perf_counter()
+        kind_runner = {"prompt": self._prompt, "optimize": self._optimize, "train": self._train}
+        result = kind_runner[spec.kind](spec, folder)
+        result.update(
+            name=spec.name,
+            kind=spec.kind,
+            spec_key=self.spec_key(spec),
+            wall_seconds=round(time.perf_counter() - began, 1),
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
+        )
+        self.prompts[spec.name] = PromptStrategy.model_validate(result["prompt"])
+        write_json_atomic(folder / RESULT_FILE, result)
+        return result
+
+    # -- the three kinds -------------------------------------------------------------------
+
+    def _prompt(self, spec: StrategySpec, folder: Path) -> dict:
+        strategy = self._strategy_of(spec, default=PromptStrategy(name=spec.name))
+        final = self._evaluate_base(strategy)
+        write_run(folder, final, {"strategy": strategy.model_dump()})
+        return self._record(final, strategy, adapt_seconds=0.0, trainable=0, total=None,
+                            size=_size(folder / "strategy.yaml"))  # fmt: skip
+
+    def _optimize(self, spec: StrategySpec, folder: Path) -> dict:
+        from tunelab.optimize.edits import EditSpace
+        from tunelab.optimize.parts import parts_of
+        from tunelab.optimize.run import optimization_splits, search_prompt
+        from tunelab.optimize.search import SearchSettings
+
+        options = spec.optimize
+        start = self._strategy_of(spec, default=PromptStrategy(name=spec.name))
+        splits = optimization_splits(
+            self.data.train + self.data.dev,
+            self.data.test,
+            options.dev_rows if options.dev_rows < 1 else int(options.dev_rows),
+            seed=self.experiment.seed,
+            stratify=self.data.labels is not None,
+        )
+        space = EditSpace(
+            classification=self.data.labels is not None,
+            max_shots=min(options.max_shots, len(splits.pool)),
+            operators=tuple(options.operators) if options.operators is not None else None,
+        )
+        settings = SearchSettings(
+            budget=options.budget, width=options.width, chunk=options.race,
+            llm_proposals=options.llm, seed=self.experiment.seed,
+        )  # fmt: skip
+        loaded = self._base_model()
+        began = time.perf_counter()
+        result = search_prompt(
+            loaded, parts_of(start, space.classification), splits, self.data.labels,
+            self.settings, self._search_metric(), settings, space, folder / "search",
+            on_event=self._search_event(spec.name),
+        )  # fmt: skip
+        search_seconds = time.perf_counter() - began
+        best = result.best.parts.to_strategy(spec.name)
+        final = self._evaluate_base(best, pool=splits.pool)
+        write_run(folder, final, {"strategy": best.model_dump()})
+        record = self._record(final, best, adapt_seconds=search_seconds, trainable=0,
+                              total=None, size=_size(folder / "strategy.yaml"))  # fmt: skip
+        record["search"] = {
+            "candidates": len(result.candidates),
+            "dev_start": result.start.score,
+            "dev_best": result.best.score,
+        }
+        return record
+
+    def _train(self, spec: StrategySpec, folder: Path) -> dict:
+        from tunelab.training import artifacts
+        from tunelab.training.config import make_settings
+        from tunelab.training.run import TrainData, default_training_strategy, train_run
+
+        values = spec.train.model_dump(exclude_unset=True)
+        values.setdefault("task_prefix", self.experiment.task_prefix)
+        values.setdefault("seed", self.experiment.seed)
+        settings = make_settings(**values).resolved(self.data.labels is not None)
+        strategy = self._strategy_of(spec, default=default_training_strategy(spec.name))
+        if strategy.shots or strategy.cot:
+            raise TuneLabError(
+                f"{spec.name}: a training prompt cannot use few-shot examples or chain of "
+                f"thought (from {spec.prompt_from or 'its prompt'})"
+            )
+        data = TrainData(
+            self.data.train, self.data.dev, self.data.test, self.data.labels, self.data.files
+        )
+        resume = (folder / "config.json").is_file() and not artifacts.is_finished(folder)
+        outcome = train_run(
+            settings, data, strategy, self.experiment.model, folder,
+            resume=resume, overwrite=not resume and folder.exists(), console=self.console,
+        )  # fmt: skip
+        summary = outcome.summary
+        record = self._record(
+            outcome.final, strategy, adapt_seconds=summary["train_seconds"],
+            trainable=summary["trainable_parameters"], total=summary["total_parameters"],
+            size=_size(folder / artifacts.ADAPTER_DIR),
+        )  # fmt: skip
+        record["training"] = {
+            "method": settings.method,
+            "settings": settings.model_dump(),
+            "steps": summary["steps"],
+            "tokens_per_second": summary["tokens_per_second"],
+        }
+        record["peak_memory_mb"] = max(record["peak_memory_mb"], summary["peak_memory_mb"])
+        return record
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _strategy_of(self, spec: StrategySpec, default: PromptStrategy) -> PromptStrategy:
+        if spec.prompt_from:
+            source = self.prompts[spec.prompt_from]
+            return source.model_copy(update={"name": spec.name})
+        if spec.prompt_file:
+            return load_strategy(spec.prompt_file).model_copy(update={"name": spec.name})
+        if spec.prompt is not None:
+            return spec.prompt.model_copy(update={"name": spec.name})
+        return default
+
+    def _base_model(self):
+        if self._base is None:
+            from tunelab.models import load_model
+
+            self._base = load_model(self.experiment.model)
+        return self._base
+
+    def _evaluate_base(self, strategy: PromptStrategy, pool=None) -> EvalResult:
+        loaded = self._base_model()
+        return evaluate(
+            loaded.model,
+            loaded.tokenizer,
+            strategy,
+            self.data.test,
+            train=pool if pool is not None else self.data.train,
+            labels=self.data.labels,
+            settings=self.settings,
+        )
+
+    def _search_metric(self) -> str:
+        from tunelab.optimize.scoring import PER_EXAMPLE_METRICS
+
+        metric = headline_metric(self.experiment, self.data.labels)
+        return (
+            metric
+            if metric in PER_EXAMPLE_METRICS
+            else ("accuracy" if self.data.labels is not None else "rouge_l")
+        )
+
+    def _search_event(self, name: str):
+        def on_event(event, candidate):
+            if event == "finished" and self.console is not None:
+                score = candidate.score["value"] if candidate.score else float("nan")
+                self.console.print(
+                    f"  {name} #{candidate.id} {candidate.change[:60]}: {score:.3f} "
+                    f"({candidate.status})"
+                )
+
+        return on_event
+
+    def _record(self, final: EvalResult, strategy, *, adapt_seconds, trainable, total, size):
+        examples = max(len(final.predictions), 1)
+        return {
+            "metrics": final.metrics,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+            "adapt_seconds": round(adapt_seconds, 1),
+            "eval_seconds": round(final.seconds, 2),
+            "latency_ms_per_example": round(1000 * final.seconds / examples, 1),
+            "peak_memory_mb": round(peak_memory_mb(), 1),
+            "size_bytes": size,
+            "prompt": strategy.model_dump(),
+        }
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0

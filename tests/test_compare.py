@@ -1,0 +1,278 @@
+"""`tunelab compare`: experiment validation, resume after an interrupted strategy, stale
+results, the leaderboard arithmetic, the checklist metric and the HTML report."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.cli.main import app
+from tunelab.compare.experiment import load_experiment
+from tunelab.compare.leaderboard import markdown, recommend, rows_of
+from tunelab.compare.report import write_report
+from tunelab.compare.runner import ExperimentRunner
+from tunelab.errors import TuneLabError
+from tunelab.evaluation import metrics as m
+
+runner = CliRunner()
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "tech_support" / "experiment.yaml"
+
+
+def write_experiment(tmp_path, text: str) -> Path:
+    path = tmp_path / "experiment.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_validation_names_file_line_and_field_of_each_mistake(tmp_path):
+    path = write_experiment(
+        tmp_path,
+        """name: demo
+data:
+  train: train.jsonl
+  colour: blue
+strategies:
+  - name: base
+    prompt: {shots: -2}
+  - name: lora
+    train:
+      method: lora
+      learning_rate: -1
+  - name: soft
+    train: {method: prompt-tuning, options: {virtual_tokens: 0}}
+  - name: what
+""",
+    )
+    with pytest.raises(TuneLabError) as caught:
+        load_experiment(path)
+    lines = str(caught.value).splitlines()
+    assert f"{path}:4: data.colour: unknown field" in lines
+    assert (
+        f"{path}:7: strategies[0](base).prompt.shots: Input should be greater than or equal to 0"
+        in lines
+    )
+    assert any(
+        line.startswith(f"{path}:11: strategies[1](lora).train.learning_rate:") for line in lines
+    )
+    assert any(
+        f"{path}:13: strategies[2](soft).train: options.virtual_tokens" in line for line in lines
+    )
+    assert (
+        f"{path}:14: strategies[3](what): give prompt, prompt_file, prompt_from, train or optimize"
+        in lines
+    )
+
+
+def test_validation_of_names_and_prompt_sources(tmp_path):
+    path = write_experiment(
+        tmp_path,
+        """name: demo
+data: {train: train.jsonl}
+strategies:
+  - {name: lora, train: {method: lora}, prompt_from: refined}
+  - {name: refined, optimize: {budget: 3}}
+  - {name: refined, prompt: {}}
+""",
+    )
+    with pytest.raises(TuneLabError, match="strategy names must be unique; repeated: refined"):
+        load_experiment(path)
+    path.write_text(path.read_text().replace("  - {name: refined, prompt: {}}\n", ""))
+    with pytest.raises(
+        TuneLabError, match="prompt_from 'refined' must name a strategy listed before"
+    ):
+        load_experiment(path)
+    path.write_text("name: [unclosed\n")
+    with pytest.raises(
+        TuneLabError, match=r"experiment.yaml: line 1 not valid YAML|not valid YAML"
+    ):
+        load_experiment(path)
+
+
+def test_bundled_example_is_valid_and_paths_resolve_next_to_it():
+    experiment = load_experiment(EXAMPLE)
+    assert experiment.data.train == EXAMPLE.parent / "train.jsonl"
+    assert [s.kind for s in experiment.strategies].count("train") == 3
+    lines = (EXAMPLE.parent / "train.jsonl").read_text().splitlines()
+    test_lines = (EXAMPLE.parent / "test.jsonl").read_text().splitlines()
+    assert len(lines) == 10 and len(test_lines) == 5
+    asked = {json.loads(x)["question"] for x in lines}
+    assert not asked & {json.loads(x)["question"] for x in test_lines}
+
+
+def result(name, kind, value, low, high, trainable=0, seconds=0.0, latency=10.0, method=None):
+    record = {
+        "name": name,
+        "kind": kind,
+        "metrics": {"rouge_l": {"value": value, "low": low, "high": high}},
+        "trainable_parameters": trainable,
+        "adapt_seconds": seconds,
+        "latency_ms_per_example": latency,
+        "peak_memory_mb": 100.0,
+        "size_bytes": 2048,
+    }
+    if method:
+        record["training"] = {"method": method}
+        record["total_parameters"] = 1000 + trainable
+    return record
+
+
+def test_leaderboard_sorts_and_recommends_the_cheapest_within_the_best_interval():
+    results = [
+        result("base", "prompt", 0.20, 0.15, 0.25),
+        result("lora", "train", 0.50, 0.40, 0.60, trainable=100, seconds=60, method="lora"),
+        result("full", "train", 0.52, 0.45, 0.59, trainable=1000, seconds=300, method="full"),
+        result("few-shot", "prompt", 0.46, 0.38, 0.55, latency=40),
+    ]
+    rows = rows_of(results, "rouge_l", total_parameters=1000)
+    assert [r.name for r in rows] == ["full", "lora", "few-shot", "base"]
+    assert rows[1].trainable_percent == pytest.approx(100 * 100 / 1100)
+    assert rows[2].trainable_percent == 0.0
+    rec = recommend(rows)
+    assert rec.best.name == "full"
+    # lora (0.50) and few-shot (0.46) lie within full's interval (>= 0.45); few-shot trains
+    # nothing, so it is the cheapest equivalent.
+    assert [r.name for r in rec.equivalent] == ["full", "lora", "few-shot"]
+    assert rec.cheapest_equivalent.name == "few-shot"
+    text = rec.text("rouge_l")
+    assert "Recommended: few-shot (0.460)" in text and "Also within the interval: lora." in text
+    table = markdown(rows, "rouge_l", rec)
+    assert (
+        "| 1 | full | full | 0.520 (0.450–0.590) | 1,000 (50%) | 300 | 10 | 100 | 2.0 KB |" in table
+    )
+
+
+def test_recommendation_when_nothing_cheaper_is_close_and_missing_metric():
+    results = [
+        result("lora", "train", 0.8, 0.75, 0.85, trainable=10, seconds=5, method="lora"),
+        result("base", "prompt", 0.3, 0.2, 0.4),
+        {**result("broken", "prompt", 0, 0, 0), "metrics": {}},
+    ]
+    rows = rows_of(results, "rouge_l", 1000)
+    assert rows[-1].name == "broken" and math.isnan(rows[-1].value)
+    rec = recommend(rows)
+    assert rec.best.name == rec.cheapest_equivalent.name == "lora"
+    assert "No cheaper strategy reaches" in rec.text("rouge_l")
+
+
+def test_checklist_coverage_is_the_share_of_phrases_found():
+    answers = ["Restart the Hub, then open the Lumo app.", "No idea.", "anything"]
+    lists = [["restart the hub", "Lumo app", "refresh"], ["reset"], []]
+    assert m.checklist_coverage(answers, lists) == [pytest.approx(2 / 3), 0.0, 1.0]
+
+
+def test_report_is_self_contained_and_escapes_data(tmp_path):
+    folder = tmp_path / "base"
+    folder.mkdir()
+    rows_file = [{"input": "<script>alert(1)</script>", "reference": "a", "prediction": "b",
+                  "correct": 0.0}]  # fmt: skip
+    (folder / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows_file))
+    results = [result("base", "prompt", 0.2, 0.1, 0.3)]
+    rows = rows_of(results, "rouge_l", 1000)
+    path = write_report(
+        tmp_path / "report.html", "t", "rouge_l", rows, recommend(rows),
+        {"base": results[0]}, {"base": folder}, {"model": "tiny", "test": 1},
+    )  # fmt: skip
+    page = path.read_text()
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert page.count("data:image/png;base64,") >= 3
+    assert "http://" not in page and "https://" not in page
+
+
+@pytest.fixture
+def tiny_experiment(tmp_path, write_jsonl, label_rows, tiny_model_dir):
+    write_jsonl(label_rows * 2, "train.jsonl")
+    write_jsonl(label_rows[::3], "test.jsonl")
+    return write_experiment(
+        tmp_path,
+        f"""name: tiny
+data: {{train: train.jsonl, test: test.jsonl, input: text, output: label}}
+model: {tiny_model_dir}
+task_prefix: "[T]"
+metrics: [accuracy, macro_f1]
+strategies:
+  - {{name: base, prompt: {{}}}}
+  - {{name: refined, optimize: {{budget: 2, operators: [format, persona], dev_rows: 4}}}}
+  - {{name: lora, train: {{method: lora, epochs: 1, batch_size: 4}}}}
+  - {{name: lora-refined, train: {{method: lora, epochs: 1, batch_size: 4}}, prompt_from: refined}}
+""",
+    )
+
+
+def run_compare(*args):
+    return runner.invoke(app, ["compare", *[str(a) for a in args]])
+
+
+def test_compare_resumes_after_an_interrupted_strategy(tiny_experiment, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    original = ExperimentRunner._train
+    calls = []
+
+    def interrupted(self, spec, folder):
+        calls.append(spec.name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ExperimentRunner, "_train", interrupted)
+    first = run_compare(tiny_experiment, "--out", out, "--no-estimate")
+    assert first.exit_code == 130 and "run the same command again" in first.output
+    assert (out / "base" / "result.json").exists() and (out / "refined" / "result.json").exists()
+    assert not (out / "lora" / "result.json").exists()
+    base_written = (out / "base" / "result.json").stat().st_mtime_ns
+
+    monkeypatch.setattr(ExperimentRunner, "_train", original)
+    second = run_compare(tiny_experiment, "--out", out, "--no-estimate")
+    assert second.exit_code == 0, second.output
+    assert (out / "base" / "result.json").stat().st_mtime_ns == base_written  # skipped
+    for name in ("base", "refined", "lora", "lora-refined"):
+        assert json.loads((out / name / "result.json").read_text())["name"] == name
+    refined = json.loads((out / "refined" / "result.json").read_text())["prompt"]
+    trained = json.loads((out / "lora-refined" / "adapter" / "tunelab.json").read_text())
+    assert trained["strategy"]["system"] == refined["system"]
+    assert trained["task_prefix"] == "[T]"
+    board = (out / "leaderboard.md").read_text()
+    assert board.count("\n| ") >= 4 + 2 and "macro_f1" in board
+    assert (out / "report.html").read_text().count("<img") >= 3
+    assert "report:" in second.output
+
+    monkeypatch.setattr(ExperimentRunner, "_train", interrupted)
+    monkeypatch.setattr(ExperimentRunner, "_prompt", interrupted)
+    third = run_compare(tiny_experiment, "--out", out)
+    assert third.exit_code == 0, third.output  # everything cached: nothing runs again
+    assert "4 already finished" in third.output
+
+    monkeypatch.setattr(ExperimentRunner, "_train", original)
+    text = tiny_experiment.read_text().replace(
+        "name: lora, train: {method: lora, epochs: 1,",
+        "name: lora, train: {method: lora, epochs: 2,",
+    )
+    tiny_experiment.write_text(text)
+    fourth = run_compare(tiny_experiment, "--out", out, "--no-estimate")
+    assert fourth.exit_code == 0, fourth.output
+    settings = json.loads((out / "lora" / "result.json").read_text())["training"]["settings"]
+    assert settings["epochs"] == 2  # the changed strategy ran again; the others stayed cached
+    assert (out / "base" / "result.json").stat().st_mtime_ns == base_written
+
+
+def test_plan_measures_without_running(tiny_experiment, tmp_path):
+    out = tmp_path / "planned"
+    planned = run_compare(
+        tiny_experiment, "--out", out, "--plan", "--only", "lora", "--only", "base"
+    )
+    assert planned.exit_code == 0, planned.output
+    assert "data check" in planned.output and "plan (measured on this machine)" in planned.output
+    assert (
+        "lora: lora at " in planned.output
+        and "tok/s (3 steps measured) x 6 steps" in planned.output
+    )
+    assert "estimated total" in planned.output
+    assert not (out / "lora").exists() and not (out / "base").exists()
+
+
+def test_unknown_metric_is_refused(tiny_experiment, tmp_path):
+    tiny_experiment.write_text(
+        tiny_experiment.read_text().replace("[accuracy, macro_f1]", "[rouge_l]")
+    )
+    refused = run_compare(tiny_experiment, "--out", tmp_path / "x", "--plan")
+    assert refused.exit_code == 1
+    assert "metrics: rouge_l not available for this classification task" in refused.output
