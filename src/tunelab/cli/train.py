@@ -35,7 +35,9 @@ def train_command(
     ),
     learning_rate: float | None = typer.Option(None, "--lr", help="Default: the method's."),
     epochs: float = typer.Option(2.0),
-    batch_size: int = typer.Option(8),
+    batch_size: int | None = typer.Option(
+        None, help="Default: the method's (8; 2 for soft prompts, which need more updates)."
+    ),
     grad_accum: int = typer.Option(1, help="Batches per optimiser step."),
     warmup: float = typer.Option(0.06, help="Fraction of steps warming up."),
     scheduler: str = typer.Option("linear", help="linear | cosine | constant_with_warmup."),
@@ -149,13 +151,16 @@ def _print_outcome(outcome) -> None:
 
 def methods_command() -> None:
     """List the training methods, their default learning rates and options."""
-    table = Table("method", "default lr", "options (default)", "what / why", show_lines=True)
+    table = Table(
+        "method", "default lr", "batch", "options (default)", "what / why", show_lines=True
+    )
     for method in all_methods().values():
         fields = method.options.model_fields
         options = "\n".join(f"{name}={field.default!r}" for name, field in fields.items())
         table.add_row(
             method.name,
             f"{method.learning_rate:g}",
+            str(method.batch_size),
             options or "-",
             f"{method.summary}\n{method.why}",
         )

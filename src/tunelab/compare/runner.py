@@ -6,6 +6,7 @@ a crash or Ctrl-C loses at most the strategy in progress (and a training run con
 its latest checkpoint).
 """
 
+import contextlib
 import hashlib
 import json
 import shutil
@@ -281,15 +282,17 @@ class ExperimentRunner:
 
     def _evaluate_base(self, strategy: PromptStrategy, pool=None) -> EvalResult:
         loaded = self._base_model()
-        return evaluate(
-            loaded.model,
-            loaded.tokenizer,
-            strategy,
-            self.data.test,
-            train=pool if pool is not None else self.data.train,
-            labels=self.data.labels,
-            settings=self.settings,
-        )
+        with _progress(self.console, f"{strategy.name}: test", len(self.data.test)) as advance:
+            return evaluate(
+                loaded.model,
+                loaded.tokenizer,
+                strategy,
+                self.data.test,
+                train=pool if pool is not None else self.data.train,
+                labels=self.data.labels,
+                settings=self.settings,
+                on_progress=advance,
+            )
 
     def _search_metric(self) -> str:
         from tunelab.optimize.scoring import PER_EXAMPLE_METRICS
@@ -325,6 +328,20 @@ class ExperimentRunner:
             "size_bytes": size,
             "prompt": strategy.model_dump(),
         }
+
+
+@contextlib.contextmanager
+def _progress(console, label: str, total: int):
+    """A transient bar on the console (nothing without one); yields the advance function."""
+    if console is None:
+        yield lambda n: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    columns = (label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        task = progress.add_task(label, total=total)
+        yield lambda n: progress.advance(task, n)
 
 
 def _size(path: Path) -> int:

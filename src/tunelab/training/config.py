@@ -20,7 +20,7 @@ class TrainSettings(BaseModel):
     options: dict = Field(default_factory=dict, description="method options (tunelab methods)")
     learning_rate: float | None = Field(None, gt=0, description="default: the method's")
     epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(8, gt=0)
+    batch_size: int | None = Field(None, gt=0, description="default: the method's")
     grad_accum: int = Field(1, gt=0, description="batches per optimiser step")
     warmup: float = Field(0.06, ge=0, lt=1, description="fraction of steps spent warming up")
     scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
@@ -49,6 +49,7 @@ class TrainSettings(BaseModel):
                 "method": method.name,
                 "options": options,
                 "learning_rate": self.learning_rate or method.learning_rate,
+                "batch_size": self.batch_size or method.batch_size,
                 "metric": metric,
             }
         )

@@ -37,6 +37,7 @@ class Method:
     apply: Any  # (model, options, context) -> trainable model
     why: str = ""  # one sentence on the defaults, shown by `tunelab methods`
     aliases: tuple[str, ...] = field(default=())
+    batch_size: int = 8  # default; soft prompts gain from more, smaller updates
 
     def parse_options(self, raw: dict) -> MethodOptions:
         try:

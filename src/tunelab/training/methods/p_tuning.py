@@ -4,6 +4,11 @@ Defaults: 20 virtual tokens, an MLP encoder with hidden size 128, learning rate 
 encoder couples the virtual tokens, which makes optimisation smoother than free embeddings, so
 it tolerates a lower rate than prompt tuning; the encoder only runs once per forward pass and
 is evaluated once to a fixed prompt at inference.
+
+Batch size 2 by default (weight methods use 8): a soft prompt changes the model only through
+a few thousand numbers, and on small data it is short of updates, not of examples per update.
+On Banking77 (1,000 rows, 2 epochs) prefix tuning went from 0.363 test accuracy at batch 8
+(250 steps) to 0.503 at batch 2 (1,000 steps) at the same rate (bench/RESULTS.md).
 """
 
 from typing import Literal
@@ -41,6 +46,7 @@ METHOD = Method(
     learning_rate=3e-3,
     options=PTuningOptions,
     apply=apply,
+    batch_size=2,
     why="the encoder smooths optimisation, so a lower rate than prompt tuning suffices",
     aliases=("ptuning", "prompt-encoder"),
 )

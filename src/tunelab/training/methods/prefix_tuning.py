@@ -5,6 +5,11 @@ the prefix through an MLP because direct optimisation was unstable at their rate
 at 1e-2 the direct prefix trains stably on small decoders and has ~10x fewer trainable
 parameters. ``projection=true`` restores the MLP (hidden size ``encoder_hidden``); it is used
 only during training and folded away when the adapter is saved for inference.
+
+Batch size 2 by default (weight methods use 8): a soft prompt changes the model only through
+a few thousand numbers, and on small data it is short of updates, not of examples per update.
+On Banking77 (1,000 rows, 2 epochs) prefix tuning went from 0.363 test accuracy at batch 8
+(250 steps) to 0.503 at batch 2 (1,000 steps) at the same rate (bench/RESULTS.md).
 """
 
 from pydantic import Field
@@ -36,6 +41,7 @@ METHOD = Method(
     learning_rate=1e-2,
     options=PrefixTuningOptions,
     apply=apply,
+    batch_size=2,
     why="per-layer prefixes train directly at 1e-2 with AdamW; the MLP is optional",
     aliases=("prefix",),
 )
