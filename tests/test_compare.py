@@ -3,6 +3,8 @@ results, the leaderboard arithmetic, the checklist metric and the HTML report.""
 
 import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -276,3 +278,32 @@ def test_unknown_metric_is_refused(tiny_experiment, tmp_path):
     refused = run_compare(tiny_experiment, "--out", tmp_path / "x", "--plan")
     assert refused.exit_code == 1
     assert "metrics: rouge_l not available for this classification task" in refused.output
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed")
+def test_report_renders_in_headless_chromium(tmp_path):
+    folder = tmp_path / "lora"
+    folder.mkdir()
+    (folder / "predictions.jsonl").write_text(
+        json.dumps({"input": "q", "reference": "a", "prediction": "a", "correct": 1.0}) + "\n"
+    )
+    (folder / "metrics.jsonl").write_text(
+        "".join(json.dumps({"loss": 2.0 / s, "step": s}) + "\n" for s in range(1, 6))
+    )
+    results = [result("lora", "train", 0.7, 0.6, 0.8, trainable=10, seconds=5, method="lora")]
+    rows = rows_of(results, "rouge_l", 1000)
+    page = write_report(
+        tmp_path / "report.html", "t", "rouge_l", rows, recommend(rows),
+        {"lora": results[0]}, {"lora": folder}, {"model": "tiny", "test": 1},
+    )  # fmt: skip
+    shot = tmp_path / "shot.png"
+    subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+         "--window-size=1200,1600", page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    from PIL import Image
+
+    image = Image.open(shot).convert("L")
+    assert image.size == (1200, 1600)
+    assert len(set(image.getdata())) > 20  # text and plots, not a blank page
