@@ -284,10 +284,21 @@ runner = CliRunner()
 
 
 def test_cli_optimizes_on_the_tiny_model_and_resumes_from_cache(
-    write_jsonl, label_rows, tiny_model_dir, tmp_path
+    write_jsonl, label_rows, tiny_model_dir, tmp_path, monkeypatch
 ):
     train = write_jsonl(label_rows * 3, "train.jsonl")
-    test = write_jsonl([{"text": "refund please", "label": "billing"}], "test.jsonl")
+    test = write_jsonl(
+        [{"text": "refund please", "label": "billing"}, {"text": "locked out", "label": "login"}],
+        "test.jsonl",
+    )  # "locked out" is also a training row: it must stay out of the search
+    scored_inputs = []
+    original_score = DevScorer.score
+
+    def spy(self, strategy, examples, on_progress=None):
+        scored_inputs.extend(e.input for e in examples)
+        return original_score(self, strategy, examples, on_progress)
+
+    monkeypatch.setattr(DevScorer, "score", spy)
     out = tmp_path / "opt"
     args = [
         "optimize", "--data", train, "--test", test, "--input", "text", "--output", "label",
@@ -301,9 +312,11 @@ def test_cli_optimizes_on_the_tiny_model_and_resumes_from_cache(
     assert trajectory[1]["parent"] == 0 and trajectory[1]["change"]
     result = json.loads((out / "result.json").read_text())
     assert {"value", "low", "high"} <= set(result["best"]["test"])
-    assert result["start"]["test"]["value"] in (0.0, 1.0)
+    assert result["start"]["test"]["value"] in (0.0, 0.5, 1.0)
     assert load_strategy(out / "best.yaml").name == "start-optimized"
     assert (out / "test-best" / "predictions.jsonl").exists()
+    assert scored_inputs and not {"refund please", "locked out"} & set(scored_inputs)
+    assert "3 training rows share an input with the test set" in first.output
 
     again = runner.invoke(app, [str(a) for a in [*args, "--resume"]])
     assert again.exit_code == 0, again.output
