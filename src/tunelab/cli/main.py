@@ -62,7 +62,7 @@ def _quiet_libraries() -> None:
 
 
 def _register_commands() -> None:
-    from tunelab.cli import compare, data, evaluate, models, optimize, train
+    from tunelab.cli import compare, data, evaluate, models, optimize, serve, train
 
     app.add_typer(models.app, name="models")
     app.add_typer(data.app, name="data")
@@ -71,6 +71,7 @@ def _register_commands() -> None:
     app.command("methods")(train.methods_command)
     app.command("optimize")(optimize.optimize_command)
     app.command("compare")(compare.compare_command)
+    app.command("serve")(serve.serve_command)
 
 
 _register_commands()

@@ -1,0 +1,1 @@
+"""Use adapted models: an OpenAI-compatible server and the pool of adapters behind it."""

@@ -1,0 +1,215 @@
+"""`tunelab serve`, driven with the official openai client over a real socket on 127.0.0.1:
+two adapters (LoRA and prefix tuning) on one tiny base model, routing by name and by task
+prefix, streaming, concurrency, and OpenAI-shaped errors for bad requests."""
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import openai
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from tunelab.cli.main import app
+from tunelab.serving.api import Limits, create_app
+from tunelab.serving.pool import AdapterPool
+from tunelab.training.artifacts import load_trained_run
+
+QUESTION = [{"role": "user", "content": "card charged twice"}]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("serve-runs")
+    rows = [
+        {"text": t, "label": label}
+        for label, texts in {
+            "billing": ["card charged twice", "refund my fee", "wrong amount"],
+            "login": ["cannot sign in", "password reset", "locked out"],
+        }.items()
+        for t in texts
+    ]
+    data = folder / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows * 2))
+    made = {}
+    for name, method, prefix in (("billing-lora", "lora", "[BILLING]"),
+                                 ("login-prefix", "prefix-tuning", "[LOGIN]")):  # fmt: skip
+        out = folder / name
+        result = CliRunner().invoke(app, [
+            "train", "--data", str(data), "--test", str(data), "--input", "text",
+            "--output", "label", "--model", str(tiny_model_dir), "--method", method,
+            "--epochs", "1", "--batch-size", "4", "--task-prefix", prefix, "--out", str(out),
+        ])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        made[name] = out
+    return made
+
+
+@pytest.fixture(scope="module")
+def server(runs, tiny_model_dir):
+    import uvicorn
+
+    pool = AdapterPool(str(tiny_model_dir), list(runs.values()))
+    limits = Limits(max_request_bytes=4096, max_tokens=16, default_max_tokens=6)
+    config = uvicorn.Config(create_app(pool, limits), host="127.0.0.1", port=0, log_level="error")
+    uvicorn_server = uvicorn.Server(config)
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not uvicorn_server.started and time.time() < deadline:
+        time.sleep(0.05)
+    port = uvicorn_server.servers[0].sockets[0].getsockname()[1]
+    yield {"url": f"http://127.0.0.1:{port}/v1", "pool": pool, "base": str(tiny_model_dir)}
+    uvicorn_server.should_exit = True
+    thread.join(timeout=10)
+
+
+def raw(url: str, data: bytes | None = None, method: str = "POST") -> tuple[int, dict]:
+    """A request without the openai client, for bodies it would never send."""
+    request = urllib.request.Request(
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def post_json(url: str, body: dict) -> tuple[int, dict]:
+    return raw(url, json.dumps(body).encode())
+
+
+@pytest.fixture
+def client(server):
+    return openai.OpenAI(base_url=server["url"], api_key="unused", max_retries=0)
+
+
+def test_models_lists_the_base_and_both_runs(client, server):
+    listed = {m.id: m for m in client.models.list().data}
+    assert set(listed) == {server["base"], "billing-lora", "login-prefix"}
+    assert listed["login-prefix"].model_extra["task_prefix"] == "[LOGIN]"
+
+
+def test_chat_by_model_name_matches_the_trained_run_loaded_alone(client, runs):
+    for name in ("billing-lora", "login-prefix"):
+        reply = client.chat.completions.create(model=name, messages=QUESTION, max_tokens=6)
+        assert reply.model == name and reply.choices[0].message.role == "assistant"
+        assert reply.usage.completion_tokens <= 6
+        assert reply.choices[0].message.content == _alone(runs[name], "card charged twice")
+
+
+def _alone(run_dir, text: str) -> str:
+    """Greedy answer of the run loaded on its own (LoRA merged, soft prompt as cache)."""
+    trained = load_trained_run(run_dir)
+    prefix = trained.meta["task_prefix"]
+    messages = [{"role": "user", "content": f"{prefix} {text}"}]
+    prompt = trained.tokenizer.apply_chat_template(messages, tokenize=False,
+                                                   add_generation_prompt=True)  # fmt: skip
+    ids = trained.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = trained.model.generate(**ids, max_new_tokens=6, do_sample=False,
+                                     pad_token_id=trained.tokenizer.pad_token_id)  # fmt: skip
+    return trained.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def test_streaming_gives_the_same_text_as_a_plain_reply(client):
+    plain = client.chat.completions.create(model="billing-lora", messages=QUESTION, max_tokens=8)
+    stream = client.chat.completions.create(
+        model="billing-lora", messages=QUESTION, max_tokens=8, stream=True
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == plain.choices[0].message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_task_prefix_routes_without_a_model(server):
+    def model_for(content: str) -> str:
+        body = {"messages": [{"role": "user", "content": content}], "max_tokens": 2}
+        return post_json(server["url"] + "/chat/completions", body)[1]["model"]
+
+    assert model_for("[BILLING] card charged twice") == "billing-lora"
+    assert model_for("[LOGIN] cannot sign in") == "login-prefix"
+    assert model_for("hello there") == server["base"]
+
+
+def test_base_model_is_untouched_by_the_loaded_adapters(client, server):
+    from tunelab.models import load_model
+
+    reply = client.chat.completions.create(model=server["base"], messages=QUESTION, max_tokens=6)
+    plain = load_model(server["base"])
+    prompt = plain.tokenizer.apply_chat_template(QUESTION, tokenize=False,
+                                                 add_generation_prompt=True)  # fmt: skip
+    ids = plain.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = plain.model.generate(**ids, max_new_tokens=6, do_sample=False,
+                               pad_token_id=plain.tokenizer.pad_token_id)  # fmt: skip
+    expected = plain.tokenizer.decode(out[0, ids["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert reply.choices[0].message.content == expected
+
+
+def test_two_adapters_at_once_give_their_own_answers(client):
+    names = ["billing-lora", "login-prefix"] * 4
+    sequential = {
+        n: client.chat.completions.create(model=n, messages=QUESTION, max_tokens=6)
+        .choices[0].message.content
+        for n in set(names)
+    }  # fmt: skip
+
+    def ask(name):
+        reply = client.chat.completions.create(model=name, messages=QUESTION, max_tokens=6)
+        return name, reply.model, reply.choices[0].message.content
+
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        answers = list(executor.map(ask, names))
+    assert all(asked == got and text == sequential[asked] for asked, got, text in answers)
+
+
+def test_completions_endpoint_plain_and_streaming(client):
+    plain = client.completions.create(model="login-prefix", prompt="cannot sign in", max_tokens=5)
+    assert plain.object == "text_completion" and plain.model == "login-prefix"
+    streamed = client.completions.create(
+        model="login-prefix", prompt="cannot sign in", max_tokens=5, stream=True
+    )
+    assert "".join(c.choices[0].text for c in streamed) == plain.choices[0].text
+
+
+def test_unknown_model_is_a_404_in_openai_shape(client):
+    with pytest.raises(openai.NotFoundError) as caught:
+        client.chat.completions.create(model="nope", messages=QUESTION)
+    error = caught.value.body
+    assert error["code"] == "model_not_found" and error["param"] == "model"
+    assert "billing-lora" in error["message"]
+
+
+def test_bad_requests_get_4xx_json_errors(server, client):
+    chat = server["url"] + "/chat/completions"
+    status, body = raw(chat, b'{"messages": [')
+    assert status == 400 and body["error"]["message"] == "the request body is not valid JSON"
+
+    status, body = post_json(chat, {"model": "billing-lora"})
+    assert status == 400 and body["error"]["param"] == "messages"
+
+    status, body = post_json(chat, {"messages": [{"role": "robot", "content": "x"}]})
+    assert status == 400 and "messages.0.role" in body["error"]["message"]
+
+    status, body = post_json(chat, {"messages": [{"role": "user", "content": "x" * 10_000}]})
+    assert status == 413 and body["error"]["code"] == "request_too_large"
+
+    status, body = raw(server["url"].replace("/v1", "/v2/anything"), method="GET")
+    assert status == 404 and "error" in body
+    with pytest.raises(openai.BadRequestError, match="at most 16"):
+        client.chat.completions.create(model="billing-lora", messages=QUESTION, max_tokens=999)
+
+
+def test_serve_refuses_a_run_trained_on_another_base(runs, tiny_model_dir, tmp_path):
+    from tunelab.errors import TuneLabError
+    from tunelab.testing import save_tiny_model
+
+    other = save_tiny_model(tmp_path / "other-base")
+    with pytest.raises(TuneLabError, match="trained on .* but this server's base model"):
+        AdapterPool(str(other), [runs["billing-lora"]])
