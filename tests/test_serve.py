@@ -213,3 +213,86 @@ def test_serve_refuses_a_run_trained_on_another_base(runs, tiny_model_dir, tmp_p
     other = save_tiny_model(tmp_path / "other-base")
     with pytest.raises(TuneLabError, match="trained on .* but this server's base model"):
         AdapterPool(str(other), [runs["billing-lora"]])
+
+
+def test_export_lora_merged_loads_with_plain_transformers(runs, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "exported-lora"
+    result = CliRunner().invoke(app, ["export", str(runs["billing-lora"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "LoRA merged" in result.output and not (out / "adapter_config.json").exists()
+    exported = AutoModelForCausalLM.from_pretrained(out).eval()
+    trained = load_trained_run(runs["billing-lora"])
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.allclose(exported(ids).logits, trained.model(ids).logits, atol=1e-5)
+    assert json.loads((out / "tunelab.json").read_text())["task_prefix"] == "[BILLING]"
+
+
+def test_export_soft_prompt_keeps_base_weights_and_a_loader(runs, tmp_path):
+    import runpy
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "exported-prefix"
+    result = CliRunner().invoke(app, ["export", str(runs["login-prefix"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    AutoModelForCausalLM.from_pretrained(out)  # the base folder loads on its own
+    model, _ = runpy.run_path(str(out / "load_soft_prompt.py"))["load"]()
+    assert isinstance(model, PeftModel) and model.active_peft_config.is_prompt_learning
+    trained = load_trained_run(runs["login-prefix"])
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, trained.model(ids).logits, atol=1e-5)
+
+
+def test_chat_repl_in_a_pseudo_terminal(runs, tiny_model_dir):
+    import os
+    import pty
+    import select
+    import subprocess
+    import sys
+
+    main, replica = pty.openpty()
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "TERM": "dumb"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from tunelab.cli.main import main; main()", "chat",
+         str(runs["billing-lora"]), "--max-tokens", "4"],
+        stdin=replica, stdout=replica, stderr=replica, env=env, close_fds=True,
+    )  # fmt: skip
+    os.close(replica)
+    seen = b""
+
+    def read_until(marker: bytes, timeout: float = 90) -> str:
+        nonlocal seen
+        deadline = time.time() + timeout
+        while marker not in seen and time.time() < deadline:
+            ready, _, _ = select.select([main], [], [], 0.5)
+            if ready:
+                try:
+                    seen += os.read(main, 4096)
+                except OSError:
+                    break
+        assert marker in seen, seen.decode(errors="replace")[-800:]
+        text, seen = seen.decode(errors="replace"), b""
+        return text
+
+    def send(line: str) -> None:
+        os.write(main, (line + "\n").encode())
+
+    try:
+        read_until(b"you>")
+        send("card charged twice")
+        answer = read_until(b"you>")
+        assert "billing-lora>" in answer
+        send("/reset")
+        assert "conversation cleared" in read_until(b"you>")
+        send("/system Be brief.")
+        assert "system message: 'Be brief.'" in read_until(b"you>")
+        send("/exit")
+        assert process.wait(timeout=30) == 0
+    finally:
+        process.kill()
+        os.close(main)

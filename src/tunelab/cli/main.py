@@ -62,7 +62,17 @@ def _quiet_libraries() -> None:
 
 
 def _register_commands() -> None:
-    from tunelab.cli import compare, data, evaluate, models, optimize, serve, train
+    from tunelab.cli import (
+        chat,
+        compare,
+        data,
+        evaluate,
+        export,
+        models,
+        optimize,
+        serve,
+        train,
+    )
 
     app.add_typer(models.app, name="models")
     app.add_typer(data.app, name="data")
@@ -72,6 +82,8 @@ def _register_commands() -> None:
     app.command("optimize")(optimize.optimize_command)
     app.command("compare")(compare.compare_command)
     app.command("serve")(serve.serve_command)
+    app.command("chat")(chat.chat_command)
+    app.command("export")(export.export_command)
 
 
 _register_commands()
