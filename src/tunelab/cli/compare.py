@@ -132,9 +132,8 @@ def _finish(experiment, data, runner, results, out_dir: Path, seconds: float) ->
     from tunelab.compare.report import write_report
 
     metric = headline_metric(experiment, data.labels)
-    total = sum(p.numel() for p in runner._base_model().model.parameters()) if any(
-        r["kind"] != "train" for r in results
-    ) else None  # fmt: skip
+    # Recorded by each strategy, so a fully cached rerun never loads the model.
+    total = next((r["total_parameters"] for r in results if r.get("total_parameters")), None)
     rows = rows_of(results, metric, total)
     recommendation = recommend(rows) if rows else None
     table = Table(

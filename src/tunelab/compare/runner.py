@@ -176,8 +176,9 @@ class ExperimentRunner:
         strategy = self._strategy_of(spec, default=PromptStrategy(name=spec.name))
         final = self._evaluate_base(strategy)
         write_run(folder, final, {"strategy": strategy.model_dump()})
-        return self._record(final, strategy, adapt_seconds=0.0, trainable=0, total=None,
-                            size=_size(folder / "strategy.yaml"))  # fmt: skip
+        size = _size(folder / "strategy.yaml")
+        total = self._base_parameters()
+        return self._record(final, strategy, adapt_seconds=0.0, trainable=0, total=total, size=size)
 
     def _optimize(self, spec: StrategySpec, folder: Path) -> dict:
         from tunelab.optimize.edits import EditSpace
@@ -214,8 +215,10 @@ class ExperimentRunner:
         best = result.best.parts.to_strategy(spec.name)
         final = self._evaluate_base(best, pool=splits.pool)
         write_run(folder, final, {"strategy": best.model_dump()})
-        record = self._record(final, best, adapt_seconds=search_seconds, trainable=0,
-                              total=None, size=_size(folder / "strategy.yaml"))  # fmt: skip
+        size, total = _size(folder / "strategy.yaml"), self._base_parameters()
+        record = self._record(
+            final, best, adapt_seconds=search_seconds, trainable=0, total=total, size=size
+        )
         record["search"] = {
             "candidates": len(result.candidates),
             "dev_start": result.start.score,
@@ -279,6 +282,9 @@ class ExperimentRunner:
 
             self._base = load_model(self.experiment.model)
         return self._base
+
+    def _base_parameters(self) -> int:
+        return sum(p.numel() for p in self._base_model().model.parameters())
 
     def _evaluate_base(self, strategy: PromptStrategy, pool=None) -> EvalResult:
         loaded = self._base_model()
