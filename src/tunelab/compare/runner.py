@@ -253,7 +253,7 @@ class ExperimentRunner:
         record = self._record(
             outcome.final, strategy, adapt_seconds=summary["train_seconds"],
             trainable=summary["trainable_parameters"], total=summary["total_parameters"],
-            size=_size(folder / artifacts.ADAPTER_DIR),
+            size=_weights_size(folder / artifacts.ADAPTER_DIR),
         )  # fmt: skip
         record["training"] = {
             "method": settings.method,
@@ -348,6 +348,12 @@ def _progress(console, label: str, total: int):
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(label, total=total)
         yield lambda n: progress.advance(task, n)
+
+
+def _weights_size(folder: Path) -> int:
+    """Bytes of the trained weights only (the adapter folder also holds the tokenizer)."""
+    weights = [f for f in folder.rglob("*") if f.suffix in (".safetensors", ".bin")]
+    return sum(f.stat().st_size for f in weights)
 
 
 def _size(path: Path) -> int:
