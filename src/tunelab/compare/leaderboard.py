@@ -121,7 +121,10 @@ def size_text(size: int) -> str:
 
 
 def _cost(row: Row) -> str:
-    return f"{params_text(row)} trainable parameters, {row.adapt_seconds:.0f} s to adapt"
+    return (
+        f"{params_text(row)} trainable parameters, {row.adapt_seconds:.0f} s to adapt, "
+        f"{row.latency_ms / 1000:.1f} s per test answer"
+    )
 
 
 def _finite(value: float) -> float:

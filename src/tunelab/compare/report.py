@@ -23,7 +23,8 @@ th,td{border:1px solid #dde;padding:.35rem .5rem;text-align:left;vertical-align:
 th{background:#f3f5f8}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .rec{background:#eef7ee;border-left:4px solid #3a8a3a;padding:.7rem 1rem;margin:1rem 0}
 .best{font-weight:600}img{max-width:100%;height:auto}.small{font-size:.8rem;color:#667}
-.answer{white-space:pre-wrap}
+.answer{white-space:pre-wrap;overflow-wrap:anywhere;min-width:9rem}
+.scroll{overflow-x:auto}
 """
 
 
@@ -239,7 +240,7 @@ def _answers_table(rows: list[Row], predictions: dict[str, list[dict]], limit: i
         body.append(f"<tr>{''.join(cells)}</tr>")
     more = len(first) - limit
     note = f"<p class='small'>{more} more rows in each predictions.jsonl.</p>" if more > 0 else ""
-    return f"<table>{head}{''.join(body)}</table>{note}"
+    return f"<div class='scroll'><table>{head}{''.join(body)}</table></div>{note}"
 
 
 def _predictions(folder: Path) -> list[dict]:

@@ -248,6 +248,7 @@ class ExperimentRunner:
         outcome = train_run(
             settings, data, strategy, self.experiment.model, folder,
             resume=resume, overwrite=not resume and folder.exists(), console=self.console,
+            final_eval=self.settings,
         )  # fmt: skip
         summary = outcome.summary
         record = self._record(

@@ -66,8 +66,13 @@ def train_run(
     keep_checkpoints: bool = False,
     console=None,
     callbacks: tuple = (),
+    final_eval: EvalSettings | None = None,
 ) -> TrainOutcome:
-    """Train ``settings.method`` on ``data``; return the final evaluation and the cost."""
+    """Train ``settings.method`` on ``data``; return the final evaluation and the cost.
+
+    ``final_eval`` sets how the held-out split is scored (a comparison passes the settings
+    every strategy shares); by default, generation long enough for the training answers.
+    """
     if strategy.shots or strategy.cot:
         raise TuneLabError("training prompts cannot use few-shot examples or chain of thought")
     if not data.dev and not data.test:
@@ -115,7 +120,7 @@ def train_run(
     }
     artifacts.save_adapted_model(run_dir, model, tokenizer, meta)
     held_out = with_task_prefix(data.test, settings.task_prefix) if data.test else dev
-    final_settings = EvalSettings(generation=generation, seed=settings.seed)
+    final_settings = final_eval or EvalSettings(generation=generation, seed=settings.seed)
     final = evaluate(
         inference_view(model), tokenizer, strategy, held_out, labels=data.labels,
         settings=final_settings,
