@@ -91,3 +91,7 @@ _register_commands()
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":  # `python -m tunelab.cli.main ...`, as distributed launchers run it
+    main()

@@ -6,6 +6,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from tunelab import distributed
 from tunelab.cli.common import resolve_labels
 from tunelab.cli.output import console
 from tunelab.data import load_dataset, split_examples
@@ -52,9 +53,18 @@ def train_command(
     resume: bool = typer.Option(False, help="Continue the interrupted run in --out."),
     overwrite: bool = typer.Option(False, help="Replace whatever is in --out."),
     keep_checkpoints: bool = typer.Option(False, help="Keep Trainer checkpoints at the end."),
+    launcher: str | None = typer.Option(
+        None, help="torchrun | accelerate: run on --nproc processes (DDP; gloo on CPUs)."
+    ),
+    nproc: int = typer.Option(2, min=1, help="Processes for --launcher (e.g. one per GPU)."),
+    device: str = typer.Option("auto", help="auto (CUDA when present) | cpu | cuda."),
 ) -> None:
     """Train one method, keep the best epoch on the dev metric, evaluate, save the adapter."""
     from tunelab.training.run import default_training_strategy, train_run
+
+    check_device(device)
+    if launcher and not distributed.launched():
+        raise typer.Exit(relaunch(launcher, nproc, device))
 
     settings = make_settings(
         method=method,
@@ -100,6 +110,72 @@ def train_command(
         )
         raise typer.Exit(130) from None
     _print_outcome(outcome)
+
+
+def check_device(device: str) -> None:
+    """Fail before loading anything when the asked device is not there."""
+    import os
+
+    import torch
+
+    if device not in ("auto", "cpu", "cuda"):
+        raise TuneLabError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise TuneLabError("--device cuda: no CUDA device is visible to PyTorch on this machine")
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the Trainer and every process stay on CPU
+
+
+def relaunch(launcher: str, nproc: int, device: str) -> int:
+    """Run this same command under torchrun or `accelerate launch` with ``nproc`` processes.
+
+    The launcher, not TuneLab, starts the processes and the process group; multi-machine,
+    FSDP and DeepSpeed runs use `accelerate launch --config_file ...` directly (docs/scale.md).
+    """
+    import subprocess
+    import sys
+
+    args = _without_launcher(sys.argv[1:])
+    module = ["-m", "tunelab.cli.main", *args]
+    if launcher == "torchrun":
+        command = [
+            sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc_per_node={nproc}",
+        ]  # fmt: skip
+    elif launcher == "accelerate":
+        if device == "cpu" or not _cuda():
+            raise TuneLabError(
+                "--launcher accelerate starts several processes only on GPUs here (on CPUs "
+                "accelerate needs MPI); use --launcher torchrun for multi-process CPU training"
+            )
+        command = [
+            sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+            f"--num_processes={nproc}",
+        ]  # fmt: skip
+    else:
+        raise TuneLabError(f"--launcher must be torchrun or accelerate, got {launcher!r}")
+    console.print(f"launching {nproc} processes with {launcher} ...")
+    return subprocess.call([*command, *module])
+
+
+def _without_launcher(args: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--launcher", "--nproc"):
+            skip = "=" not in arg
+            continue
+        kept.append(arg)
+    return kept
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed):

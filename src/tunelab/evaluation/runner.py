@@ -157,6 +157,61 @@ def evaluate(
     return EvalResult(rows, scores, time.perf_counter() - started, labels, extra)
 
 
+def evaluate_sharded(
+    model,
+    tokenizer,
+    strategy: PromptStrategy,
+    test: list[Example],
+    *,
+    train: list[Example] = (),
+    labels: list[str] | None = None,
+    settings: EvalSettings = EvalSettings(),
+    on_progress: Progress | None = None,
+) -> EvalResult:
+    """`evaluate` split across the processes of a distributed run: each scores its share, the
+    predictions are gathered in order, and every process computes the same metrics."""
+    from tunelab import distributed
+
+    if distributed.world_size() == 1:
+        return evaluate(model, tokenizer, strategy, test, train=train, labels=labels,
+                        settings=settings, on_progress=on_progress)  # fmt: skip
+    modes = resolve_modes(settings.mode, labels, strategy.cot)
+    part = distributed.shard(test)
+    started = time.perf_counter()
+    local = (
+        evaluate(
+            model,
+            tokenizer,
+            strategy,
+            part,
+            train=train,
+            labels=labels,
+            settings=settings,
+            on_progress=on_progress,
+        ).predictions  # fmt: skip
+        if part
+        else []
+    )
+    rows = distributed.unshard(distributed.gather(local))
+    seconds = max(distributed.gather(time.perf_counter() - started))
+    references = [row["reference"] for row in rows]
+    scores = {}
+    boot = {"resamples": settings.resamples, "seed": settings.seed}
+    for mode in modes:
+        answers = [row[f"{mode}_prediction"] for row in rows]
+        raw = [
+            row.get("raw_output", a) if mode == "generate" else a
+            for row, a in zip(rows, answers, strict=True)
+        ]
+        prefix = f"{mode}/" if len(modes) > 1 else ""
+        scores.update(_score(answers, raw, references, labels, settings, prefix))
+        if settings.checklist_field:
+            coverage = [row[f"{mode}_checklist"] for row in rows]
+            scores[f"{prefix}checklist"] = m.mean_with_interval(coverage, **boot)
+    extra = {"modes": modes, "processes": distributed.world_size()}
+    return EvalResult(rows, scores, seconds, labels, extra)
+
+
 def checklists(examples: list[Example], field_name: str) -> list[list[str]]:
     """Each example's required phrases from ``field_name`` (a ';'-separated text field)."""
     lists = []

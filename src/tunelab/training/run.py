@@ -7,10 +7,16 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tunelab import distributed
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.generation import GenerationConfig
-from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate, write_predictions
+from tunelab.evaluation.runner import (
+    EvalResult,
+    EvalSettings,
+    evaluate_sharded,
+    write_predictions,
+)
 from tunelab.paths import write_json_atomic
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import with_task_prefix
@@ -79,7 +85,11 @@ def train_run(
         raise TuneLabError("training needs a dev or a test split for its final evaluation")
     base_model = _portable_model_name(base_model)
     config = _run_config(settings, data, strategy, base_model)
-    checkpoint = _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    main = distributed.is_main()  # under torchrun/accelerate only rank 0 writes
+    console = console if main else None
+    checkpoint = None
+    if main:
+        checkpoint = _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
     model, tokenizer = _adapted_model(settings, base_model, data.labels)
     train = with_task_prefix(data.train, settings.task_prefix)
     dev = with_task_prefix(data.dev, settings.task_prefix)
@@ -88,12 +98,17 @@ def train_run(
     dev_settings = EvalSettings(generation=generation, seed=settings.seed, resamples=200)
 
     def task_eval(view) -> EvalResult:
-        return evaluate(view, tokenizer, strategy, dev, labels=data.labels, settings=dev_settings)
+        return evaluate_sharded(
+            view, tokenizer, strategy, dev, labels=data.labels, settings=dev_settings
+        )
 
     metric_key = f"eval_{settings.metric}"
     trainer = _build_trainer(
         settings, model, tokenizer, encoded, run_dir, task_eval if dev else None, metric_key
     )
+    distributed.barrier()  # the run folder exists before any other rank touches it
+    if not main and resume:
+        checkpoint = latest_checkpoint(run_dir / artifacts.CHECKPOINTS_DIR)
     if console:
         progress = ProgressDisplay(console, metric_key)
         progress.trainer = trainer
@@ -105,6 +120,7 @@ def train_run(
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_seconds = time.perf_counter() - started
 
+    distributed.barrier()  # every checkpoint is on disk
     best = trainer.state.best_model_checkpoint
     if best:
         load_checkpoint_weights(model, Path(best))
@@ -118,17 +134,20 @@ def train_run(
         "max_new_tokens": generation.max_new_tokens,
         "settings": settings.model_dump(),
     }
-    artifacts.save_adapted_model(run_dir, model, tokenizer, meta)
+    if main:
+        artifacts.save_adapted_model(run_dir, model, tokenizer, meta)
     held_out = with_task_prefix(data.test, settings.task_prefix) if data.test else dev
     final_settings = final_eval or EvalSettings(generation=generation, seed=settings.seed)
-    final = evaluate(
+    final = evaluate_sharded(
         inference_view(model), tokenizer, strategy, held_out, labels=data.labels,
         settings=final_settings,
     )  # fmt: skip
     summary = _summary(trainer, model, settings, encoded, train_seconds, best)
-    _write_final(run_dir, final, summary, "test" if data.test else "dev")
-    if not keep_checkpoints:
-        shutil.rmtree(run_dir / artifacts.CHECKPOINTS_DIR, ignore_errors=True)
+    if main:
+        _write_final(run_dir, final, summary, "test" if data.test else "dev")
+        if not keep_checkpoints:
+            shutil.rmtree(run_dir / artifacts.CHECKPOINTS_DIR, ignore_errors=True)
+    distributed.barrier()
     return TrainOutcome(run_dir, final, summary)
 
 
@@ -242,6 +261,12 @@ def _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metr
         disable_tqdm=True,
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # Without CUDA: say so (accelerate only sets up multi-process DDP on CPUs when told)
+        # and use gloo. Every trainable parameter takes part in each step, so DDP need not
+        # search for unused ones.
+        use_cpu=not torch.cuda.is_available(),
+        ddp_backend="gloo" if distributed.launched() and not torch.cuda.is_available() else None,
+        ddp_find_unused_parameters=False,
         bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
     )
     trainer = TaskMetricTrainer(
@@ -350,8 +375,11 @@ def _summary(trainer, model, settings, encoded, train_seconds, best) -> dict:
         "best_checkpoint_step": _step_of(Path(best)) if best else None,
         "best_dev_metric": state.best_metric,
         "dev_metric": settings.metric,
-        "tokens_per_second": round(trainer.tokens_seen / stepping, 1),
-        "answer_tokens_per_second": round(trainer.answer_tokens_seen / stepping, 1),
+        "tokens_per_second": round(sum(distributed.gather(trainer.tokens_seen)) / stepping, 1),
+        "answer_tokens_per_second": round(
+            sum(distributed.gather(trainer.answer_tokens_seen)) / stepping, 1
+        ),
+        "processes": distributed.world_size(),
         "train_examples": len(encoded.features),
         "skipped_too_long": len(encoded.skipped),
         "peak_memory_mb": round(peak_memory_mb(), 1),

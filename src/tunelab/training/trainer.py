@@ -54,7 +54,7 @@ class TaskMetricTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
-        if _internal_call and output_dir and is_peft(self.model):
+        if _internal_call and output_dir and is_peft(self.model) and self.args.should_save:
             save_trainable_state(self.model, Path(output_dir))
 
 
@@ -128,6 +128,8 @@ class MetricsFile(TrainerCallback):
         self.path = path
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero:
+            return
         record = {**(logs or {}), "step": state.global_step, "epoch": round(state.epoch or 0, 4)}
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
