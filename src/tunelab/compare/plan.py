@@ -61,19 +61,30 @@ def _prompt_for(runner: ExperimentRunner, spec: StrategySpec) -> PromptStrategy:
     return runner._strategy_of(spec, default=PromptStrategy(name=spec.name))
 
 
+_measured: dict[tuple, float] = {}  # prompts -> seconds per example, so each is timed once
+
+
 def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tuple[float, float]:
-    """Seconds per test example (measured on a few), and the mean prompt length in tokens."""
+    """Seconds per test example (measured on a few), and the mean prompt length in tokens.
+
+    Strategies that render the same prompts (the base model and the methods trained on the
+    default prompt) share one measurement.
+    """
     loaded = runner._base_model()
     sample = test[:SAMPLE]
     shots, retriever = select_shots(strategy, runner.data.train, sample, seed=runner.settings.seed)
     prompts = build_prompts(loaded.tokenizer, strategy, sample, runner.data.labels, shots)
     tokens = sum(len(loaded.tokenizer(p)["input_ids"]) for p in prompts) / max(len(prompts), 1)
+    key = (tuple(prompts), id(runner))
+    if key in _measured:
+        return _measured[key], tokens
     began = time.perf_counter()
     evaluate(
         loaded.model, loaded.tokenizer, strategy, sample, labels=runner.data.labels,
         settings=runner.settings, chosen_shots=(shots, retriever),
     )  # fmt: skip
-    return (time.perf_counter() - began) / max(len(sample), 1), tokens
+    _measured[key] = (time.perf_counter() - began) / max(len(sample), 1)
+    return _measured[key], tokens
 
 
 def _plan_training(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan:
