@@ -122,7 +122,10 @@ def _print_plan(runner: ExperimentRunner, pending) -> None:
             if planned.note:
                 notes.append(f"  {planned.name}: {planned.note}")
     console.print(table)
-    console.print("evaluation timed on 3 test examples per strategy; training on 3 real steps")
+    console.print(
+        "evaluation timed on 2 test examples per strategy (generation on 16 tokens, scaled to "
+        "max_new_tokens); training on 3 real optimiser steps"
+    )
     for note in notes:
         console.print(note)
     console.print(f"estimated total: {_duration(total)} (model loading not included)")

@@ -17,7 +17,8 @@ from tunelab.evaluation.runner import build_prompts, evaluate
 from tunelab.prompting import PromptStrategy
 from tunelab.prompting.shots import select_shots
 
-SAMPLE = 3  # examples timed per evaluation estimate
+SAMPLE = 2  # examples timed per evaluation estimate
+TIMED_TOKENS = 16  # new tokens actually generated when timing; scaled to max_new_tokens
 
 
 @dataclass
@@ -78,13 +79,29 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
     key = (tuple(prompts), id(runner))
     if key in _measured:
         return _measured[key], tokens
+    settings, scale = _timing_settings(runner.settings, runner.data.labels, strategy)
     began = time.perf_counter()
     evaluate(
         loaded.model, loaded.tokenizer, strategy, sample, labels=runner.data.labels,
-        settings=runner.settings, chosen_shots=(shots, retriever),
+        settings=settings, chosen_shots=(shots, retriever),
     )  # fmt: skip
-    _measured[key] = (time.perf_counter() - began) / max(len(sample), 1)
+    _measured[key] = scale * (time.perf_counter() - began) / max(len(sample), 1)
     return _measured[key], tokens
+
+
+def _timing_settings(settings, labels, strategy):
+    """Generation is timed on a few tokens and scaled up to ``max_new_tokens`` (an upper
+    bound: answers that stop early cost less); label scoring is timed as it is."""
+    from dataclasses import replace
+
+    from tunelab.evaluation.runner import resolve_modes
+
+    if "generate" not in resolve_modes(settings.mode, labels, strategy.cot):
+        return settings, 1.0
+    wanted = settings.generation.max_new_tokens
+    timed = min(TIMED_TOKENS, wanted)
+    short = replace(settings.generation, max_new_tokens=timed, stop=())
+    return replace(settings, generation=short), wanted / timed
 
 
 def _plan_training(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan:
