@@ -8,7 +8,6 @@ estimated at its worst case (every candidate scored on the whole dev split).
 """
 
 import math
-import time
 from dataclasses import dataclass
 
 from tunelab.compare.experiment import StrategySpec
@@ -80,12 +79,14 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
     if key in _measured:
         return _measured[key], tokens
     settings, scale = _timing_settings(runner.settings, runner.data.labels, strategy)
-    began = time.perf_counter()
-    evaluate(
+    result = evaluate(
         loaded.model, loaded.tokenizer, strategy, sample, labels=runner.data.labels,
         settings=settings, chosen_shots=(shots, retriever),
     )  # fmt: skip
-    _measured[key] = scale * (time.perf_counter() - began) / max(len(sample), 1)
+    # The engine's own per-mode speed: model time only. The metrics' fixed cost (bootstrap,
+    # embedder loading) must not be multiplied by the test size.
+    speeds = result.extra["examples_per_second"]
+    _measured[key] = scale * sum(1 / speed for speed in speeds.values())
     return _measured[key], tokens
 
 
