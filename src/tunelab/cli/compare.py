@@ -123,8 +123,8 @@ def _print_plan(runner: ExperimentRunner, pending) -> None:
                 notes.append(f"  {planned.name}: {planned.note}")
     console.print(table)
     console.print(
-        "evaluation timed on 2 test examples per strategy (generation on 16 tokens, scaled to "
-        "max_new_tokens); training on 3 real optimiser steps"
+        "measured here: generation on one real batch at 4 and 16 new tokens (extended to "
+        "max_new_tokens), label scoring on 2 examples, training on 3 optimiser steps"
     )
     for note in notes:
         console.print(note)

@@ -8,6 +8,7 @@ estimated at its worst case (every candidate scored on the whole dev split).
 """
 
 import math
+import time
 from dataclasses import dataclass
 
 from tunelab.compare.experiment import StrategySpec
@@ -16,8 +17,8 @@ from tunelab.evaluation.runner import build_prompts, evaluate
 from tunelab.prompting import PromptStrategy
 from tunelab.prompting.shots import select_shots
 
-SAMPLE = 2  # examples timed per evaluation estimate
-TIMED_TOKENS = 16  # new tokens actually generated when timing; scaled to max_new_tokens
+SAMPLE = 2  # examples timed per label-scoring estimate
+SHORT_TOKENS, TIMED_TOKENS = 4, 16  # generation is timed at these two lengths
 
 
 @dataclass
@@ -65,44 +66,52 @@ _measured: dict[tuple, float] = {}  # prompts -> seconds per example, so each is
 
 
 def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tuple[float, float]:
-    """Seconds per test example (measured on a few), and the mean prompt length in tokens.
+    """Seconds per test example, measured, and the mean prompt length in tokens.
 
-    Strategies that render the same prompts (the base model and the methods trained on the
-    default prompt) share one measurement.
+    Label scoring is timed on a few examples. Generation is timed on one real batch at two
+    lengths (4 and 16 new tokens): the difference gives the cost of a decoding step, the rest
+    the prompt's; the estimate extends that to ``max_new_tokens`` (an upper bound, since
+    answers may stop early). Strategies that render the same prompts share one measurement.
     """
-    loaded = runner._base_model()
-    sample = test[:SAMPLE]
-    shots, retriever = select_shots(strategy, runner.data.train, sample, seed=runner.settings.seed)
+    from tunelab.evaluation.runner import resolve_modes
+
+    loaded, settings = runner._base_model(), runner.settings
+    generating = "generate" in resolve_modes(settings.mode, runner.data.labels, strategy.cot)
+    sample = test[: settings.generation.batch_size if generating else SAMPLE]
+    shots, retriever = select_shots(strategy, runner.data.train, sample, seed=settings.seed)
     prompts = build_prompts(loaded.tokenizer, strategy, sample, runner.data.labels, shots)
     tokens = sum(len(loaded.tokenizer(p)["input_ids"]) for p in prompts) / max(len(prompts), 1)
     key = (tuple(prompts), id(runner))
-    if key in _measured:
-        return _measured[key], tokens
-    settings, scale = _timing_settings(runner.settings, runner.data.labels, strategy)
-    result = evaluate(
-        loaded.model, loaded.tokenizer, strategy, sample, labels=runner.data.labels,
-        settings=settings, chosen_shots=(shots, retriever),
-    )  # fmt: skip
-    # The engine's own per-mode speed: model time only. The metrics' fixed cost (bootstrap,
-    # embedder loading) must not be multiplied by the test size.
-    speeds = result.extra["examples_per_second"]
-    _measured[key] = scale * sum(1 / speed for speed in speeds.values())
+    if key not in _measured:
+        if generating:
+            _measured[key] = _generation_seconds(loaded, prompts, settings) / len(prompts)
+        else:
+            result = evaluate(
+                loaded.model, loaded.tokenizer, strategy, sample, labels=runner.data.labels,
+                settings=settings, chosen_shots=(shots, retriever),
+            )  # fmt: skip
+            # The engine's own speed: model time only, without the metrics' fixed cost.
+            speeds = result.extra["examples_per_second"]
+            _measured[key] = sum(1 / speed for speed in speeds.values())
     return _measured[key], tokens
 
 
-def _timing_settings(settings, labels, strategy):
-    """Generation is timed on a few tokens and scaled up to ``max_new_tokens`` (an upper
-    bound: answers that stop early cost less); label scoring is timed as it is."""
+def _generation_seconds(loaded, prompts: list[str], settings) -> float:
+    """Seconds to generate ``max_new_tokens`` for one batch of ``prompts``."""
     from dataclasses import replace
 
-    from tunelab.evaluation.runner import resolve_modes
+    from tunelab.evaluation.generation import generate
 
-    if "generate" not in resolve_modes(settings.mode, labels, strategy.cot):
-        return settings, 1.0
+    def timed(new_tokens: int) -> float:
+        config = replace(settings.generation, max_new_tokens=new_tokens, stop=(), temperature=0.0)
+        began = time.perf_counter()
+        generate(loaded.model, loaded.tokenizer, prompts, config)
+        return time.perf_counter() - began
+
+    short, long = timed(SHORT_TOKENS), timed(TIMED_TOKENS)
+    per_step = max(long - short, 0.0) / (TIMED_TOKENS - SHORT_TOKENS)
     wanted = settings.generation.max_new_tokens
-    timed = min(TIMED_TOKENS, wanted)
-    short = replace(settings.generation, max_new_tokens=timed, stop=())
-    return replace(settings, generation=short), wanted / timed
+    return short + max(wanted - SHORT_TOKENS, 0) * per_step
 
 
 def _plan_training(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan:
