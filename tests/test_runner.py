@@ -117,3 +117,24 @@ def test_consistency_reports_spread_and_agreement(tiny_model, tiny_tokenizer):
     assert 0.0 <= report["agreement"]["value"] <= 1.0
     with pytest.raises(TuneLabError, match="at least two"):
         evaluate_consistency(tiny_model, tiny_tokenizer, PromptStrategy(), ["x"], TEST)
+
+
+def test_checklist_coverage_is_scored_per_example_and_a_missing_field_is_named(
+    tiny_model, tiny_tokenizer
+):
+    from tunelab.evaluation.runner import EvalSettings, evaluate
+
+    rows = [
+        Example("hub offline", "restart the hub", 1, fields=(("checklist", "restart; hub"),)),
+        Example("plug dead", "unplug it", 2, fields=(("checklist", "unplug"),)),
+    ]
+    settings = EvalSettings(
+        generation=GenerationConfig(max_new_tokens=3), checklist_field="checklist", resamples=10
+    )
+    result = evaluate(tiny_model, tiny_tokenizer, PromptStrategy(), rows, settings=settings)
+    per_example = [row["generate_checklist"] for row in result.predictions]
+    assert all(0.0 <= v <= 1.0 for v in per_example)
+    assert result.metrics["checklist"]["value"] == pytest.approx(sum(per_example) / 2)
+    with pytest.raises(TuneLabError, match="line 3: field 'checklist' .* is missing"):
+        evaluate(tiny_model, tiny_tokenizer, PromptStrategy(), [Example("x", "y", 3)],
+                 settings=settings)  # fmt: skip

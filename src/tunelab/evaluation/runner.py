@@ -138,14 +138,13 @@ def evaluate(
             raw = generate(model, tokenizer, prompts, settings.generation, on_batch=on_progress)
             answers = [extract_answer(r, labels) for r in raw] if strategy.cot else raw
         speed[mode] = len(test) / (time.perf_counter() - mode_started)
-        prefix = f"{mode}/" if len(modes) > 1 else ""
-        scores.update(_score(answers, raw, references, labels, settings, prefix))
+        coverage = None
         if settings.checklist_field:
             coverage = m.checklist_coverage(answers, checklists(test, settings.checklist_field))
-            boot = {"resamples": settings.resamples, "seed": settings.seed}
-            scores[f"{prefix}checklist"] = m.mean_with_interval(coverage, **boot)
             for row, value in zip(rows, coverage, strict=True):
                 row[f"{mode}_checklist"] = value
+        prefix = f"{mode}/" if len(modes) > 1 else ""
+        scores.update(_mode_metrics(answers, raw, references, labels, settings, prefix, coverage))
         for row, answer, output in zip(rows, answers, raw, strict=True):
             row[f"{mode}_prediction"] = answer
             if mode == "generate":
@@ -196,20 +195,26 @@ def evaluate_sharded(
     seconds = max(distributed.gather(time.perf_counter() - started))
     references = [row["reference"] for row in rows]
     scores = {}
-    boot = {"resamples": settings.resamples, "seed": settings.seed}
     for mode in modes:
         answers = [row[f"{mode}_prediction"] for row in rows]
         raw = [
             row.get("raw_output", a) if mode == "generate" else a
             for row, a in zip(rows, answers, strict=True)
         ]
+        coverage = [row[f"{mode}_checklist"] for row in rows] if settings.checklist_field else None
         prefix = f"{mode}/" if len(modes) > 1 else ""
-        scores.update(_score(answers, raw, references, labels, settings, prefix))
-        if settings.checklist_field:
-            coverage = [row[f"{mode}_checklist"] for row in rows]
-            scores[f"{prefix}checklist"] = m.mean_with_interval(coverage, **boot)
+        scores.update(_mode_metrics(answers, raw, references, labels, settings, prefix, coverage))
     extra = {"modes": modes, "processes": distributed.world_size()}
     return EvalResult(rows, scores, seconds, labels, extra)
+
+
+def _mode_metrics(answers, raw, references, labels, settings, prefix, coverage) -> dict:
+    """The metrics of one mode's answers, the checklist coverage included when measured."""
+    scores = _score(answers, raw, references, labels, settings, prefix)
+    if coverage is not None:
+        boot = {"resamples": settings.resamples, "seed": settings.seed}
+        scores[f"{prefix}checklist"] = m.mean_with_interval(coverage, **boot)
+    return scores
 
 
 def checklists(examples: list[Example], field_name: str) -> list[list[str]]:
