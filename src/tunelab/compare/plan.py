@@ -115,18 +115,15 @@ def _generation_seconds(loaded, prompts: list[str], settings) -> float:
 
 
 def _plan_training(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan:
-    from tunelab.training.config import make_settings
-    from tunelab.training.run import TrainData, default_training_strategy, measure_training_speed
+    from tunelab.training.run import default_training_strategy, measure_training_speed
 
     data: ExperimentData = runner.data
-    values = spec.train.model_dump(exclude_unset=True)
-    values.setdefault("task_prefix", runner.experiment.task_prefix)
-    values.setdefault("seed", runner.experiment.seed)
-    settings = make_settings(**values).resolved(data.labels is not None)
+    settings = runner.train_settings(spec)
     strategy = _prompt_for(runner, spec) if (spec.prompt or spec.prompt_file or spec.prompt_from) \
         else default_training_strategy(spec.name)  # fmt: skip
-    train_data = TrainData(data.train, data.dev, data.test, data.labels, data.files)
-    timing = measure_training_speed(settings, train_data, strategy, runner.experiment.model)
+    timing = measure_training_speed(
+        settings, runner.train_data(), strategy, runner.experiment.model
+    )
     per_example, tokens = _eval_speed(runner, strategy, data.test)
     epochs = settings.epochs
     train_seconds = epochs * timing.tokens_per_epoch / timing.tokens_per_second

@@ -226,24 +226,34 @@ class ExperimentRunner:
         }
         return record
 
-    def _train(self, spec: StrategySpec, folder: Path) -> dict:
-        from tunelab.training import artifacts
+    def train_settings(self, spec: StrategySpec):
+        """The strategy's resolved training settings; prefix and seed default to the
+        experiment's."""
         from tunelab.training.config import make_settings
-        from tunelab.training.run import TrainData, default_training_strategy, train_run
 
         values = spec.train.model_dump(exclude_unset=True)
         values.setdefault("task_prefix", self.experiment.task_prefix)
         values.setdefault("seed", self.experiment.seed)
-        settings = make_settings(**values).resolved(self.data.labels is not None)
+        return make_settings(**values).resolved(self.data.labels is not None)
+
+    def train_data(self):
+        from tunelab.training.run import TrainData
+
+        data = self.data
+        return TrainData(data.train, data.dev, data.test, data.labels, data.files)
+
+    def _train(self, spec: StrategySpec, folder: Path) -> dict:
+        from tunelab.training import artifacts
+        from tunelab.training.run import default_training_strategy, train_run
+
+        settings = self.train_settings(spec)
         strategy = self._strategy_of(spec, default=default_training_strategy(spec.name))
         if strategy.shots or strategy.cot:
             raise TuneLabError(
                 f"{spec.name}: a training prompt cannot use few-shot examples or chain of "
                 f"thought (from {spec.prompt_from or 'its prompt'})"
             )
-        data = TrainData(
-            self.data.train, self.data.dev, self.data.test, self.data.labels, self.data.files
-        )
+        data = self.train_data()
         resume = (folder / "config.json").is_file() and not artifacts.is_finished(folder)
         outcome = train_run(
             settings, data, strategy, self.experiment.model, folder,
