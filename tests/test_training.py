@@ -241,6 +241,27 @@ def test_prompt_tuning_initialises_from_label_embeddings(tiny_tokenizer):
     torch.testing.assert_close(prompt[3], first)  # 3 labels cycle over 4 tokens
 
 
+def test_prefix_tuning_starts_as_the_keys_and_values_of_real_text(tiny_tokenizer):
+    """A text-initialised prefix must read exactly as if the text preceded the input."""
+    model = make_tiny_model(tiny_tokenizer).eval()
+    text_ids = tiny_tokenizer("answer the question", add_special_tokens=False)["input_ids"]
+    spec = get_method("prefix-tuning")
+    options = spec.parse_options(
+        {"virtual_tokens": len(text_ids), "init_text": "answer the question"}
+    )
+    peft_model = spec.apply(model, options, MethodContext(tiny_tokenizer, LABELS)).eval()
+    input_ids = tiny_tokenizer("card charged twice", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        prefixed = peft_model(input_ids=input_ids).logits
+        reference = model(torch.cat([torch.tensor([text_ids]), input_ids], dim=1)).logits
+    torch.testing.assert_close(prefixed, reference[:, len(text_ids) :], rtol=1e-4, atol=1e-4)
+
+
+def test_prefix_text_init_refuses_the_mlp():
+    with pytest.raises(TuneLabError, match="init=text .* projection=false"):
+        get_method("prefix-tuning").parse_options({"init": "text", "projection": True})
+
+
 # --- full runs ---------------------------------------------------------------------------------
 
 
