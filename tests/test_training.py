@@ -395,7 +395,7 @@ def test_report_to_needs_a_known_installed_integration():
 
 
 @pytest.mark.parametrize(
-    ("method", "batch"), [("lora", 8), ("full", 8), ("prefix-tuning", 2), ("p-tuning", 2)]
+    ("method", "batch"), [("lora", 8), ("full", 8), ("prefix-tuning", 1), ("p-tuning", 2)]
 )
 def test_batch_size_defaults_to_the_methods_and_an_explicit_one_wins(method, batch):
     assert make_settings(method=method).resolved(classification=True).batch_size == batch
