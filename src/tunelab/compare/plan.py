@@ -10,6 +10,7 @@ estimated at its worst case (every candidate scored on the whole dev split).
 import math
 import time
 from dataclasses import dataclass
+from weakref import WeakKeyDictionary
 
 from tunelab.compare.experiment import StrategySpec
 from tunelab.compare.runner import ExperimentData, ExperimentRunner
@@ -62,7 +63,9 @@ def _prompt_for(runner: ExperimentRunner, spec: StrategySpec) -> PromptStrategy:
     return runner._strategy_of(spec, default=PromptStrategy(name=spec.name))
 
 
-_measured: dict[tuple, float] = {}  # prompts -> seconds per example, so each is timed once
+# runner -> prompts -> seconds per example: each set of prompts is timed once per runner, and
+# the timings go away with their runner.
+_measured: WeakKeyDictionary[ExperimentRunner, dict[tuple, float]] = WeakKeyDictionary()
 
 
 def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tuple[float, float]:
@@ -81,10 +84,10 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
     shots, retriever = select_shots(strategy, runner.data.train, sample, seed=settings.seed)
     prompts = build_prompts(loaded.tokenizer, strategy, sample, runner.data.labels, shots)
     tokens = sum(len(loaded.tokenizer(p)["input_ids"]) for p in prompts) / max(len(prompts), 1)
-    key = (tuple(prompts), id(runner))
-    if key not in _measured:
+    measured, key = _measured.setdefault(runner, {}), tuple(prompts)
+    if key not in measured:
         if generating:
-            _measured[key] = _generation_seconds(loaded, prompts, settings) / len(prompts)
+            measured[key] = _generation_seconds(loaded, prompts, settings) / len(prompts)
         else:
             result = evaluate(
                 loaded.model, loaded.tokenizer, strategy, sample, labels=runner.data.labels,
@@ -92,8 +95,8 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
             )  # fmt: skip
             # The engine's own speed: model time only, without the metrics' fixed cost.
             speeds = result.extra["examples_per_second"]
-            _measured[key] = sum(1 / speed for speed in speeds.values())
-    return _measured[key], tokens
+            measured[key] = sum(1 / speed for speed in speeds.values())
+    return measured[key], tokens
 
 
 def _generation_seconds(loaded, prompts: list[str], settings) -> float:
