@@ -9,7 +9,7 @@ Chosen on Banking77 (1,000 rows, 2 epochs; bench/RESULTS.md): batch 2 (1,000 ste
 than 8 lowered the final training loss from 1.6 to 1.3, and rate 1e-2 rather than 3e-3 to 1.0
 with dev accuracy 0.40 -> 0.46 (test 0.347 -> 0.373). A longer prompt (64 tokens) left the
 loss curve unchanged. P-tuning stays far below prefix tuning on this 135M model (0.373
-against 0.597): its vectors enter at the input only, and every layer above is frozen (Liu et
+against 0.603): its vectors enter at the input only, and every layer above is frozen (Liu et
 al., 2022, found the same below 10B parameters and moved to per-layer prompts: prefix tuning).
 """
 

@@ -10,10 +10,11 @@ random vectors start far outside it and train slowly.
 Batch size 2 by default (weight methods use 8): a soft prompt changes the model only through
 a few thousand numbers, and on small data it is short of updates, not of examples per update.
 On Banking77 (1,000 rows, 2 epochs; bench/RESULTS.md) batch 2 raised test accuracy from 0.293
-to 0.340; batch 1, a 3x rate and a text start did not beat it (label start: dev 0.38 after
-one epoch, text start 0.26). That is still below prefix tuning's 0.597: the prompt enters at
-the input only and every frozen layer above decides what it means, which limits small models
-(Liu et al., 2022); Lester et al. also trained for ~30,000 steps, not 1,000.
+to 0.340; batch 1, a 3x rate, 50 tokens and a text start did not beat it on dev (label start:
+dev 0.38 after one epoch, text start 0.26). That is still below prefix tuning's 0.603: the
+prompt enters at the input only and every frozen layer above decides what it means, which
+limits small models (Liu et al., 2022); Lester et al. also trained for ~30,000 steps, not
+1,000.
 """
 
 from typing import Literal
