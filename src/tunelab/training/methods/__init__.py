@@ -12,6 +12,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tunelab.errors import TuneLabError
 
+DEFAULT_INIT_TEXT = "Read the input carefully and answer with the correct output."
+
 
 class MethodOptions(BaseModel):
     """Base of each method's own options; unknown keys are errors, not silently ignored."""
@@ -26,6 +28,16 @@ class MethodContext:
     tokenizer: Any
     labels: list[str] | None = None
     task_prefix: str | None = None
+
+    def init_text_ids(self, init_text: str | None, n: int) -> list[int]:
+        """``n`` token ids of the initialisation text (``init_text``, else the task prefix,
+        else a generic instruction), cycled to length: the real tokens a soft prompt or a
+        prefix starts from."""
+        text = init_text or self.task_prefix or DEFAULT_INIT_TEXT
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise TuneLabError("--option init_text: the text has no tokens")
+        return [ids[i % len(ids)] for i in range(n)]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,6 @@ import torch
 from pydantic import Field, model_validator
 
 from tunelab.training.methods import Method, MethodContext, MethodOptions
-from tunelab.training.methods.prompt_tuning import init_text_ids
 
 
 class PrefixTuningOptions(MethodOptions):
@@ -59,7 +58,7 @@ def apply(model, options: PrefixTuningOptions, context: MethodContext):
     )
     peft_model = get_peft_model(model, config)
     if options.init == "text" or (options.init == "auto" and not options.projection):
-        ids = init_text_ids(context, options.init_text, options.virtual_tokens)
+        ids = context.init_text_ids(options.init_text, options.virtual_tokens)
         prefix = real_token_prefix(model, ids)
         embedding = peft_model.prompt_encoder[peft_model.active_adapter].embedding
         with torch.no_grad():

@@ -25,8 +25,6 @@ from pydantic import Field
 from tunelab.errors import TuneLabError
 from tunelab.training.methods import Method, MethodContext, MethodOptions
 
-DEFAULT_INIT_TEXT = "Read the input carefully and answer with the correct output."
-
 
 class PromptTuningOptions(MethodOptions):
     virtual_tokens: int = Field(20, gt=0, description="length of the learned prompt")
@@ -76,17 +74,7 @@ def initial_vectors(model, context: MethodContext, init: str, options) -> torch.
             for label in context.labels
         ]
         return torch.stack([rows[i % len(rows)] for i in range(n)])
-    return table[init_text_ids(context, options.init_text, n)].clone()
-
-
-def init_text_ids(context: MethodContext, init_text: str | None, n: int) -> list[int]:
-    """``n`` token ids of the initialisation text (``init_text``, else the task prefix, else a
-    generic instruction), cycled to length: the real tokens a soft prompt starts from."""
-    text = init_text or context.task_prefix or DEFAULT_INIT_TEXT
-    ids = context.tokenizer(text, add_special_tokens=False)["input_ids"]
-    if not ids:
-        raise TuneLabError("--option init_text: the text has no tokens")
-    return [ids[i % len(ids)] for i in range(n)]
+    return table[context.init_text_ids(options.init_text, n)].clone()
 
 
 METHOD = Method(
