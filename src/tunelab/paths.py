@@ -1,10 +1,13 @@
 """Where TuneLab keeps its files, and how it writes them without leaving half-written ones."""
 
+import ctypes
+import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,21 +20,25 @@ def tunelab_home() -> Path:
 
 
 @contextmanager
-def atomic_directory(target: Path) -> Iterator[Path]:
+def atomic_directory(target: Path, keep: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a scratch folder that replaces ``target`` only once the block finished cleanly.
 
-    Readers therefore see either the old folder, or the complete new one, never a half-written
-    one: a crash leaves only a ``.tmp-*`` sibling that is removed on the next attempt.
+    Readers see the old folder or the complete new one, never a half-written one and never
+    no folder at all: on Linux the two are exchanged in one ``renameat2`` call. ``keep`` names
+    entries of the old folder to carry into the new one (a user's own files). A crash leaves
+    only ``.tmp-*``/``.old-*`` siblings, which the next write to ``target`` removes.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+    remove_leftovers(target)
+    scratch = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-{os.getpid()}-", dir=target.parent))
+    os.chmod(scratch, 0o777 & ~_umask())
     try:
         yield scratch
         if target.exists():
-            backup = target.with_name(f".old-{target.name}-{os.getpid()}")
-            os.replace(target, backup)
-            os.replace(scratch, target)
-            shutil.rmtree(backup, ignore_errors=True)
+            for entry in target.iterdir():
+                if keep and keep(entry) and not (scratch / entry.name).exists():
+                    _copy_entry(entry, scratch / entry.name)
+            _replace_directory(scratch, target)
         else:
             os.replace(scratch, target)
     finally:
@@ -39,11 +46,99 @@ def atomic_directory(target: Path) -> Iterator[Path]:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
+def _replace_directory(new: Path, target: Path) -> None:
+    """Put ``new`` in ``target``'s place; the old folder is deleted afterwards."""
+    if _exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)  # ``new`` now holds the old folder
+        return
+    backup = target.with_name(f".old-{target.name}-{os.getpid()}")
+    os.replace(target, backup)  # no atomic exchange here: a brief gap between two renames
+    os.replace(new, target)
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically (Linux renameat2 RENAME_EXCHANGE); False when unsupported."""
+    if sys.platform != "linux":
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0
+
+
+def _copy_entry(source: Path, destination: Path) -> None:
+    """Hard links where the file system allows (no copy of large files), else a copy."""
+    if source.is_dir() and not source.is_symlink():
+        shutil.copytree(source, destination, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(source, destination, follow_symlinks=False)
+
+
+def _link_or_copy(source, destination, *, follow_symlinks: bool = True) -> None:
+    if Path(source).is_symlink():
+        os.symlink(os.readlink(source), destination)
+        return
+    try:
+        os.link(source, destination)
+    except OSError:
+        shutil.copy2(source, destination, follow_symlinks=follow_symlinks)
+
+
+def remove_leftovers(target: Path) -> None:
+    """Delete the ``.tmp-``/``.old-`` siblings of ``target`` left by a process that died.
+
+    Only names of TuneLab's own pattern whose process is gone are removed, so another
+    process writing the same target at the same moment is left alone.
+    """
+    if not target.parent.is_dir():
+        return
+    for prefix in (f".tmp-{target.name}-", f".old-{target.name}-"):
+        for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
+            pid = leftover.name[len(prefix) :].split("-", 1)[0]
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            if leftover.is_dir() and not leftover.is_symlink():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where Linux tells it (threads are safe)."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
+    remove_leftovers(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-{os.getpid()}-", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp creates 0600; a result is the user's file
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()

@@ -19,6 +19,7 @@ from tunelab.compare.runner import (
 )
 from tunelab.errors import TuneLabError
 from tunelab.paths import write_json_atomic, write_text_atomic
+from tunelab.runs import check_out, claim
 
 
 def compare_command(
@@ -29,17 +30,21 @@ def compare_command(
     estimate: bool = typer.Option(
         True, "--estimate/--no-estimate", help="Measure time estimates before running."
     ),
-    out: Path | None = typer.Option(None, help="Experiment folder (default runs/<name>)."),
+    out: Path | None = typer.Option(
+        None, help="Experiment folder (default runs/<name>); an existing one must be TuneLab's."
+    ),
     only: list[str] = typer.Option([], help="Run only this strategy (repeatable)."),
 ) -> None:
     """Run every strategy (resumable: finished ones are skipped), then leaderboard + report."""
     experiment = load_experiment(experiment_file)
+    out_dir = out or Path("runs") / experiment.name
+    check_out(out_dir, "compare")  # a folder TuneLab did not write is refused before any work
     data = load_experiment_data(experiment)
     check_metrics(experiment, data.labels)
     specs = _selected(experiment, only)
-    out_dir = out or Path("runs") / experiment.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(out_dir / "experiment.json", experiment_record(experiment, data))
+    if not plan:
+        claim(out_dir, "compare")
+        write_json_atomic(out_dir / "experiment.json", experiment_record(experiment, data))
     runner = ExperimentRunner(experiment, data, out_dir, console)
     pending = [s for s in specs if runner.finished(s) is None]
     _print_header(experiment, data, out_dir, len(specs) - len(pending))

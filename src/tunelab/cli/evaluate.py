@@ -31,6 +31,7 @@ from tunelab.prompting.strategy import (
     validate_strategy,
 )
 from tunelab.prompting.task_prefix import with_task_prefix
+from tunelab.runs import check_out, claim
 from tunelab.training.artifacts import load_trained_run
 
 
@@ -73,6 +74,8 @@ def eval_command(
     show: int = typer.Option(10, min=0, help="Predictions to print."),
 ) -> None:
     """Evaluate a prompt strategy and write predictions + metrics to a run folder."""
+    run_dir = out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
+    check_out(run_dir, "eval")  # before any work: a folder that is not ours is refused
     trained = _trained_run_meta(adapter)
     strategy = _strategy(
         prompt, system=system, shots=shots, selector=selector, cot=cot, base=trained.get("strategy")
@@ -136,7 +139,6 @@ def eval_command(
                 labels=label_set,
                 settings=settings,
             )
-    run_dir = out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
     config = config_record(
         data=data,
         test=test,
@@ -147,7 +149,7 @@ def eval_command(
         labels=label_set,
         limit=limit,
     )
-    write_run(run_dir, result, config)
+    write_run(claim(run_dir, "eval"), result, config)
     _print_result(result, strategy, show)
     console.print(f"run folder: {run_dir}")
 

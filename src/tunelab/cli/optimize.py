@@ -15,14 +15,17 @@ from tunelab.errors import TuneLabError
 from tunelab.evaluation.generation import GenerationConfig
 from tunelab.evaluation.runner import EvalSettings
 from tunelab.models import DEFAULT_MODEL, load_model
-from tunelab.optimize.edits import OPERATORS, EditSpace
+from tunelab.optimize.edits import OPERATORS
 from tunelab.optimize.parts import parts_of
 from tunelab.optimize.run import (
     OptimizeSplits,
+    SearchOptions,
+    check_run_dir,
     evaluate_on_test,
-    optimization_splits,
-    prepare_run_dir,
+    make_writer,
     search_prompt,
+    search_setup,
+    start_run_dir,
     summary,
     write_strategy,
 )
@@ -77,32 +80,24 @@ def optimize_command(
         raise TuneLabError("--resume needs --out RUN_DIR")
     if prompt and instruction is not None:
         raise TuneLabError("give either --prompt or --instruction, not both")
-    chosen_operators = _operators(operators)
-    if chosen_operators == () and not llm:
-        raise TuneLabError("--operators none and --llm 0 leave nothing to propose")
+    options = SearchOptions(
+        budget=budget, width=width, operators=_operators(operators), max_shots=max_shots,
+        llm=llm, race=race, dev_rows=dev_rows, proposer_url=proposer_url,
+        proposer_model=proposer_model, proposer_key_env=proposer_key_env,
+    )  # fmt: skip
     start = _start_strategy(prompt, instruction)
     train = load_dataset(data, input_field, output_field).examples
     label_set = resolve_labels(labels, train)
     train, test_examples, test_files = _split_test(test, train, input_field, output_field, seed)
     metric = _metric(metric, label_set)
-    if _count(dev_rows) >= len(train):
-        raise TuneLabError(f"--dev-rows {dev_rows:g}: the training data has {len(train)} rows")
-    splits = optimization_splits(
-        train, test_examples, _count(dev_rows), seed=seed, stratify=label_set is not None
-    )
-    settings = SearchSettings(budget=budget, width=width, chunk=race, llm_proposals=llm, seed=seed)
+    setup = search_setup(train, test_examples, label_set, options, seed=seed)
+    splits, space, settings = setup.splits, setup.space, setup.settings
     eval_settings = EvalSettings(
         mode=choice("--mode", mode, ("auto", "score", "generate")),
         generation=GenerationConfig(
             max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed
         ),
         seed=seed,
-    )
-    space = EditSpace(
-        classification=label_set is not None,
-        max_shots=min(max_shots, len(splits.pool)),
-        answer_words=_answer_words(splits.pool),
-        operators=chosen_operators,
     )
     run_dir = out or Path("runs") / time.strftime("optimize-%Y%m%d-%H%M%S")
     config = {
@@ -120,11 +115,12 @@ def optimize_command(
         "versions": package_versions(),
         "git_commit": git_commit(),
     }
-    prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    folder = check_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
     _print_plan(splits, label_set, metric, settings, run_dir)
     console.print(f"loading {model} ...")
     loaded = load_model(model)
-    writer = _writer(llm, proposer_url, proposer_model, proposer_key_env, loaded)
+    writer = make_writer(options, loaded)
+    start_run_dir(run_dir, config, overwrite=overwrite and folder.state == "existing")
     result = _search(loaded, splits, label_set, eval_settings, metric, settings, space, writer,
                      run_dir, start)  # fmt: skip
     cache = result.cache
@@ -165,10 +161,6 @@ def _split_test(test, train, input_field, output_field, seed):
     return rest, held_out, {}
 
 
-def _count(value: float) -> float | int:
-    return int(value) if value >= 1 else value
-
-
 def _metric(metric: str, labels: list[str] | None) -> str:
     if metric == "auto":
         return "accuracy" if labels is not None else "rouge_l"
@@ -187,22 +179,6 @@ def _operators(option: str) -> tuple[str, ...] | None:
             f"--operators: unknown {', '.join(unknown)}; choose from {', '.join(OPERATORS)}"
         )
     return names
-
-
-def _answer_words(pool) -> int:
-    """A length limit near the typical reference: the median word count, rounded up to 10."""
-    counts = sorted(len(e.output.split()) for e in pool) or [40]
-    return max(10, -(-counts[len(counts) // 2] // 10) * 10)
-
-
-def _writer(llm: int, url: str | None, model_name: str, key_env: str, loaded):
-    if not llm:
-        return None
-    from tunelab.optimize.llm import EndpointWriter, LocalWriter
-
-    if url:
-        return EndpointWriter(url, model_name, key_env)
-    return LocalWriter(loaded.model, loaded.tokenizer)
 
 
 def _search(loaded, splits, labels, eval_settings, metric, settings, space, writer, run_dir, start):

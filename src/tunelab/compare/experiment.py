@@ -69,13 +69,37 @@ class TrainSpec(TrainSettings):
 
 
 class OptimizeSpec(Strict):
+    """`tunelab optimize` settings (same set-up: tunelab.optimize.run.search_setup)."""
+
     budget: int = Field(12, ge=1)
     width: int = Field(1, ge=1)
-    operators: list[str] | None = None
+    operators: list[str] | None = Field(None, description="edit operators; default all")
     max_shots: int = Field(4, ge=0)
-    llm: int = Field(0, ge=0)
+    llm: int = Field(0, ge=0, description="instructions the LLM writer proposes per round")
     race: int = Field(0, ge=0)
     dev_rows: float = Field(0.3, gt=0)
+    proposer_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint for the writer; default the local model"
+    )
+    proposer_model: str = "gpt-4o-mini"
+    proposer_key_env: str = "OPENAI_API_KEY"
+
+    @field_validator("operators")
+    @classmethod
+    def _known_operators(cls, operators: list[str] | None) -> list[str] | None:
+        from tunelab.optimize.edits import OPERATORS
+
+        unknown = [name for name in operators or [] if name not in OPERATORS]
+        if unknown:
+            raise ValueError(f"unknown {', '.join(unknown)}; choose from {', '.join(OPERATORS)}")
+        return operators
+
+    def search_options(self):
+        from tunelab.optimize.run import SearchOptions
+
+        values = self.model_dump()
+        values["operators"] = tuple(self.operators) if self.operators is not None else None
+        return SearchOptions(**values)
 
 
 class StrategySpec(Strict):

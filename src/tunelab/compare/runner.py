@@ -25,6 +25,7 @@ from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate, write_
 from tunelab.paths import write_json_atomic
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.provenance import file_record, git_commit, package_versions, sha256_of
+from tunelab.runs import claim, read_marker, remove_run
 from tunelab.training.trainer import peak_memory_mb, reset_peak_memory
 
 RESULT_FILE = "result.json"
@@ -153,8 +154,7 @@ class ExperimentRunner:
         if done is not None:
             self.prompts[spec.name] = PromptStrategy.model_validate(done["prompt"])
             return done
-        if finished_result(folder) is not None:  # stale: settings or data changed
-            shutil.rmtree(folder)
+        _clear_stale(folder, spec.kind)
         reset_peak_memory()
         began = time.perf_counter()
         kind_runner = {"prompt": self._prompt, "optimize": self._optimize, "train": self._train}
@@ -175,45 +175,32 @@ class ExperimentRunner:
     def _prompt(self, spec: StrategySpec, folder: Path) -> dict:
         strategy = self._strategy_of(spec, default=PromptStrategy(name=spec.name))
         final = self._evaluate_base(strategy)
-        write_run(folder, final, {"strategy": strategy.model_dump()})
+        write_run(claim(folder, "eval"), final, {"strategy": strategy.model_dump()})
         size = _size(folder / "strategy.yaml")
         total = self._base_parameters()
         return self._record(final, strategy, adapt_seconds=0.0, trainable=0, total=total, size=size)
 
     def _optimize(self, spec: StrategySpec, folder: Path) -> dict:
-        from tunelab.optimize.edits import EditSpace
         from tunelab.optimize.parts import parts_of
-        from tunelab.optimize.run import optimization_splits, search_prompt
-        from tunelab.optimize.search import SearchSettings
+        from tunelab.optimize.run import make_writer, search_prompt, search_setup
 
-        options = spec.optimize
         start = self._strategy_of(spec, default=PromptStrategy(name=spec.name))
-        splits = optimization_splits(
-            self.data.train + self.data.dev,
-            self.data.test,
-            options.dev_rows if options.dev_rows < 1 else int(options.dev_rows),
-            seed=self.experiment.seed,
-            stratify=self.data.labels is not None,
-        )
-        space = EditSpace(
-            classification=self.data.labels is not None,
-            max_shots=min(options.max_shots, len(splits.pool)),
-            operators=tuple(options.operators) if options.operators is not None else None,
-        )
-        settings = SearchSettings(
-            budget=options.budget, width=options.width, chunk=options.race,
-            llm_proposals=options.llm, seed=self.experiment.seed,
+        setup = search_setup(
+            self.data.train + self.data.dev, self.data.test, self.data.labels,
+            spec.optimize.search_options(), seed=self.experiment.seed,
         )  # fmt: skip
         loaded = self._base_model()
+        search_dir = _search_folder(claim(folder, "optimize"), self.spec_key(spec))
         began = time.perf_counter()
         result = search_prompt(
-            loaded, parts_of(start, space.classification), splits, self.data.labels,
-            self.settings, self._search_metric(), settings, space, folder / "search",
+            loaded, parts_of(start, setup.space.classification), setup.splits, self.data.labels,
+            self.settings, self._search_metric(), setup.settings, setup.space, search_dir,
+            writer=make_writer(spec.optimize.search_options(), loaded),
             on_event=self._search_event(spec.name),
         )  # fmt: skip
         search_seconds = time.perf_counter() - began
         best = result.best.parts.to_strategy(spec.name)
-        final = self._evaluate_base(best, pool=splits.pool)
+        final = self._evaluate_base(best, pool=setup.splits.pool)
         write_run(folder, final, {"strategy": best.model_dump()})
         size, total = _size(folder / "strategy.yaml"), self._base_parameters()
         record = self._record(
@@ -244,7 +231,7 @@ class ExperimentRunner:
 
     def _train(self, spec: StrategySpec, folder: Path) -> dict:
         from tunelab.training import artifacts
-        from tunelab.training.run import default_training_strategy, train_run
+        from tunelab.training.run import can_resume, default_training_strategy, train_run
 
         settings = self.train_settings(spec)
         strategy = self._strategy_of(spec, default=default_training_strategy(spec.name))
@@ -254,7 +241,9 @@ class ExperimentRunner:
                 f"thought (from {spec.prompt_from or 'its prompt'})"
             )
         data = self.train_data()
-        resume = (folder / "config.json").is_file() and not artifacts.is_finished(folder)
+        # An interrupted run with the same settings continues; one whose strategy was edited
+        # since starts again.
+        resume = can_resume(folder, settings, data, strategy, self.experiment.model)
         outcome = train_run(
             settings, data, strategy, self.experiment.model, folder,
             resume=resume, overwrite=not resume and folder.exists(), console=self.console,
@@ -345,6 +334,33 @@ class ExperimentRunner:
             "size_bytes": size,
             "prompt": strategy.model_dump(),
         }
+
+
+def _clear_stale(folder: Path, kind: str) -> None:
+    """Before a strategy (re)runs: a folder left by another kind of run (the strategy changed
+    kind) goes whole, and a stale result.json goes; the rest is the strategy's to reuse
+    (evaluation files are rewritten, a search keeps a cache only for the same settings,
+    `train_run` resumes or starts again)."""
+    marker = read_marker(folder)
+    if marker is None:
+        return
+    wanted = {"prompt": "eval", "optimize": "optimize", "train": "train"}[kind]
+    if marker["kind"] != wanted:
+        remove_run(folder, marker["kind"])
+    else:
+        (folder / RESULT_FILE).unlink(missing_ok=True)
+
+
+def _search_folder(folder: Path, key: str) -> Path:
+    """The search's score cache, kept only while the strategy's settings are unchanged (an
+    interrupted search resumes; an edited one starts afresh)."""
+    search = folder / "search"
+    stamp = search / "spec_key"
+    if search.exists() and (not stamp.is_file() or stamp.read_text().strip() != key):
+        shutil.rmtree(search)
+    search.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(key + "\n")
+    return search
 
 
 @contextlib.contextmanager

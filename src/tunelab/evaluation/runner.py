@@ -17,7 +17,7 @@ from tunelab.evaluation import metrics as m
 from tunelab.evaluation.embeddings import get_embedder
 from tunelab.evaluation.generation import GenerationConfig, generate
 from tunelab.evaluation.label_scoring import score_labels
-from tunelab.paths import atomic_directory, write_json_atomic, write_text_atomic
+from tunelab.paths import write_json_atomic, write_text_atomic
 from tunelab.prompting.cot import extract_answer
 from tunelab.prompting.render import (
     build_messages,
@@ -322,24 +322,27 @@ def _single_mode(mode: Mode) -> Mode:
 
 
 def write_run(run_dir: Path, result: EvalResult, config: dict) -> Path:
-    """Write predictions, metrics and the resolved config into ``run_dir`` atomically."""
-    with atomic_directory(run_dir) as scratch:
-        write_predictions(scratch / "predictions.jsonl", result.predictions)
-        summary = {
-            "metrics": result.metrics,
-            "seconds": round(result.seconds, 2),
-            "examples": len(result.predictions),
-            "labels": result.labels,
-            **result.extra,
-        }
-        write_json_atomic(scratch / "metrics.json", summary)
-        write_json_atomic(scratch / "config.json", config)
-        if "strategy" in config:
-            import yaml
+    """Write predictions, metrics and the resolved config into ``run_dir``.
 
-            (scratch / "strategy.yaml").write_text(
-                yaml.safe_dump(config["strategy"], sort_keys=False, allow_unicode=True), "utf-8"
-            )
+    Each file is replaced atomically and nothing else in the folder is touched; whether the
+    folder may be written at all is decided before (:func:`tunelab.runs.check_out`).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_predictions(run_dir / "predictions.jsonl", result.predictions)
+    summary = {
+        "metrics": result.metrics,
+        "seconds": round(result.seconds, 2),
+        "examples": len(result.predictions),
+        "labels": result.labels,
+        **result.extra,
+    }
+    write_json_atomic(run_dir / "config.json", config)
+    if "strategy" in config:
+        import yaml
+
+        strategy = yaml.safe_dump(config["strategy"], sort_keys=False, allow_unicode=True)
+        write_text_atomic(run_dir / "strategy.yaml", strategy)
+    write_json_atomic(run_dir / "metrics.json", summary)  # last: the evaluation is complete
     return run_dir
 
 

@@ -2,7 +2,6 @@
 survives Ctrl-C and crashes, and the final test comparison of the start and the winner."""
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from tunelab.optimize.scoring import DevScorer, ScoreCache
 from tunelab.optimize.search import Candidate, Event, PromptSearch, SearchResult, SearchSettings
 from tunelab.paths import write_json_atomic, write_text_atomic
 from tunelab.prompting.strategy import PromptStrategy
+from tunelab.runs import RunFolder, check_out, claim, remove_run
 
 # What decides a cached score; search settings (budget, width, racing, operators, the start)
 # may change on --resume, so a search can be extended or narrowed without rescoring.
@@ -55,29 +55,113 @@ def optimization_splits(
     return OptimizeSplits(pool, dev, test, dropped=len(train) - len(kept))
 
 
-def prepare_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool) -> None:
-    """A new folder, or the interrupted run's folder when ``--resume`` and nothing changed."""
+@dataclass(frozen=True)
+class SearchOptions:
+    """What `tunelab optimize` and an experiment's optimize strategy both set: one set-up."""
+
+    budget: int
+    width: int = 1
+    operators: tuple[str, ...] | None = None  # None: all; (): none (the LLM writer only)
+    max_shots: int = 8
+    llm: int = 0  # instructions the writer proposes per beam member and round
+    race: int = 0  # dev rows between racing checks (0: every candidate fully)
+    dev_rows: float = 200  # rows (>= 1) or share (< 1) of the training data
+    proposer_url: str | None = None  # OpenAI-compatible endpoint; None: the local model
+    proposer_model: str = "gpt-4o-mini"
+    proposer_key_env: str = "OPENAI_API_KEY"
+
+
+@dataclass
+class SearchSetup:
+    splits: OptimizeSplits
+    space: EditSpace
+    settings: SearchSettings
+
+
+def search_setup(
+    train: list[Example],
+    test: list[Example],
+    labels: list[str] | None,
+    options: SearchOptions,
+    *,
+    seed: int,
+) -> SearchSetup:
+    """Splits, edit space and search settings, checked before any model is loaded (the
+    operator names are checked where they are read: the CLI option, the experiment file)."""
+    if options.operators == () and not options.llm:
+        raise TuneLabError("no operators and llm 0 leave nothing to propose")
+    dev_rows = int(options.dev_rows) if options.dev_rows >= 1 else options.dev_rows
+    if dev_rows >= len(train):
+        raise TuneLabError(
+            f"dev rows {options.dev_rows:g}: the training data has {len(train)} rows"
+        )
+    splits = optimization_splits(train, test, dev_rows, seed=seed, stratify=labels is not None)
+    space = EditSpace(
+        classification=labels is not None,
+        max_shots=min(options.max_shots, len(splits.pool)),
+        answer_words=_answer_words(splits.pool),
+        operators=options.operators,
+    )
+    settings = SearchSettings(
+        budget=options.budget, width=options.width, chunk=options.race,
+        llm_proposals=options.llm, seed=seed,
+    )  # fmt: skip
+    return SearchSetup(splits, space, settings)
+
+
+def make_writer(options: SearchOptions, loaded) -> ChatWriter | None:
+    """The instruction writer: an endpoint when given, else the model being optimised."""
+    if not options.llm:
+        return None
+    from tunelab.optimize.llm import EndpointWriter, LocalWriter
+
+    if options.proposer_url:
+        return EndpointWriter(
+            options.proposer_url, options.proposer_model, options.proposer_key_env
+        )
+    return LocalWriter(loaded.model, loaded.tokenizer)
+
+
+def _answer_words(pool: list[Example]) -> int:
+    """A length limit near the typical reference: the median word count, rounded up to 10."""
+    counts = sorted(len(e.output.split()) for e in pool) or [40]
+    return max(10, -(-counts[len(counts) // 2] // 10) * 10)
+
+
+def check_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool) -> RunFolder:
+    """May this search write to ``run_dir``? Changes nothing (see :func:`start_run_dir`)."""
+    if resume and overwrite:
+        raise TuneLabError("--resume and --overwrite exclude each other")
+    folder = check_out(run_dir, "optimize")
+    if folder.state == "new":
+        if resume:
+            raise TuneLabError(f"{run_dir}: nothing to resume")
+        return folder
+    if overwrite:
+        return folder
+    if not resume:
+        raise TuneLabError(
+            f"{run_dir}: holds an optimize run; pass --resume to continue it, --overwrite to "
+            "start again, or choose another --out"
+        )
     stored_path = run_dir / "config.json"
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if resume and stored_path.exists():
-            stored = json.loads(stored_path.read_text(encoding="utf-8"))
-            changed = [k for k in RESUME_KEYS if stored.get(k) != config.get(k)]
-            if changed:
-                raise TuneLabError(
-                    f"{run_dir}: --resume needs the same model, data and scoring settings as "
-                    f"the earlier run; different: {', '.join(changed)}"
-                )
-            write_json_atomic(stored_path, config)  # the search settings of this round
-            return
-        if not overwrite:
+    if stored_path.is_file():
+        stored = json.loads(stored_path.read_text(encoding="utf-8"))
+        changed = [k for k in RESUME_KEYS if stored.get(k) != config.get(k)]
+        if changed:
             raise TuneLabError(
-                f"{run_dir}: folder exists; pass --resume to continue it or --overwrite"
+                f"{run_dir}: --resume needs the same model, data and scoring settings as "
+                f"the earlier run; different: {', '.join(changed)}"
             )
-        shutil.rmtree(run_dir)
-    elif resume:
-        raise TuneLabError(f"{run_dir}: nothing to resume")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(stored_path, config)
+    return folder
+
+
+def start_run_dir(run_dir: Path, config: dict, *, overwrite: bool) -> None:
+    """Write the folder once every check passed: ``overwrite`` removes the old run first."""
+    if overwrite:
+        remove_run(run_dir, "optimize")
+    claim(run_dir, "optimize")
+    write_json_atomic(run_dir / "config.json", config)  # this round's search settings
 
 
 @dataclass

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from tunelab.paths import atomic_directory
+from tunelab.runs import check_out, claim, user_entries
 from tunelab.training.artifacts import ADAPTER_DIR, META_FILE, read_meta
 
 SOFT_PROMPT_DIR = "soft_prompt"
@@ -51,10 +52,15 @@ if __name__ == "__main__":
 
 
 def export_run(run_dir: Path, out: Path) -> str:
-    """Write the export to ``out``; returns what kind of folder it is."""
+    """Write the export to ``out``; returns what kind of folder it is.
+
+    ``out`` must be new, empty or an earlier export (:func:`tunelab.runs.check_out`); an
+    earlier export is replaced in one step, keeping any file a user added to it.
+    """
     meta = read_meta(run_dir)
     adapter = run_dir / ADAPTER_DIR
-    with atomic_directory(out) as scratch:
+    check_out(out, "export")
+    with atomic_directory(out, keep=user_entries(out)) as scratch:
         if not (adapter / "adapter_config.json").is_file():
             shutil.copytree(adapter, scratch, dirs_exist_ok=True)  # full weights already
             kind = "full weights"
@@ -66,6 +72,7 @@ def export_run(run_dir: Path, out: Path) -> str:
             kind = f"base weights + {meta['method']} in {SOFT_PROMPT_DIR}/ (load_soft_prompt.py)"
         (scratch / META_FILE).write_text(json.dumps({**meta, "exported_from": str(run_dir)},
                                                     indent=2))  # fmt: skip
+        claim(scratch, "export", files=sorted(entry.name for entry in scratch.iterdir()))
     return kind
 
 

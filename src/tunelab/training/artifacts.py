@@ -4,12 +4,15 @@
       config.json          resolved settings, data files with hashes, package versions
       metrics.jsonl        one record per log step and per dev evaluation
       checkpoints/         Trainer checkpoints while training (removed at the end)
+      summary.json         the cost of training (time, tokens, memory), written before adapter/
       adapter/             the result: PEFT adapter or full weights, tokenizer, tunelab.json
       predictions.jsonl    final evaluation, one row per example
-      metrics.json         final metrics and the cost of training
+      metrics.json         final metrics and the cost of training: written last
+      tunelab-run.json     the run-folder marker (tunelab.runs)
 
-``adapter/`` appears in one rename once complete, and ``tunelab.json`` inside it is what marks
-a finished run, so an interrupted run is never mistaken for a usable one.
+``adapter/`` appears in one rename once complete, so an interrupted run is never mistaken for
+a usable one; the run is finished only once ``metrics.json`` is there too (a run killed during
+its final evaluation resumes with that evaluation alone).
 """
 
 import json
@@ -22,6 +25,8 @@ from tunelab.paths import atomic_directory, write_json_atomic
 ADAPTER_DIR = "adapter"
 META_FILE = "tunelab.json"
 CHECKPOINTS_DIR = "checkpoints"
+SUMMARY_FILE = "summary.json"
+FINAL_METRICS = "metrics.json"
 FORMAT_VERSION = 1
 
 
@@ -37,13 +42,18 @@ class TrainedRun:
         return self.meta.get("task_prefix")
 
 
-def is_finished(run_dir: Path) -> bool:
+def has_adapter(run_dir: Path) -> bool:
+    """The trained weights are complete (usable), whether or not the final eval ran."""
     return (run_dir / ADAPTER_DIR / META_FILE).is_file()
+
+
+def is_finished(run_dir: Path) -> bool:
+    return has_adapter(run_dir) and (run_dir / FINAL_METRICS).is_file()
 
 
 def save_adapted_model(run_dir: Path, model, tokenizer, meta: dict) -> Path:
     """Write weights, tokenizer and metadata into ``RUN_DIR/adapter`` in one atomic step."""
-    with atomic_directory(run_dir / ADAPTER_DIR) as scratch:
+    with atomic_directory(run_dir / ADAPTER_DIR) as scratch:  # replaced whole: TuneLab's own
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
         write_json_atomic(scratch / META_FILE, {"format": FORMAT_VERSION, **meta})

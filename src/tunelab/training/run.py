@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab import distributed
+from tunelab import distributed, runs
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.generation import GenerationConfig
@@ -21,6 +21,7 @@ from tunelab.paths import write_json_atomic
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import with_task_prefix
 from tunelab.provenance import file_record, git_commit, package_versions
+from tunelab.runs import RunFolder, check_out, claim, remove_run
 from tunelab.training import artifacts
 from tunelab.training.config import TrainSettings
 from tunelab.training.encoding import FeatureList, encode_examples
@@ -87,13 +88,20 @@ def train_run(
     config = _run_config(settings, data, strategy, base_model)
     main = distributed.is_main()  # under torchrun/accelerate only rank 0 writes
     console = console if main else None
-    checkpoint = None
-    if main:
-        checkpoint = _prepare_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    # Read-only on every rank, before anything is loaded or written: a refused request
+    # leaves the folder as it was.
+    start = _check_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    held_out = with_task_prefix(data.test, settings.task_prefix) if data.test else None
+    if start.adapter_saved:  # killed during the final evaluation: only that is left to do
+        return _final_evaluation_only(run_dir, data, strategy, settings, held_out, final_eval,
+                                      keep_checkpoints, console)  # fmt: skip
     model, tokenizer = _adapted_model(settings, base_model, data.labels)
     train = with_task_prefix(data.train, settings.task_prefix)
     dev = with_task_prefix(data.dev, settings.task_prefix)
     encoded = _encode(tokenizer, strategy, train, data.labels, settings, console)
+    if main:
+        _start_run_dir(run_dir, config, start)
+    checkpoint = start.checkpoint
     generation = GenerationConfig(max_new_tokens=_answer_budget(tokenizer, train), batch_size=8)
     dev_settings = EvalSettings(generation=generation, seed=settings.seed, resamples=200)
 
@@ -107,8 +115,6 @@ def train_run(
         settings, model, tokenizer, encoded, run_dir, task_eval if dev else None, metric_key
     )
     distributed.barrier()  # the run folder exists before any other rank touches it
-    if not main and resume:
-        checkpoint = latest_checkpoint(run_dir / artifacts.CHECKPOINTS_DIR)
     if console:
         progress = ProgressDisplay(console, metric_key)
         progress.trainer = trainer
@@ -116,9 +122,8 @@ def train_run(
     trainer.add_callback(RestoreTrainableState(checkpoint))
     for callback in callbacks:
         trainer.add_callback(callback)
-    started = time.perf_counter()
+    trainer.restore_progress(checkpoint)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    train_seconds = time.perf_counter() - started
 
     distributed.barrier()  # every checkpoint is on disk
     best = trainer.state.best_model_checkpoint
@@ -134,21 +139,47 @@ def train_run(
         "max_new_tokens": generation.max_new_tokens,
         "settings": settings.model_dump(),
     }
+    summary = _summary(trainer, model, settings, encoded, best)
     if main:
+        write_json_atomic(run_dir / artifacts.SUMMARY_FILE, summary)
         artifacts.save_adapted_model(run_dir, model, tokenizer, meta)
-    held_out = with_task_prefix(data.test, settings.task_prefix) if data.test else dev
     final_settings = final_eval or EvalSettings(generation=generation, seed=settings.seed)
     final = evaluate_sharded(
-        inference_view(model), tokenizer, strategy, held_out, labels=data.labels,
+        inference_view(model), tokenizer, strategy, held_out or dev, labels=data.labels,
         settings=final_settings,
     )  # fmt: skip
-    summary = _summary(trainer, model, settings, encoded, train_seconds, best)
-    if main:
-        _write_final(run_dir, final, summary, "test" if data.test else "dev")
-        if not keep_checkpoints:
-            shutil.rmtree(run_dir / artifacts.CHECKPOINTS_DIR, ignore_errors=True)
+    _finish_run(run_dir, final, summary, "test" if held_out else "dev", keep_checkpoints)
     distributed.barrier()
     return TrainOutcome(run_dir, final, summary)
+
+
+def _final_evaluation_only(
+    run_dir, data, strategy, settings, held_out, final_eval, keep_checkpoints, console
+) -> TrainOutcome:
+    """Resume a run whose adapter was saved but whose final evaluation never finished."""
+    if console:
+        console.print("training had finished; running the final evaluation that was missing")
+    trained = artifacts.load_trained_run(run_dir)
+    summary = json.loads((run_dir / artifacts.SUMMARY_FILE).read_text(encoding="utf-8"))
+    dev = with_task_prefix(data.dev, settings.task_prefix)
+    generation = GenerationConfig(max_new_tokens=trained.meta["max_new_tokens"], batch_size=8)
+    final_settings = final_eval or EvalSettings(generation=generation, seed=settings.seed)
+    final = evaluate_sharded(
+        trained.model, trained.tokenizer, strategy, held_out or dev, labels=data.labels,
+        settings=final_settings,
+    )  # fmt: skip
+    _finish_run(run_dir, final, summary, "test" if held_out else "dev", keep_checkpoints)
+    distributed.barrier()
+    return TrainOutcome(run_dir, final, summary)
+
+
+def _finish_run(run_dir: Path, final: EvalResult, summary: dict, split: str, keep: bool) -> None:
+    """The final files, metrics.json last: only then is the run finished."""
+    if not distributed.is_main():
+        return
+    _write_final(run_dir, final, summary, split)
+    if not keep:
+        shutil.rmtree(run_dir / artifacts.CHECKPOINTS_DIR, ignore_errors=True)
 
 
 @dataclass
@@ -298,30 +329,72 @@ def _answer_budget(tokenizer, examples: list[Example]) -> int:
     return min(512, max(lengths, default=16) + 16)
 
 
-def _prepare_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool) -> Path | None:
-    """Check the folder against the request; return the checkpoint to resume from, if any."""
+@dataclass(frozen=True)
+class StartPoint:
+    """Where a run starts: fresh, from a checkpoint, or (adapter saved) at the final eval."""
+
+    folder: RunFolder
+    overwrite: bool = False
+    resume: bool = False
+    checkpoint: Path | None = None
+    adapter_saved: bool = False
+
+
+def _check_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool) -> StartPoint:
+    """Check the folder against the request without changing anything."""
+    if resume and overwrite:
+        raise TuneLabError("--resume and --overwrite exclude each other")
+    folder = check_out(run_dir, "train")
+    if folder.state == "new":
+        if resume:
+            raise TuneLabError(f"{run_dir}: no run to resume here")
+        return StartPoint(folder)
+    if overwrite:
+        return StartPoint(folder, overwrite=True)
+    finished = artifacts.is_finished(run_dir)
     stored = run_dir / "config.json"
-    if overwrite and run_dir.exists():
-        shutil.rmtree(run_dir)
-    elif resume:
-        if artifacts.is_finished(run_dir):
-            raise TuneLabError(f"{run_dir}: this run already finished; nothing to resume")
-        if not stored.is_file():
-            raise TuneLabError(f"{run_dir}: no run to resume here (no config.json)")
-        _check_same_config(json.loads(stored.read_text(encoding="utf-8")), config, run_dir)
-        checkpoint = latest_checkpoint(run_dir / artifacts.CHECKPOINTS_DIR)
-        truncate_metrics_file(run_dir / "metrics.jsonl", _step_of(checkpoint))
-        return checkpoint
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        what = "a finished run" if artifacts.is_finished(run_dir) else "an unfinished run"
+    if not resume:
+        what = "a finished run" if finished else "an unfinished run"
         raise TuneLabError(
             f"{run_dir} already holds {what}; pass --resume to continue it, "
             "--overwrite to start again, or choose another --out"
         )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if finished:
+        raise TuneLabError(f"{run_dir}: this run already finished; nothing to resume")
+    if not stored.is_file():  # stopped before its settings were written: start afresh
+        return StartPoint(folder, overwrite=True)
+    _check_same_config(json.loads(stored.read_text(encoding="utf-8")), config, run_dir)
+    saved = artifacts.has_adapter(run_dir) and (run_dir / artifacts.SUMMARY_FILE).is_file()
+    checkpoint = latest_checkpoint(run_dir / artifacts.CHECKPOINTS_DIR)
+    return StartPoint(folder, resume=True, checkpoint=checkpoint, adapter_saved=saved)
+
+
+def can_resume(
+    run_dir: Path, settings: TrainSettings, data: TrainData, strategy, base_model: str
+) -> bool:
+    """True for an unfinished train run in ``run_dir`` with exactly these settings and data
+    (what `--resume` accepts); False for no run, a finished one or one set up differently."""
+    stored = run_dir / "config.json"
+    if not runs.is_run(run_dir, "train") or artifacts.is_finished(run_dir) or not stored.is_file():
+        return False
+    config = _run_config(settings, data, strategy, _portable_model_name(base_model))
+    try:
+        _check_same_config(json.loads(stored.read_text(encoding="utf-8")), config, run_dir)
+    except TuneLabError:
+        return False
+    return True
+
+
+def _start_run_dir(run_dir: Path, config: dict, start: StartPoint) -> None:
+    """Write to the folder, now that every check passed and the model is ready."""
+    if start.overwrite:
+        remove_run(run_dir, "train")
+    claim(run_dir, "train")
+    if start.resume:
+        truncate_metrics_file(run_dir / "metrics.jsonl", _step_of(start.checkpoint))
+        return
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)
-    write_json_atomic(stored, config)
-    return None
+    write_json_atomic(run_dir / "config.json", config)
 
 
 def latest_checkpoint(folder: Path) -> Path | None:
@@ -357,27 +430,34 @@ def _run_config(settings, data: TrainData, strategy, base_model: str) -> dict:
     }
 
 
-def _summary(trainer, model, settings, encoded, train_seconds, best) -> dict:
+def _summary(trainer, model, settings, encoded, best) -> dict:
+    """The whole run's cost, an interrupted and resumed run included (the trainer's
+    counters are restored from the checkpoint it resumed from)."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     state = trainer.state
-    stepping = max(train_seconds - trainer.dev_eval_seconds, 1e-9)  # time spent on steps only
+    progress = trainer.progress()
+    stepping = max(progress["train_seconds"] - progress["dev_eval_seconds"], 1e-9)
+    losses = [h["loss"] for h in state.log_history if "loss" in h]
     return {
         "method": settings.method,
         "trainable_parameters": trainable,
         "total_parameters": total,
         "trainable_percent": round(100 * trainable / total, 4),
-        "train_seconds": round(train_seconds, 1),
-        "dev_eval_seconds": round(trainer.dev_eval_seconds, 1),
+        "train_seconds": round(progress["train_seconds"], 1),
+        "dev_eval_seconds": round(progress["dev_eval_seconds"], 1),
+        "resumed": progress["sessions"] > 1,
         "steps": state.global_step,
         "epochs_done": round(state.epoch or 0.0, 3),
         "stopped_early": state.global_step < state.max_steps,
         "best_checkpoint_step": _step_of(Path(best)) if best else None,
         "best_dev_metric": state.best_metric,
         "dev_metric": settings.metric,
-        "tokens_per_second": round(sum(distributed.gather(trainer.tokens_seen)) / stepping, 1),
+        "final_loss": losses[-1] if losses else None,
+        "train_tokens": sum(distributed.gather(progress["tokens"])),
+        "tokens_per_second": round(sum(distributed.gather(progress["tokens"])) / stepping, 1),
         "answer_tokens_per_second": round(
-            sum(distributed.gather(trainer.answer_tokens_seen)) / stepping, 1
+            sum(distributed.gather(progress["answer_tokens"])) / stepping, 1
         ),
         "processes": distributed.world_size(),
         "train_examples": len(encoded.features),

@@ -10,6 +10,7 @@ its encoder from the folded output).
 
 import contextlib
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from tunelab.evaluation.runner import EvalResult
 from tunelab.training.soft_prompt import inference_view
 
 TRAINABLE_STATE = "trainable_state.safetensors"
+PROGRESS_FILE = "tunelab_progress.json"  # time and tokens so far, saved with each checkpoint
 
 
 class TaskMetricTrainer(Trainer):
@@ -29,6 +31,35 @@ class TaskMetricTrainer(Trainer):
         self.tokens_seen = 0
         self.answer_tokens_seen = 0
         self.dev_eval_seconds = 0.0
+        self.earlier_seconds = 0.0  # training time of the sessions before a resume
+        self.sessions = 1
+        self._began = time.perf_counter()
+
+    def train(self, *args, **kwargs):
+        self._began = time.perf_counter()
+        return super().train(*args, **kwargs)
+
+    def progress(self) -> dict:
+        """The whole run's counters so far, earlier sessions of a resumed run included."""
+        return {
+            "train_seconds": self.earlier_seconds + time.perf_counter() - self._began,
+            "dev_eval_seconds": self.dev_eval_seconds,
+            "tokens": self.tokens_seen,
+            "answer_tokens": self.answer_tokens_seen,
+            "sessions": self.sessions,
+        }
+
+    def restore_progress(self, checkpoint: Path | None) -> None:
+        """Continue the counters saved with ``checkpoint`` (none: a fresh run)."""
+        path = checkpoint / PROGRESS_FILE if checkpoint else None
+        if path is None or not path.is_file():
+            return
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        self.earlier_seconds = saved["train_seconds"]
+        self.dev_eval_seconds = saved["dev_eval_seconds"]
+        self.tokens_seen = saved["tokens"]
+        self.answer_tokens_seen = saved["answer_tokens"]
+        self.sessions = saved["sessions"] + 1
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self.tokens_seen += int(inputs["attention_mask"].sum())
@@ -54,8 +85,12 @@ class TaskMetricTrainer(Trainer):
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         super().save_model(output_dir, _internal_call)
-        if _internal_call and output_dir and is_peft(self.model) and self.args.should_save:
+        if not (_internal_call and output_dir and self.args.should_save):
+            return
+        if is_peft(self.model):
             save_trainable_state(self.model, Path(output_dir))
+        progress = json.dumps(self.progress())
+        (Path(output_dir) / PROGRESS_FILE).write_text(progress, encoding="utf-8")
 
 
 def is_peft(model) -> bool:
@@ -130,6 +165,8 @@ class MetricsFile(TrainerCallback):
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not state.is_world_process_zero:
             return
+        if logs and "train_runtime" in logs:
+            return  # the Trainer's end summary covers this session only; metrics.json has the run's
         record = {**(logs or {}), "step": state.global_step, "epoch": round(state.epoch or 0, 4)}
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")

@@ -1,0 +1,112 @@
+"""Run folders: the one rule by which every command decides whether it may write to a folder.
+
+Each folder TuneLab writes a run into (eval, train, optimize, compare, export) carries a marker,
+``tunelab-run.json``, with the kind of run and the format version. TuneLab writes into a folder
+only when it is new, empty, or carries the marker of the same kind; a folder with anything else
+in it is the user's and is never touched. Replacing a marked run keeps the files a user put
+there by hand, except on ``--overwrite``, which removes the marked folder whole.
+
+    check_out(path, kind, ...)   before any work: what the folder holds and what may be done
+    claim(path, kind)            after every check passed: create the folder, write the marker
+"""
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from tunelab import __version__
+from tunelab.errors import TuneLabError
+from tunelab.paths import write_json_atomic
+
+MARKER = "tunelab-run.json"
+FORMAT = 1
+Kind = Literal["eval", "train", "optimize", "compare", "export"]
+State = Literal["new", "existing"]
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    path: Path
+    kind: str
+    state: State  # "new": nothing of ours there yet; "existing": a marked run of this kind
+
+
+def read_marker(path: Path) -> dict | None:
+    """The marker of a run folder, or None when ``path`` is not one."""
+    marker = path / MARKER
+    if not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("kind") else None
+
+
+def is_run(path: Path, kind: str | None = None) -> bool:
+    marker = read_marker(path)
+    return marker is not None and (kind is None or marker["kind"] == kind)
+
+
+def check_out(path: Path, kind: Kind, *, flag: str = "--out") -> RunFolder:
+    """Refuse, with one line naming the folder and the flag, any ``path`` that is not ours.
+
+    Creates nothing: call it before loading models or data, so a refused or failed command
+    leaves no folder behind that would block the next attempt.
+    """
+    if path.exists() and not path.is_dir():
+        raise TuneLabError(f"{flag} {path}: is a file, not a folder; choose another {flag}")
+    if not path.exists() or not any(path.iterdir()):
+        return RunFolder(path, kind, "new")
+    marker = read_marker(path)
+    if marker is None:
+        raise TuneLabError(
+            f"{flag} {path}: the folder holds files TuneLab did not write (no {MARKER}); "
+            f"TuneLab never replaces them: choose another {flag} or an empty folder"
+        )
+    if marker["kind"] != kind:
+        raise TuneLabError(
+            f"{flag} {path}: holds a tunelab {marker['kind']} run, not a {kind} run; "
+            f"choose another {flag}"
+        )
+    if marker.get("format", FORMAT) > FORMAT:
+        raise TuneLabError(
+            f"{flag} {path}: written by a newer TuneLab (format {marker['format']}); "
+            f"upgrade TuneLab or choose another {flag}"
+        )
+    return RunFolder(path, kind, "existing")
+
+
+def claim(path: Path, kind: Kind, *, files: list[str] | None = None) -> Path:
+    """Create ``path`` (if needed) and mark it as a ``kind`` run; keep an existing marker's
+    creation time so a resumed or replaced run keeps its history. ``files`` lists what the
+    run consists of, for a folder that is replaced whole (an export)."""
+    path.mkdir(parents=True, exist_ok=True)
+    previous = read_marker(path) or {}
+    marker = {
+        "kind": kind,
+        "format": FORMAT,
+        "created_at": previous.get("created_at", time.strftime("%Y-%m-%dT%H:%M:%S")),
+        "tunelab_version": __version__,
+    }
+    write_json_atomic(path / MARKER, marker | ({"files": files} if files is not None else {}))
+    return path
+
+
+def user_entries(path: Path) -> Callable[[Path], bool]:
+    """For replacing a marked run whole: which of its entries a user added (to keep them)."""
+    marker = read_marker(path) or {}
+    ours = set(marker.get("files", [])) | {MARKER}
+    return lambda entry: entry.name not in ours
+
+
+def remove_run(path: Path, kind: Kind) -> None:
+    """``--overwrite``: remove a marked run folder whole; anything else is refused."""
+    if not path.exists():
+        return
+    check_out(path, kind)  # raises unless it is ours (or empty)
+    shutil.rmtree(path)
