@@ -95,7 +95,7 @@ def test_leftovers_of_a_dead_process_are_removed_but_not_a_live_ones(tmp_path):
     old = tmp_path / ".old-run-999999999"
     for folder in (dead, alive, old):
         folder.mkdir()
-    other = tmp_path / ".tmp-runner-999999999-x"  # another target's scratch
+    other = tmp_path / ".tmp-run-2-999999999-x"  # the scratch of another target, "run-2"
     other.mkdir()
     remove_leftovers(target)
     assert not dead.exists() and not old.exists()

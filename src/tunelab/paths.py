@@ -4,6 +4,7 @@ import ctypes
 import glob
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -97,10 +98,13 @@ def remove_leftovers(target: Path) -> None:
     """
     if not target.parent.is_dir():
         return
-    for prefix in (f".tmp-{target.name}-", f".old-{target.name}-"):
+    # .tmp-NAME-PID-RANDOM (mkdtemp/mkstemp: RANDOM has no '-') and .old-NAME-PID; a sibling
+    # target whose name extends NAME ("run-2" beside "run") does not fit the pattern.
+    patterns = {f".tmp-{target.name}-": r"(\d+)-[A-Za-z0-9_]+", f".old-{target.name}-": r"(\d+)"}
+    for prefix, rest in patterns.items():
         for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
-            pid = leftover.name[len(prefix) :].split("-", 1)[0]
-            if pid.isdigit() and _alive(int(pid)):
+            match = re.fullmatch(rest, leftover.name[len(prefix) :])
+            if match is None or _alive(int(match.group(1))):
                 continue
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
