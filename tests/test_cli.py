@@ -122,9 +122,12 @@ def test_eval_writes_run_folder(label_file, tiny_model_dir, tmp_path):
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["labels"] == ["billing", "login", "shipping"]
     accuracy = summary["metrics"]["accuracy"]
-    assert accuracy["low"] <= accuracy["value"] <= accuracy["high"]
-    predictions = (out / "predictions.jsonl").read_text().splitlines()
+    lines = (out / "predictions.jsonl").read_text().splitlines()
+    predictions = [json.loads(line) for line in lines]
     assert len(predictions) == summary["examples"] == 2  # 20% of 12 rows, rounded
+    correct = [row["prediction"] == row["reference"] for row in predictions]
+    assert accuracy["value"] == sum(correct) / len(correct)  # the metric counts these rows
+    assert all(row["prediction"] in summary["labels"] for row in predictions)  # label scoring
     config = json.loads((out / "config.json").read_text())
     assert config["strategy"]["name"] == "zero-shot"
     assert "accuracy" in result.stdout
@@ -153,30 +156,20 @@ def test_eval_template_with_missing_field(label_file, tiny_model_dir, tmp_path):
 def test_eval_few_shot_cot_consistency_run(label_file, tiny_model_dir, tmp_path):
     out = tmp_path / "run"
     result = run(
-        "eval",
-        "--data",
-        label_file,
-        "--model",
-        tiny_model_dir,
-        "--shots",
-        "2",
-        "--selector",
-        "similar",
-        "--embedder",
-        "tfidf",
-        "--mode",
-        "both",
-        "--consistency",
-        "--max-new-tokens",
-        "2",
-        "--out",
-        out,
-    )
+        "eval", "--data", label_file, "--model", tiny_model_dir, "--shots", "2",
+        "--selector", "similar", "--embedder", "tfidf", "--cot", "--mode", "generate",
+        "--consistency", "--max-new-tokens", "2", "--out", out,
+    )  # fmt: skip
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["retriever"].startswith("tf-idf")
+    assert summary["modes"] == ["generate"]
     assert len(summary["consistency"]["per_template"]) == 3
-    assert (out / "strategy.yaml").read_text().startswith("name: 2-shot similar")
+    strategy = (out / "strategy.yaml").read_text()
+    assert strategy.startswith("name: 2-shot similar cot") and "cot: true" in strategy
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all("Think step by step" in row["prompt"] for row in rows)
+    assert all(row["prompt"].count("Answer: ") == 2 for row in rows)  # each shot ends so
     assert "consistency over 3 templates" in result.stdout
 
 

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
@@ -74,7 +76,7 @@ def test_missing_cuda_is_a_clear_error_before_loading(tmp_path, write_jsonl, lab
     from tunelab.cli.main import app
 
     if torch.cuda.is_available():
-        return  # the error only exists where no GPU is visible
+        pytest.skip("the error only exists where no GPU is visible")
     data = write_jsonl(label_rows, "train.jsonl")
     args = ["train", "--data", str(data), "--input", "text", "--output", "label",
             "--method", "lora", "--device", "cuda"]  # fmt: skip

@@ -32,8 +32,13 @@ def test_both_modes_report_accuracy_and_f1_with_intervals(tiny_model, tiny_token
         "generate/accuracy",
         "generate/macro_f1",
     }
-    for value in result.metrics.values():
-        assert value["low"] <= value["value"] <= value["high"]
+    for mode in ("score", "generate"):
+        correct = [r[f"{mode}_prediction"] == r["reference"] for r in result.predictions]
+        assert result.metrics[f"{mode}/accuracy"]["value"] == pytest.approx(
+            sum(correct) / len(correct)
+        )
+        interval = result.metrics[f"{mode}/accuracy"]
+        assert 0.0 <= interval["low"] <= interval["value"] <= interval["high"] <= 1.0
     row = result.predictions[0]
     assert row["score_prediction"] in LABELS
     assert {"generate_prediction", "raw_output", "prompt", "reference"} <= set(row)
