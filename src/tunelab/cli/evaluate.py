@@ -70,7 +70,9 @@ def eval_command(
     embedder: str = typer.Option("auto", help="auto (MiniLM when installed) | tfidf."),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(8, min=1),
-    out: Path | None = typer.Option(None, help="Run folder (default runs/eval-<time>)."),
+    out: Path | None = typer.Option(
+        None, help="Run folder (default runs/eval-<time>): new, empty or an earlier eval run."
+    ),
     show: int = typer.Option(10, min=0, help="Predictions to print."),
 ) -> None:
     """Evaluate a prompt strategy and write predictions + metrics to a run folder."""

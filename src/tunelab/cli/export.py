@@ -10,7 +10,9 @@ from tunelab.errors import TuneLabError
 
 def export_command(
     run_dir: Path = typer.Argument(..., metavar="RUN_DIR", help="A `tunelab train` run."),
-    out: Path = typer.Option(..., help="Folder to write (replaced atomically if it exists)."),
+    out: Path = typer.Option(
+        ..., help="Folder to write: new, empty, or an earlier export (replaced in one swap)."
+    ),
 ) -> None:
     """LoRA merged into the base weights, full weights as they are, or a soft prompt beside
     the base weights with a loader script; `AutoModelForCausalLM.from_pretrained(OUT)` loads."""

@@ -73,7 +73,9 @@ def optimize_command(
     seed: int = typer.Option(0),
     out: Path | None = typer.Option(None, help="Run folder (default runs/optimize-<time>)."),
     resume: bool = typer.Option(False, help="Continue in --out, reusing every cached score."),
-    overwrite: bool = typer.Option(False, help="Replace whatever is in --out."),
+    overwrite: bool = typer.Option(
+        False, help="Start again in --out, removing the optimize run there (only a marked one)."
+    ),
 ) -> None:
     """Search prompt variants on a dev split; report the winner's test score beside the start's."""
     if resume and out is None:

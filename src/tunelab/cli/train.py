@@ -51,7 +51,9 @@ def train_command(
     report_to: list[str] = typer.Option([], help="tensorboard | wandb | mlflow (repeatable)."),
     out: Path | None = typer.Option(None, help="Run folder (default runs/train-<method>-<time>)."),
     resume: bool = typer.Option(False, help="Continue the interrupted run in --out."),
-    overwrite: bool = typer.Option(False, help="Replace whatever is in --out."),
+    overwrite: bool = typer.Option(
+        False, help="Start again in --out, removing the train run there (only a marked one)."
+    ),
     keep_checkpoints: bool = typer.Option(False, help="Keep Trainer checkpoints at the end."),
     launcher: str | None = typer.Option(
         None, help="torchrun | accelerate: run on --nproc processes (DDP; gloo on CPUs)."
