@@ -3,6 +3,7 @@ results, the leaderboard arithmetic, the checklist metric and the HTML report.""
 
 import json
 import math
+import random
 import shutil
 import subprocess
 from pathlib import Path
@@ -103,7 +104,8 @@ def test_bundled_example_is_valid_and_paths_resolve_next_to_it():
     assert not asked & {json.loads(x)["question"] for x in test_lines}
 
 
-def result(name, kind, value, low, high, trainable=0, seconds=0.0, latency=10.0, method=None):
+def result(name, kind, value, low, high, trainable=0, seconds=0.0, latency=10.0, method=None,
+           prompt_tokens=50.0):  # fmt: skip
     record = {
         "name": name,
         "kind": kind,
@@ -111,6 +113,7 @@ def result(name, kind, value, low, high, trainable=0, seconds=0.0, latency=10.0,
         "trainable_parameters": trainable,
         "adapt_seconds": seconds,
         "latency_ms_per_example": latency,
+        "prompt_tokens": prompt_tokens,
         "peak_memory_mb": 100.0,
         "size_bytes": 2048,
     }
@@ -120,29 +123,74 @@ def result(name, kind, value, low, high, trainable=0, seconds=0.0, latency=10.0,
     return record
 
 
-def test_leaderboard_sorts_and_recommends_the_cheapest_within_the_best_interval():
-    results = [
-        result("base", "prompt", 0.20, 0.15, 0.25),
-        result("lora", "train", 0.50, 0.40, 0.60, trainable=100, seconds=60, method="lora"),
-        result("full", "train", 0.52, 0.45, 0.59, trainable=1000, seconds=300, method="full"),
-        result("few-shot", "prompt", 0.46, 0.38, 0.55, latency=40),
+def scored(values: list[float]) -> list[dict]:
+    """Prediction rows with stored per-example ROUGE-L, on the same test lines."""
+    return [
+        {"line": i + 1, "reference": "r", "prediction": "p", "scores": {"rouge_l": v}}
+        for i, v in enumerate(values)
     ]
-    rows = rows_of(results, "rouge_l", total_parameters=1000)
-    assert [r.name for r in rows] == ["full", "lora", "few-shot", "base"]
-    assert rows[1].trainable_percent == pytest.approx(100 * 100 / 1100)
-    assert rows[2].trainable_percent == 0.0
-    rec = recommend(rows)
-    assert rec.best.name == "full"
-    # lora (0.50) and few-shot (0.46) lie within full's interval (>= 0.45); few-shot trains
-    # nothing, so it is the cheapest equivalent.
-    assert [r.name for r in rec.equivalent] == ["full", "lora", "few-shot"]
-    assert rec.cheapest_equivalent.name == "few-shot"
+
+
+def board(specs: dict[str, tuple], prefer=None):
+    """specs: name -> (per-example scores, result() keyword arguments)."""
+    results, predictions = [], {}
+    for name, (values, options) in specs.items():
+        mean = sum(values) / len(values)
+        kind = "train" if options.get("method") else "prompt"
+        results.append(result(name, kind, mean, mean - 0.05, mean + 0.05, **options))
+        predictions[name] = scored(values)
+    rows = rows_of(results, "rouge_l", 1000, predictions)
+    return rows, recommend(rows, prefer)
+
+
+def test_a_clearly_worse_cheap_strategy_is_not_recommended():
+    rng = random.Random(0)
+    lora = [rng.uniform(0.6, 1.0) for _ in range(300)]
+    prompt = [x - 0.2 + rng.uniform(-0.05, 0.05) for x in lora]  # cheaper, clearly worse
+    rows, rec = board({
+        "lora": (lora, {"trainable": 100, "seconds": 60, "method": "lora"}),
+        "prompt": (prompt, {}),
+    })  # fmt: skip
+    assert rec.best.name == "lora"
+    worse = next(r for r in rows if r.name == "prompt")
+    assert worse.diff.high < 0 and worse.diff.value == pytest.approx(-0.2, abs=0.01)
+    assert [r.name for r in rec.equivalent] == ["lora"]
+    assert rec.pick.name == "lora" and "lora is the pick" in rec.text("rouge_l")
+    assert rec.runner_up is None  # the data tell them apart: no "cannot tell" sentence
+
+
+def test_an_equivalent_cheaper_strategy_is_recommended_and_both_costs_are_named():
+    rng = random.Random(1)
+    lora = [rng.uniform(0.3, 0.9) for _ in range(400)]
+    prompt = [x + rng.choice([-0.01, 0.01]) for x in lora]  # same quality, paired noise
+    rows, rec = board({
+        "lora": (lora, {"trainable": 100, "seconds": 60, "method": "lora", "latency": 20,
+                        "prompt_tokens": 40}),
+        "prompt": (prompt, {"latency": 120, "prompt_tokens": 900}),  # 6x the time per answer
+    })  # fmt: skip
+    assert {r.name for r in rec.equivalent} == {"lora", "prompt"}
+    assert rec.cheapest_to_adapt.name == "prompt" and rec.cheapest_to_serve.name == "lora"
     text = rec.text("rouge_l")
-    assert "Recommended: few-shot (0.460)" in text and "Also within the interval: lora." in text
+    assert "cheapest to adapt is prompt" in text and "cheapest to serve is lora" in text
+    _, serving = board({"lora": (lora, {"trainable": 100, "seconds": 60, "method": "lora",
+                                        "latency": 20}),
+                        "prompt": (prompt, {"latency": 120})}, prefer="serving")  # fmt: skip
+    assert serving.pick.name == "lora" and "Recommended: lora" in serving.text("rouge_l")
     table = markdown(rows, "rouge_l", rec)
-    assert (
-        "| 1 | full | full | 0.520 (0.450–0.590) | 1,000 (50%) | 300 | 10 | 100 | 2.0 KB |" in table
-    )
+    assert "| best |" in table and "| 120 |" in table and "| 900 |" in table
+
+
+def test_too_small_a_test_set_is_said_with_the_rows_needed():
+    a = [1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 0.0]
+    b = [1.0, 0.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0]  # 0.2 lower, on 10 rows
+    rows, rec = board({"a": (a, {"trainable": 10, "method": "lora"}), "b": (b, {})})
+    diff = next(r for r in rows if r.name == "b").diff
+    assert diff.low <= 0 <= diff.high and diff.value == pytest.approx(-0.2)
+    assert [r.name for r in rec.equivalent] == ["a"]  # 0.2 below is not "as good"
+    text = rec.text("rouge_l")
+    assert "cannot tell the best from b" in text
+    needed = m.rows_to_separate(diff.se, 10, diff.value)
+    assert 10 < needed < 1000 and f"about {needed:,.0f} paired test rows" in text
 
 
 def test_recommendation_when_nothing_cheaper_is_close_and_missing_metric():
@@ -154,8 +202,8 @@ def test_recommendation_when_nothing_cheaper_is_close_and_missing_metric():
     rows = rows_of(results, "rouge_l", 1000)
     assert rows[-1].name == "broken" and math.isnan(rows[-1].value)
     rec = recommend(rows)
-    assert rec.best.name == rec.cheapest_equivalent.name == "lora"
-    assert "No cheaper strategy reaches" in rec.text("rouge_l")
+    assert rec.best.name == rec.pick.name == "lora"
+    assert "No paired comparison" in rec.text("rouge_l")
 
 
 def test_checklist_coverage_is_the_share_of_phrases_found():

@@ -8,7 +8,15 @@ from rich.table import Table
 
 from tunelab.cli.output import console
 from tunelab.compare.experiment import Experiment, load_experiment
-from tunelab.compare.leaderboard import markdown, params_text, recommend, rows_of, size_text
+from tunelab.compare.leaderboard import (
+    diff_text,
+    markdown,
+    params_text,
+    recommend,
+    rows_of,
+    size_text,
+)
+from tunelab.compare.report import read_predictions
 from tunelab.compare.runner import (
     ExperimentData,
     ExperimentRunner,
@@ -142,17 +150,20 @@ def _finish(experiment, data, runner, results, out_dir: Path, seconds: float) ->
     metric = headline_metric(experiment, data.labels)
     # Recorded by each strategy, so a fully cached rerun never loads the model.
     total = next((r["total_parameters"] for r in results if r.get("total_parameters")), None)
-    rows = rows_of(results, metric, total)
-    recommendation = recommend(rows) if rows else None
+    predictions = {r["name"]: read_predictions(out_dir / r["name"]) for r in results}
+    rows = rows_of(results, metric, total, predictions)
+    recommendation = recommend(rows, experiment.prefer) if rows else None
     table = Table(
-        "#", "strategy", "method", f"{metric} (95% CI)", "trainable", "train s", "ms/example",
-        "peak MB", "size", title=f"leaderboard · {experiment.name}",
+        "#", "strategy", "method", f"{metric} (95% CI)", "vs best (paired)", "trainable",
+        "train s", "ms/answer", "ex/s", "prompt tok", "peak MB", "size",
+        title=f"leaderboard · {experiment.name}",
     )  # fmt: skip
     for rank, r in enumerate(rows, 1):
         table.add_row(
             str(rank), r.name, r.method, f"{r.value:.3f} ({r.low:.3f}–{r.high:.3f})",
-            params_text(r), f"{r.adapt_seconds:.0f}", f"{r.latency_ms:.0f}",
-            f"{r.peak_memory_mb:.0f}", size_text(r.size_bytes),
+            diff_text(r), params_text(r), f"{r.adapt_seconds:.0f}", f"{r.latency_ms:.0f}",
+            f"{r.throughput:.2f}", f"{r.prompt_tokens:.0f}", f"{r.peak_memory_mb:.0f}",
+            size_text(r.size_bytes),
         )  # fmt: skip
     by_name = {r["name"]: r for r in results}
     extra = [m for m in experiment.metrics[1:]]

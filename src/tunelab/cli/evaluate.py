@@ -249,6 +249,10 @@ def _print_result(result: EvalResult, strategy: PromptStrategy, show: int) -> No
         c = result.extra["consistency"]
         console.print(
             f"consistency over {len(c['per_template'])} templates: {c['metric']} mean "
-            f"{c['mean']:.3f}, spread {c['spread']:.3f}; all answers agree on "
-            f"{c['agreement']['value']:.1%} of examples"
+            f"{c['mean']:.3f}, spread {c['spread']:.3f}; "
+            + (
+                f"all answers agree on {c['agreement']['value']:.1%} of examples"
+                if result.labels
+                else f"answers agree (mean pairwise ROUGE-L) {c['agreement']['value']:.3f}"
+            )
         )

@@ -136,6 +136,12 @@ class Experiment(Strict):
         default_factory=list, description="first = headline; default accuracy / rouge_l"
     )
     eval: EvalSpec = EvalSpec()
+    prefer: Literal["serving", "adaptation"] | None = Field(
+        None,
+        description="which cost decides among strategies as good as the best: serving (time "
+        "and prompt tokens per answer) or adaptation (trainable parameters, training time); "
+        "default: both readings",
+    )
     strategies: list[StrategySpec] = Field(min_length=1)
 
     @field_validator("strategies")

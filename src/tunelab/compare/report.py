@@ -10,8 +10,14 @@ import io
 import json
 from pathlib import Path
 
-from tunelab.compare.leaderboard import Recommendation, Row, params_text, size_text
-from tunelab.evaluation import metrics as m
+from tunelab.compare.leaderboard import (
+    Recommendation,
+    Row,
+    diff_text,
+    params_text,
+    per_example_scores,
+    size_text,
+)
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;margin:2rem auto;max-width:1100px;
@@ -43,7 +49,7 @@ def write_report(
     from tunelab.paths import write_text_atomic
 
     matplotlib.use("Agg")  # files only; never open a window
-    predictions = {name: _predictions(folder) for name, folder in folders.items()}
+    predictions = {name: read_predictions(folder) for name, folder in folders.items()}
     sections = [
         f"<h1>{_e(title)}</h1>",
         f"<p class='sub'>{_e(_facts_line(facts))}</p>",
@@ -90,8 +96,10 @@ def _facts_line(facts: dict) -> str:
 def _leaderboard_table(rows: list[Row], metric: str, rec: Recommendation | None) -> str:
     head = (
         "<tr><th>#</th><th>strategy</th><th>method</th>"
-        f"<th>{_e(metric)} (95% CI)</th><th>trainable params</th><th>train/search s</th>"
-        "<th>latency ms/example</th><th>peak memory MB</th><th>size on disk</th></tr>"
+        f"<th>{_e(metric)} (95% CI)</th><th>vs best (paired 95% CI)</th>"
+        "<th>trainable params</th><th>train/search s</th><th>ms/answer (batch 1)</th>"
+        "<th>examples/s</th><th>prompt tokens</th><th>peak memory MB</th><th>size on disk</th>"
+        "<th>device</th></tr>"
     )
     body = []
     for rank, r in enumerate(rows, 1):
@@ -99,9 +107,11 @@ def _leaderboard_table(rows: list[Row], metric: str, rec: Recommendation | None)
         body.append(
             f"<tr{css}><td>{rank}</td><td>{_e(r.name)}</td><td>{_e(r.method)}</td>"
             f"<td class='num'>{r.value:.3f} ({r.low:.3f}–{r.high:.3f})</td>"
+            f"<td class='num'>{_e(diff_text(r))}</td>"
             f"<td class='num'>{_e(params_text(r))}</td><td class='num'>{r.adapt_seconds:.0f}</td>"
-            f"<td class='num'>{r.latency_ms:.0f}</td><td class='num'>{r.peak_memory_mb:.0f}</td>"
-            f"<td class='num'>{_e(size_text(r.size_bytes))}</td></tr>"
+            f"<td class='num'>{r.latency_ms:.0f}</td><td class='num'>{r.throughput:.2f}</td>"
+            f"<td class='num'>{r.prompt_tokens:.0f}</td><td class='num'>{r.peak_memory_mb:.0f}</td>"
+            f"<td class='num'>{_e(size_text(r.size_bytes))}</td><td>{_e(r.device or '-')}</td></tr>"
         )
     return f"<table>{head}{''.join(body)}</table>"
 
@@ -191,9 +201,12 @@ def _breakdown_plot(rows, predictions, metric, labels):
         grid = [[_label_accuracy(predictions[n], label) for label in columns] for n in names]
         title = "Accuracy per label" + (" (first 40 labels)" if len(labels) > 40 else "")
     else:
+        names = [n for n in names if per_example_scores(predictions[n], metric) is not None]
+        if not names:
+            return None
         first = predictions[names[0]]
         columns = [f"#{i + 1}" for i in range(min(len(first), 40))]
-        grid = [_per_example(predictions[n], metric)[: len(columns)] for n in names]
+        grid = [per_example_scores(predictions[n], metric)[: len(columns)] for n in names]
         title = f"Per-example {metric if metric != 'checklist' else 'checklist coverage'}"
     fig, ax = plt.subplots(figsize=(min(16, 1.5 + 0.35 * len(columns)), 0.5 * len(names) + 1.8))
     image = ax.imshow(grid, aspect="auto", cmap="RdYlGn", vmin=0, vmax=1)
@@ -207,18 +220,6 @@ def _breakdown_plot(rows, predictions, metric, labels):
 def _label_accuracy(rows: list[dict], label: str) -> float:
     mine = [r for r in rows if r["reference"] == label]
     return sum(r["correct"] for r in mine) / len(mine) if mine else float("nan")
-
-
-def _per_example(rows: list[dict], metric: str) -> list[float]:
-    predictions = [r["prediction"] for r in rows]
-    references = [r["reference"] for r in rows]
-    if metric == "checklist":
-        return [r.get("generate_checklist", r.get("score_checklist", 0.0)) for r in rows]
-    if metric == "token_f1":
-        return m.token_f1(predictions, references)
-    if metric == "exact_match" or metric == "accuracy":
-        return m.exact_match(predictions, references)
-    return m.rouge_l(predictions, references)
 
 
 def _answers_table(rows: list[Row], predictions: dict[str, list[dict]], limit: int = 12) -> str:
@@ -243,7 +244,7 @@ def _answers_table(rows: list[Row], predictions: dict[str, list[dict]], limit: i
     return f"<div class='scroll'><table>{head}{''.join(body)}</table></div>{note}"
 
 
-def _predictions(folder: Path) -> list[dict]:
+def read_predictions(folder: Path) -> list[dict]:
     path = folder / "predictions.jsonl"
     if not path.is_file():
         return []

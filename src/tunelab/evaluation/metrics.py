@@ -34,12 +34,21 @@ def checklist_coverage(predictions: list[str], checklists: list[list[str]]) -> l
     return scores
 
 
-def macro_f1(predictions: list[str], references: list[str], labels: list[str]) -> float:
-    """Unweighted mean of per-label F1 over the reference label set (normalised strings)."""
+def macro_f1(
+    predictions: list[str], references: list[str], labels: list[str] | None = None
+) -> float:
+    """Unweighted mean of per-label F1 (normalised strings) over every label that occurs
+    among the references or the predictions.
+
+    A reference label missing from ``labels`` (a test label absent from training) counts,
+    with F1 0 unless predicted; a label that neither occurs nor is predicted has no F1 and is
+    left out. The same rule holds on every bootstrap resample, so the interval describes the
+    statistic that is reported (``labels`` is accepted for the caller's convenience).
+    """
     preds = [normalize_answer(p) for p in predictions]
     refs = [normalize_answer(r) for r in references]
     scores = []
-    for label in {normalize_answer(label) for label in labels}:
+    for label in set(refs) | set(preds):
         tp = sum(p == label and r == label for p, r in zip(preds, refs, strict=True))
         fp = sum(p == label and r != label for p, r in zip(preds, refs, strict=True))
         fn = sum(p != label and r == label for p, r in zip(preds, refs, strict=True))
@@ -47,11 +56,32 @@ def macro_f1(predictions: list[str], references: list[str], labels: list[str]) -
     return sum(scores) / len(scores) if scores else 0.0
 
 
+# CJK ideographs, kana and hangul syllables are words of one character each; everything
+# else is a run of letters and digits (any script).
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff"
+_WORDS = re.compile(f"[{_CJK}]|[^\\W_{_CJK}]+")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased words in any script (rouge-score's own tokenizer keeps only a-z0-9, so a
+    Chinese or Russian answer would have no words at all)."""
+    return _WORDS.findall(text.lower())
+
+
+def _split_cjk(tokens: list[str]) -> list[str]:
+    """Whitespace tokens with CJK characters split out one by one (Latin tokens unchanged)."""
+    out = []
+    for token in tokens:
+        out.extend(words(token) if re.search(f"[{_CJK}]", token) else [token])
+    return out
+
+
 def token_f1(predictions: list[str], references: list[str]) -> list[float]:
-    """SQuAD-style bag-of-words F1 per example."""
+    """SQuAD-style bag-of-words F1 per example (CJK text counted character by character)."""
     scores = []
     for prediction, reference in zip(predictions, references, strict=True):
-        pred, ref = normalize_answer(prediction).split(), normalize_answer(reference).split()
+        pred = _split_cjk(normalize_answer(prediction).split())
+        ref = _split_cjk(normalize_answer(reference).split())
         common = sum((Counter(pred) & Counter(ref)).values())
         if not pred or not ref:
             scores.append(float(pred == ref))
@@ -63,11 +93,26 @@ def token_f1(predictions: list[str], references: list[str]) -> list[float]:
     return scores
 
 
+class _AnyScriptTokenizer:
+    """rouge-score tokenizer: words in any script; Porter stemming for a-z words only."""
+
+    def __init__(self):
+        from nltk.stem import porter
+
+        self._stemmer = porter.PorterStemmer()
+
+    def tokenize(self, text: str) -> list[str]:
+        return [
+            self._stemmer.stem(w) if len(w) > 3 and w.isascii() and w.isalpha() else w
+            for w in words(text)
+        ]
+
+
 def rouge_l(predictions: list[str], references: list[str]) -> list[float]:
-    """ROUGE-L F-measure per example (rouge-score, with stemming)."""
+    """ROUGE-L F-measure per example (rouge-score, stemming, words of any script)."""
     from rouge_score import rouge_scorer
 
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], tokenizer=_AnyScriptTokenizer())
     return [
         scorer.score(reference, prediction)["rougeL"].fmeasure
         for prediction, reference in zip(predictions, references, strict=True)
@@ -118,16 +163,29 @@ def format_compliance(
 
 
 def bootstrap_interval(
-    statistic, n: int, *, resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+    statistic,
+    n: int,
+    *,
+    resamples: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    point: float | None = None,
 ) -> tuple[float, float]:
-    """Percentile bootstrap interval of ``statistic(indices)`` over ``n`` examples."""
+    """Percentile bootstrap interval of ``statistic(indices)`` over ``n`` examples.
+
+    With ``point`` given, the interval is widened to contain it: for a skewed statistic on a
+    few rows the percentile interval can miss its own estimate, and an interval that excludes
+    the number printed beside it helps no reader.
+    """
     import numpy as np
 
     rng = np.random.default_rng(seed)
     values = np.array([statistic(rng.integers(0, n, n)) for _ in range(resamples)])
     tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+    low, high = (float(x) for x in np.percentile(values, [tail, 100 - tail]))
+    if point is not None:
+        low, high = min(low, point), max(high, point)
+    return low, high
 
 
 def mean_with_interval(scores: list[float], *, resamples: int = 1000, seed: int = 0) -> dict:
@@ -135,10 +193,11 @@ def mean_with_interval(scores: list[float], *, resamples: int = 1000, seed: int 
     import numpy as np
 
     values = np.asarray(scores, dtype=float)
+    mean = float(values.mean())
     low, high = bootstrap_interval(
-        lambda idx: values[idx].mean(), len(values), resamples=resamples, seed=seed
+        lambda idx: values[idx].mean(), len(values), resamples=resamples, seed=seed, point=mean
     )
-    return {"value": float(values.mean()), "low": low, "high": high}
+    return {"value": mean, "low": low, "high": high}
 
 
 def corpus_with_interval(
@@ -149,5 +208,46 @@ def corpus_with_interval(
     def on(indices) -> float:
         return metric([predictions[i] for i in indices], [references[i] for i in indices])
 
-    low, high = bootstrap_interval(on, len(predictions), resamples=resamples, seed=seed)
-    return {"value": metric(predictions, references), "low": low, "high": high}
+    value = metric(predictions, references)
+    low, high = bootstrap_interval(
+        on, len(predictions), resamples=resamples, seed=seed, point=value
+    )
+    return {"value": value, "low": low, "high": high}
+
+
+def paired_difference(
+    statistic, n: int, *, resamples: int = 1000, seed: int = 0, confidence: float = 0.95
+) -> dict:
+    """Difference between two strategies scored on the same ``n`` rows, with a paired
+    bootstrap interval: ``statistic(indices)`` returns (a, b) on the rows ``indices`` (one
+    resample serves both, so what the rows share cancels out).
+
+    Also returns ``se`` (the bootstrap standard error of the difference), from which the
+    number of rows needed to separate the two is estimated.
+    """
+    import numpy as np
+
+    everything = np.arange(n)
+    a, b = statistic(everything)
+    rng = np.random.default_rng(seed)
+    diffs = []
+    for _ in range(resamples):
+        x, y = statistic(rng.integers(0, n, n))
+        diffs.append(x - y)
+    diffs = np.array(diffs)
+    tail = (1 - confidence) / 2 * 100
+    low, high = (float(v) for v in np.percentile(diffs, [tail, 100 - tail]))
+    value = float(a - b)
+    return {
+        "value": value, "low": min(low, value), "high": max(high, value),
+        "se": float(diffs.std(ddof=1)) if resamples > 1 else 0.0,
+    }  # fmt: skip
+
+
+def rows_to_separate(se: float, n: int, difference: float, power_z: float = 0.84) -> float:
+    """Test rows at which a paired difference of this size would be significant (two-sided
+    5%) with 80% power, by the normal approximation: n' = n · ((1.96 + 0.84) · se / diff)²,
+    where se·√n estimates the standard deviation of the per-row differences."""
+    if difference == 0:
+        return float("inf")
+    return n * ((1.96 + power_z) * se / abs(difference)) ** 2

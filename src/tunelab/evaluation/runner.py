@@ -4,6 +4,7 @@ Pipeline: choose shots → render prompts → label scoring and/or free generati
 answers (chain of thought) → metrics with bootstrap intervals → predictions + metrics files.
 """
 
+import contextlib
 import json
 import time
 from collections.abc import Callable
@@ -42,6 +43,7 @@ class EvalSettings:
     embedder: str = "auto"  # "tfidf" forces the fallback
     resamples: int = 1000
     checklist_field: str | None = None  # record field of required phrases, ';'-separated
+    latency_rows: int = 0  # test rows also answered one at a time, to time one request
 
 
 @dataclass
@@ -114,15 +116,25 @@ def evaluate(
 
     ``chosen_shots`` (the result of :func:`select_shots`) lets callers that vary only the
     template reuse one selection instead of re-embedding the training set.
+
+    Time is recorded per phase (``extra["timing"]``: shot retrieval, prompt rendering, model,
+    metrics), so speed figures are model time only: ``examples_per_second`` at the batch size,
+    and with ``settings.latency_rows`` the model time of one request (``latency_ms_batch1``).
     """
     if labels is not None and not labels:
         raise TuneLabError("the label set is empty")
     modes = resolve_modes(settings.mode, labels, strategy.cot)
     started = time.perf_counter()
-    shots, retriever = chosen_shots or select_shots(
-        strategy, list(train), test, seed=settings.seed, embedder=settings.embedder
-    )
-    prompts = build_prompts(tokenizer, strategy, test, labels, shots)
+    clock = _PhaseClock()
+    with clock("retrieval"):
+        shots, retriever = chosen_shots or select_shots(
+            strategy, list(train), test, seed=settings.seed, embedder=settings.embedder
+        )
+    with clock("prompts"):
+        prompts = build_prompts(tokenizer, strategy, test, labels, shots)
+        prompt_tokens = [
+            len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        ]
     references = [e.output for e in test]
     rows = [
         {"line": e.line, "input": e.input, "reference": e.output, "prompt": p}
@@ -130,30 +142,79 @@ def evaluate(
     ]
     scores, speed = {}, {}
     for mode in modes:
-        mode_started = time.perf_counter()
-        if mode == "score":
-            answers = _predict_by_scoring(model, tokenizer, prompts, labels, settings, on_progress)
-            raw = answers
-        else:
-            raw = generate(model, tokenizer, prompts, settings.generation, on_batch=on_progress)
-            answers = [extract_answer(r, labels) for r in raw] if strategy.cot else raw
-        speed[mode] = len(test) / (time.perf_counter() - mode_started)
-        coverage = None
-        if settings.checklist_field:
-            coverage = m.checklist_coverage(answers, checklists(test, settings.checklist_field))
-            for row, value in zip(rows, coverage, strict=True):
-                row[f"{mode}_checklist"] = value
+        with clock("model") as elapsed:
+            if mode == "score":
+                answers = _predict_by_scoring(
+                    model, tokenizer, prompts, labels, settings, on_progress
+                )
+                raw = answers
+            else:
+                raw = generate(model, tokenizer, prompts, settings.generation, on_batch=on_progress)
+                answers = [extract_answer(r, labels) for r in raw] if strategy.cot else raw
+        speed[mode] = len(test) / max(elapsed(), 1e-9)
         prefix = f"{mode}/" if len(modes) > 1 else ""
-        scores.update(_mode_metrics(answers, raw, references, labels, settings, prefix, coverage))
-        for row, answer, output in zip(rows, answers, raw, strict=True):
+        with clock("metrics"):
+            coverage = None
+            if settings.checklist_field:
+                coverage = m.checklist_coverage(answers, checklists(test, settings.checklist_field))
+            metrics, per_example = _mode_metrics(
+                answers, raw, references, labels, settings, prefix, coverage
+            )
+        scores.update(metrics)
+        for index, (row, answer, output) in enumerate(zip(rows, answers, raw, strict=True)):
             row[f"{mode}_prediction"] = answer
+            row.setdefault("scores", {}).update(
+                {name: values[index] for name, values in per_example.items()}
+            )
+            if coverage is not None:
+                row[f"{mode}_checklist"] = coverage[index]
             if mode == "generate":
                 row["raw_output"] = output
     for row in rows:
         row["prediction"] = row[f"{modes[0]}_prediction"]
         row["correct"] = m.exact_match([row["prediction"]], [row["reference"]])[0]
-    extra = {"modes": modes, "examples_per_second": speed, "retriever": retriever}
+    extra = {
+        "modes": modes,
+        "examples_per_second": speed,
+        "retriever": retriever,
+        "prompt_tokens_mean": sum(prompt_tokens) / max(len(prompt_tokens), 1),
+    }
+    if settings.latency_rows:
+        extra["latency_ms_batch1"] = _one_request_ms(
+            model, tokenizer, prompts[: settings.latency_rows], labels, modes[0], settings
+        )
+    extra["timing"] = clock.seconds
     return EvalResult(rows, scores, time.perf_counter() - started, labels, extra)
+
+
+class _PhaseClock:
+    """Seconds spent per named phase: ``with clock("model") as elapsed: ...; elapsed()``."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        began = time.perf_counter()
+        spent = [0.0]
+        try:
+            yield lambda: spent[0]
+        finally:
+            spent[0] = time.perf_counter() - began
+            self.seconds[phase] = round(self.seconds.get(phase, 0.0) + spent[0], 4)
+
+
+def _one_request_ms(model, tokenizer, prompts, labels, mode, settings: EvalSettings) -> float:
+    """Mean model time of answering each prompt alone (batch size 1): what one request to
+    this strategy costs, whatever batch size the evaluation used."""
+    single = replace(settings, generation=replace(settings.generation, batch_size=1))
+    began = time.perf_counter()
+    for prompt in prompts:
+        if mode == "score":
+            _predict_by_scoring(model, tokenizer, [prompt], labels, single, None)
+        else:
+            generate(model, tokenizer, [prompt], single.generation)
+    return round(1000 * (time.perf_counter() - began) / max(len(prompts), 1), 1)
 
 
 def evaluate_sharded(
@@ -203,18 +264,22 @@ def evaluate_sharded(
         ]
         coverage = [row[f"{mode}_checklist"] for row in rows] if settings.checklist_field else None
         prefix = f"{mode}/" if len(modes) > 1 else ""
-        scores.update(_mode_metrics(answers, raw, references, labels, settings, prefix, coverage))
+        metrics, _ = _mode_metrics(answers, raw, references, labels, settings, prefix, coverage)
+        scores.update(metrics)
     extra = {"modes": modes, "processes": distributed.world_size()}
     return EvalResult(rows, scores, seconds, labels, extra)
 
 
-def _mode_metrics(answers, raw, references, labels, settings, prefix, coverage) -> dict:
-    """The metrics of one mode's answers, the checklist coverage included when measured."""
-    scores = _score(answers, raw, references, labels, settings, prefix)
+def _mode_metrics(answers, raw, references, labels, settings, prefix, coverage):
+    """The metrics of one mode's answers and the per-example values behind them (the
+    checklist coverage included when measured); per-example values let two strategies be
+    compared row by row."""
+    scores, per_example = _score(answers, raw, references, labels, settings, prefix)
     if coverage is not None:
         boot = {"resamples": settings.resamples, "seed": settings.seed}
         scores[f"{prefix}checklist"] = m.mean_with_interval(coverage, **boot)
-    return scores
+        per_example[f"{prefix}checklist"] = list(coverage)
+    return scores, per_example
 
 
 def checklists(examples: list[Example], field_name: str) -> list[list[str]]:
@@ -240,11 +305,12 @@ def _predict_by_scoring(model, tokenizer, prompts, labels, settings, on_progress
     return [labels[i] for i in table.argmax(-1).tolist()]
 
 
-def _score(answers, raw, references, labels, settings: EvalSettings, prefix: str) -> dict:
+def _score(answers, raw, references, labels, settings: EvalSettings, prefix: str):
+    """(metrics with intervals, per-example values of the metrics that have them)."""
     boot = {"resamples": settings.resamples, "seed": settings.seed}
     out = {}
     if labels is not None:
-        out["accuracy"] = m.mean_with_interval(m.exact_match(answers, references), **boot)
+        per_example = {"accuracy": m.exact_match(answers, references)}
         out["macro_f1"] = m.corpus_with_interval(
             lambda p, r: m.macro_f1(p, r, labels), answers, references, seed=settings.seed
         )
@@ -256,15 +322,17 @@ def _score(answers, raw, references, labels, settings: EvalSettings, prefix: str
             "rouge_l": m.rouge_l(answers, references),
             "embedding_similarity": m.embedding_similarity(answers, references, embedder),
         }
-        out = {name: m.mean_with_interval(v, **boot) for name, v in per_example.items()}
         out["bleu"] = m.corpus_with_interval(m.bleu, answers, references, seed=settings.seed)
         out["chrf"] = m.corpus_with_interval(m.chrf, answers, references, seed=settings.seed)
     if settings.format_regex or settings.format_schema is not None:
-        compliance = m.format_compliance(
+        per_example["format_compliance"] = m.format_compliance(
             raw, regex=settings.format_regex, schema=settings.format_schema
         )
-        out["format_compliance"] = m.mean_with_interval(compliance, **boot)
-    return {prefix + name: value for name, value in out.items()}
+    out = {name: m.mean_with_interval(v, **boot) for name, v in per_example.items()} | out
+    return (
+        {prefix + name: value for name, value in out.items()},
+        {prefix + name: value for name, value in per_example.items()},
+    )
 
 
 def evaluate_consistency(
@@ -281,8 +349,11 @@ def evaluate_consistency(
 ) -> dict:
     """Run the same test set through paraphrased templates: metric spread and answer agreement.
 
-    Agreement is the share of examples on which every template gives the same normalised
-    answer; the spread is max - min of the headline metric across templates.
+    The metric is the task's headline (accuracy for a label set, ROUGE-L for free text); the
+    spread is its max - min across templates. Agreement, per example: with a label set, 1 when
+    every template gives the same normalised label, else 0; for free text (where two good
+    answers rarely match word for word), the mean pairwise ROUGE-L of the templates' answers.
+    The reported agreement is the mean over examples with its interval.
     """
     if len(templates) < 2:
         raise TuneLabError("consistency needs at least two paraphrased templates")
@@ -303,11 +374,12 @@ def evaluate_consistency(
             on_progress=on_progress,
             chosen_shots=chosen_shots,
         )
-        metric = next(iter(result.metrics))
+        metric = "accuracy" if labels is not None else "rouge_l"
+        metric = metric if metric in result.metrics else next(iter(result.metrics))
         per_template.append({"template": template, metric: result.metrics[metric]["value"]})
-        answers.append([m.normalize_answer(r["prediction"]) for r in result.predictions])
+        answers.append([r["prediction"] for r in result.predictions])
     values = [row[metric] for row in per_template]
-    agree = [float(len(set(column)) == 1) for column in zip(*answers, strict=True)]
+    agree = [_agreement(column, labels is not None) for column in zip(*answers, strict=True)]
     return {
         "metric": metric,
         "per_template": per_template,
@@ -315,6 +387,15 @@ def evaluate_consistency(
         "mean": sum(values) / len(values),
         "agreement": m.mean_with_interval(agree, resamples=settings.resamples, seed=settings.seed),
     }
+
+
+def _agreement(answers: tuple[str, ...], labels: bool) -> float:
+    """How far the templates' answers to one example agree (see evaluate_consistency)."""
+    if labels:
+        return float(len({m.normalize_answer(a) for a in answers}) == 1)
+    pairs = [(a, b) for i, a in enumerate(answers) for b in answers[i + 1 :]]
+    similarity = m.rouge_l([a for a, _ in pairs], [b for _, b in pairs])
+    return sum(similarity) / len(similarity) if similarity else 1.0
 
 
 def _single_mode(mode: Mode) -> Mode:
