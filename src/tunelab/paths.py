@@ -3,6 +3,7 @@
 import ctypes
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -154,4 +155,17 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    write_text_atomic(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    text = json.dumps(strict_json(data), indent=2, ensure_ascii=False, allow_nan=False)
+    write_text_atomic(path, text + "\n")
+
+
+def strict_json(data: Any) -> Any:
+    """``data`` with every NaN/infinite float replaced by None: Python's json writes them
+    as NaN/Infinity, which no strict JSON reader (jq, JavaScript, Go) accepts."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: strict_json(value) for key, value in data.items()}
+    if isinstance(data, list | tuple):
+        return [strict_json(value) for value in data]
+    return data

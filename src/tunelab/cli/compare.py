@@ -6,7 +6,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tunelab.cli.output import console
+from tunelab.cli.output import console, warn
 from tunelab.compare.experiment import Experiment, load_experiment
 from tunelab.compare.leaderboard import (
     diff_text,
@@ -25,6 +25,7 @@ from tunelab.compare.runner import (
     headline_metric,
     load_experiment_data,
 )
+from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
 from tunelab.paths import write_json_atomic, write_text_atomic
 from tunelab.runs import check_out, claim
@@ -49,6 +50,7 @@ def compare_command(
     check_out(out_dir, "compare")  # a folder TuneLab did not write is refused before any work
     data = load_experiment_data(experiment)
     check_metrics(experiment, data.labels)
+    warn(label_warnings(data.labels, data.test))
     specs = _selected(experiment, only)
     if not plan:
         claim(out_dir, "compare")

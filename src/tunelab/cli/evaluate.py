@@ -10,8 +10,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tunelab.cli.common import choice, resolve_labels
-from tunelab.cli.output import console
+from tunelab.cli.output import console, inputs_cut_warning, warn
 from tunelab.data import load_dataset, split_examples
+from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.generation import GenerationConfig
 from tunelab.evaluation.runner import (
@@ -92,6 +93,7 @@ def eval_command(
         label_set = trained["labels"]
     else:
         label_set = resolve_labels(labels, train)
+    warn(label_warnings(label_set, held_out))
     train = with_task_prefix(train, trained.get("task_prefix"))
     held_out = with_task_prefix(held_out, trained.get("task_prefix"))
     settings = EvalSettings(
@@ -153,6 +155,7 @@ def eval_command(
     )
     write_run(claim(run_dir, "eval"), result, config)
     _print_result(result, strategy, show)
+    warn(inputs_cut_warning(result.extra.get("inputs_cut", [])))
     console.print(f"run folder: {run_dir}")
 
 

@@ -4,6 +4,23 @@ Soft wrap keeps long lines (paths, error messages) whole, so they can be copied 
 """
 
 from rich.console import Console
+from rich.markup import escape
 
 console = Console(highlight=False, soft_wrap=True)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def warn(lines: list[str]) -> None:
+    """Yellow ``warning:`` lines: the command goes on, but the user should know."""
+    for line in lines:
+        console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
+
+
+def inputs_cut_warning(lines: list[int]) -> list[str]:
+    if not lines:
+        return []
+    shown = ", ".join(map(str, lines[:8])) + (", ..." if len(lines) > 8 else "")
+    return [
+        f"{len(lines)} inputs were longer than the model's context and were cut to fit, keeping "
+        f"their start (lines {shown})"
+    ]

@@ -8,8 +8,9 @@ from rich.table import Table
 
 from tunelab import distributed
 from tunelab.cli.common import resolve_labels
-from tunelab.cli.output import console
+from tunelab.cli.output import console, warn
 from tunelab.data import load_dataset, split_examples
+from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
 from tunelab.models import DEFAULT_MODEL
 from tunelab.prompting import load_strategy
@@ -89,6 +90,7 @@ def train_command(
     if resume and out is None:
         raise TuneLabError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
     train_data = _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed)
+    warn(label_warnings(train_data.labels, train_data.test or train_data.dev))
     settings = settings.resolved(classification=train_data.labels is not None)
     strategy = load_strategy(prompt) if prompt else default_training_strategy(settings.method)
     run_dir = out or Path("runs") / time.strftime(f"train-{settings.method}-%Y%m%d-%H%M%S")

@@ -5,6 +5,7 @@ such problem is rejected whole (training on silently dropped rows would hide the
 """
 
 import csv
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +15,7 @@ from tunelab.errors import DataError, TuneLabError
 INPUT_CANDIDATES = ("input", "prompt", "question", "text", "instruction", "query")
 OUTPUT_CANDIDATES = ("output", "completion", "answer", "response", "label", "category", "target")
 CHAT_ROLES = {"system", "user", "assistant"}
+CSV_FIELD_LIMIT = 2**31 - 1  # Python's default is 128 KiB, less than one pasted document
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ def load_dataset(
         raise TuneLabError(f"{path}: no such file")
     if path.is_dir():
         raise TuneLabError(f"{path}: is a folder, expected a .jsonl or .csv file")
-    text = path.read_text(encoding="utf-8-sig")
+    text = _read_utf8(path)
     if not text.strip():
         raise TuneLabError(f"{path}: file is empty")
     suffix = path.suffix.lower()
@@ -63,15 +65,47 @@ def load_dataset(
     raise TuneLabError(f"{path}: unsupported file type {suffix!r} (use .jsonl or .csv)")
 
 
+def _read_utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 are named by line and column."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise TuneLabError(
+            f"{path}:{line}: not valid UTF-8 (byte 0x{data[err.start]:02x} at column {column}); "
+            "re-save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8 FILE > NEW)"
+        ) from None
+
+
 def _load_csv(path: Path, text: str, input_field: str | None, output_field: str | None) -> Dataset:
-    reader = csv.DictReader(text.splitlines(keepends=True))
-    columns = reader.fieldnames or []
+    # The csv module splits records itself (newline=""), so a quoted line break, form feed
+    # or U+2028 stays inside its field; long fields (a pasted document) are allowed.
+    csv.field_size_limit(CSV_FIELD_LIMIT)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        columns = reader.fieldnames or []
+    except csv.Error as err:
+        raise TuneLabError(f"{path}:1: not a valid CSV header ({err})") from None
+    repeated = sorted({c for c in columns if columns.count(c) > 1})
+    if repeated:
+        raise TuneLabError(
+            f"{path}:1: column {repeated[0]!r} appears more than once in the header; "
+            "rename one of them"
+        )
     input_field = _pick_field(path, columns, input_field, INPUT_CANDIDATES, "input")
     output_field = _pick_field(path, columns, output_field, OUTPUT_CANDIDATES, "output")
     examples, problems = [], []
     line = 1
-    for row in reader:
-        line_start, line = line + 1, reader.line_num
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as err:
+            raise TuneLabError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
+        line_start, line = line + 1, reader.line_num  # a quoted field may span lines
         record = {key: value for key, value in row.items() if key is not None}
         example = _pair_from_record(path, line_start, record, input_field, output_field, problems)
         if example:
@@ -83,7 +117,9 @@ def _load_jsonl(
     path: Path, text: str, input_field: str | None, output_field: str | None
 ) -> Dataset:
     parsed: list[tuple[int, object]] = []  # (line, record or JSON error message)
-    for number, raw in enumerate(text.splitlines(), start=1):
+    # Records end at "\n" only: U+2028, U+0085 and form feeds are valid inside JSON strings
+    # (str.splitlines would break a record there).
+    for number, raw in enumerate(text.split("\n"), start=1):
         if raw.strip():
             try:
                 parsed.append((number, json.loads(raw)))

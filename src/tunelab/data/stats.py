@@ -100,3 +100,29 @@ def compute_stats(
 def _token_lengths(tokenizer, texts: list[str]) -> list[int]:
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     return [len(ids) for ids in encoded]
+
+
+def label_warnings(
+    labels: list[str] | None, held_out: list[Example], role: str = "test"
+) -> list[str]:
+    """What makes a label-set score silently misleading: a single label, and held-out rows
+    whose label never occurs in training (no prediction can be right for them)."""
+    if labels is None:
+        return []
+    warnings = []
+    if len(labels) == 1:
+        warnings.append(
+            f"the label set has a single label ({labels[0]!r}): every answer is that label, so "
+            "accuracy and macro-F1 say nothing about the model"
+        )
+    known = set(labels)
+    missing = [e for e in held_out if e.output not in known]
+    if missing:
+        names = sorted({e.output for e in missing})
+        shown = ", ".join(repr(n) for n in names[:5]) + (", ..." if len(names) > 5 else "")
+        warnings.append(
+            f"{len(missing)} {role} rows ({len(names)} labels: {shown}) have a label that is "
+            "not in the training labels: they cannot be answered right and count as errors "
+            "(macro-F1 includes their labels)"
+        )
+    return warnings

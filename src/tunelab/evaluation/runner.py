@@ -18,7 +18,7 @@ from tunelab.evaluation import metrics as m
 from tunelab.evaluation.embeddings import get_embedder
 from tunelab.evaluation.generation import GenerationConfig, generate
 from tunelab.evaluation.label_scoring import score_labels
-from tunelab.paths import write_json_atomic, write_text_atomic
+from tunelab.paths import strict_json, write_json_atomic, write_text_atomic
 from tunelab.prompting.cot import extract_answer
 from tunelab.prompting.render import (
     build_messages,
@@ -92,6 +92,42 @@ def build_prompts(
     return prompts
 
 
+def fit_inputs(model, tokenizer, strategy, examples, labels, shots, settings: EvalSettings):
+    """Cut inputs whose prompt would not fit the model's context; returns the examples and the
+    lines that were cut.
+
+    Rule: a prompt may use the model's context (``max_position_embeddings``) less the room its
+    answer needs (``max_new_tokens`` when generating, the longest label when scoring) and less
+    any virtual tokens of a soft prompt. When a rendered prompt is longer, the example's input
+    keeps its first tokens and loses the rest, by as many tokens as the prompt is over (the
+    instruction, shots and template stay whole). A model without a known context is left
+    alone. An input far beyond any context is cut by characters first, so a 5 MB line never
+    reaches the tokenizer whole.
+    """
+    context = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if not context:
+        return examples, []
+    answer = settings.generation.max_new_tokens
+    if labels and resolve_modes(settings.mode, labels, strategy.cot)[0] == "score":
+        answer = max(len(tokenizer(x, add_special_tokens=False)["input_ids"]) for x in labels) + 1
+    budget = context - answer - getattr(model, "virtual_tokens", 0)
+    fitted, cut = [], []
+    for example, chosen in zip(examples, shots, strict=True):
+        if len(example.input) > 32 * context:
+            example = replace(example, input=example.input[: 32 * context])
+        for _ in range(3):  # the template around the input rarely shifts the count
+            prompt = build_prompts(tokenizer, strategy, [example], labels, [chosen])[0]
+            over = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) - budget
+            if over <= 0:
+                break
+            ids = tokenizer(example.input, add_special_tokens=False)["input_ids"]
+            example = replace(example, input=tokenizer.decode(ids[: max(len(ids) - over, 1)]))
+        if example.input != examples[len(fitted)].input:
+            cut.append(example.line)
+        fitted.append(example)
+    return fitted, cut
+
+
 def system_text(strategy: PromptStrategy, labels: list[str] | None) -> str | None:
     """Persona/context first, then the task instruction rendered with the label set."""
     instruction = strategy.resolved_instruction(classification=labels is not None)
@@ -131,6 +167,7 @@ def evaluate(
             strategy, list(train), test, seed=settings.seed, embedder=settings.embedder
         )
     with clock("prompts"):
+        test, cut = fit_inputs(model, tokenizer, strategy, test, labels, shots, settings)
         prompts = build_prompts(tokenizer, strategy, test, labels, shots)
         prompt_tokens = [
             len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -178,6 +215,7 @@ def evaluate(
         "examples_per_second": speed,
         "retriever": retriever,
         "prompt_tokens_mean": sum(prompt_tokens) / max(len(prompt_tokens), 1),
+        "inputs_cut": cut,
     }
     if settings.latency_rows:
         extra["latency_ms_batch1"] = _one_request_ms(
@@ -428,7 +466,7 @@ def write_run(run_dir: Path, result: EvalResult, config: dict) -> Path:
 
 
 def write_predictions(path: Path, predictions: list[dict]) -> None:
-    lines = (json.dumps(p, ensure_ascii=False) for p in predictions)
+    lines = (json.dumps(strict_json(p), ensure_ascii=False, allow_nan=False) for p in predictions)
     write_text_atomic(path, "".join(x + "\n" for x in lines))
 
 

@@ -14,7 +14,7 @@ FREE_TEXT_METRICS = ("rouge_l", "token_f1", "exact_match", "embedding_similarity
 class TrainSettings(BaseModel):
     """Everything that decides a training run (besides the data and the prompt strategy)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # --epochs inf is a typo
 
     method: str
     options: dict = Field(default_factory=dict, description="method options (tunelab methods)")

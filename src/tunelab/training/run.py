@@ -32,6 +32,7 @@ from tunelab.training.trainer import (
     MetricsFile,
     ProgressDisplay,
     RestoreTrainableState,
+    StopOnDivergence,
     TaskMetricTrainer,
     load_checkpoint_weights,
     peak_memory_mb,
@@ -99,6 +100,8 @@ def train_run(
     train = with_task_prefix(data.train, settings.task_prefix)
     dev = with_task_prefix(data.dev, settings.task_prefix)
     encoded = _encode(tokenizer, strategy, train, data.labels, settings, console)
+    longest = max(len(f["input_ids"]) for f in encoded.features)
+    _check_virtual_tokens(settings.options.get("virtual_tokens", 0), model.config, longest)
     if main:
         _start_run_dir(run_dir, config, start)
     checkpoint = start.checkpoint
@@ -123,7 +126,15 @@ def train_run(
     for callback in callbacks:
         trainer.add_callback(callback)
     trainer.restore_progress(checkpoint)
+    divergence = StopOnDivergence()
+    trainer.add_callback(divergence)
     trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    if divergence.diverged:
+        step, key, value = divergence.diverged
+        raise TuneLabError(
+            f"training diverged at step {step}: {key} is {value}; lower --lr (now "
+            f"{settings.learning_rate:g}); nothing was saved as a result in {run_dir}"
+        )
 
     distributed.barrier()  # every checkpoint is on disk
     best = trainer.state.best_model_checkpoint
@@ -239,8 +250,23 @@ def _adapted_model(settings: TrainSettings, base_model: str, labels: list[str] |
     set_seed(settings.seed)
     method = get_method(settings.method)
     context = MethodContext(tokenizer, labels, settings.task_prefix)
-    model = method.apply(loaded.model, method.parse_options(settings.options), context)
+    options = method.parse_options(settings.options)
+    _check_virtual_tokens(getattr(options, "virtual_tokens", 0), loaded.model.config)
+    model = method.apply(loaded.model, options, context)
     return model.train(), tokenizer
+
+
+def _check_virtual_tokens(virtual: int, config, longest: int = 1) -> None:
+    """Virtual tokens sit in front of every sequence, so with the longest training sequence
+    they must fit the model's context (a typo such as 100000000 would otherwise try to
+    allocate hundreds of GB before failing)."""
+    context = getattr(config, "max_position_embeddings", None)
+    if virtual and context and virtual + longest > context:
+        raise TuneLabError(
+            f"--option virtual_tokens={virtual}: with the longest training sequence "
+            f"({longest} tokens) it exceeds the model's context of {context} tokens; use at "
+            f"most {max(context - longest, 0)}"
+        )
 
 
 def _encode(tokenizer, strategy, train, labels, settings: TrainSettings, console):

@@ -10,6 +10,7 @@ its encoder from the folded output).
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from tunelab.evaluation.runner import EvalResult
+from tunelab.paths import strict_json
 from tunelab.training.soft_prompt import inference_view
 
 TRAINABLE_STATE = "trainable_state.safetensors"
@@ -156,6 +158,24 @@ class KeepBestAndStopEarly(TrainerCallback):
                 control.should_training_stop = True
 
 
+class StopOnDivergence(TrainerCallback):
+    """Stop at the first logged loss or gradient norm that is NaN or infinite: the weights are
+    lost by then, and a run that goes on would be reported as a success (``diverged`` says
+    where; `train_run` turns it into an error)."""
+
+    def __init__(self):
+        self.diverged: tuple[int, str, float] | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        for key in ("loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if isinstance(value, int | float) and not math.isfinite(value):
+                self.diverged = (state.global_step, key, value)
+                control.should_training_stop = True
+                control.should_save = False
+                return
+
+
 class MetricsFile(TrainerCallback):
     """Append every log record (loss, learning rate, dev metrics) to ``metrics.jsonl``."""
 
@@ -169,7 +189,7 @@ class MetricsFile(TrainerCallback):
             return  # the Trainer's end summary covers this session only; metrics.json has the run's
         record = {**(logs or {}), "step": state.global_step, "epoch": round(state.epoch or 0, 4)}
         with self.path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record) + "\n")
+            handle.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
 
 
 def truncate_metrics_file(path: Path, last_step: int) -> None:
