@@ -44,9 +44,7 @@ def test_jsonl_records_end_at_newline_only(tmp_path):
 
 def test_csv_keeps_quoted_breaks_and_reports_true_lines(tmp_path):
     path = tmp_path / "data.csv"
-    path.write_text(
-        'text,label\n"two\nlines\x0cand\u2028more",a\nplain,b\n,c\n', encoding="utf-8"
-    )
+    path.write_text('text,label\n"two\nlines\x0cand\u2028more",a\nplain,b\n,c\n', encoding="utf-8")
     with pytest.raises(TuneLabError, match=r"data.csv:5: field 'text': empty text"):
         load_dataset(path)
     path.write_text('text,label\n"two\nlines\x0cand\u2028more",a\nplain,b\n', encoding="utf-8")

@@ -58,9 +58,10 @@ def test_macro_f1_counts_test_labels_missing_from_training():
     assert m.macro_f1(["a", "b", "a"], ["a", "b", "c"], ["a", "b"]) == pytest.approx(
         (2 / 3 + 1 + 0) / 3
     )
-    assert m.macro_f1(["a", "a"], ["a", "c"], ["a", "b"]) <= m.mean_with_interval(
-        m.exact_match(["a", "a"], ["a", "c"])
-    )["value"]
+    assert (
+        m.macro_f1(["a", "a"], ["a", "c"], ["a", "b"])
+        <= m.mean_with_interval(m.exact_match(["a", "a"], ["a", "c"]))["value"]
+    )
 
 
 def test_rouge_l_and_token_f1_read_chinese_and_russian():
