@@ -4,7 +4,9 @@ from pathlib import Path
 
 import typer
 
+from tunelab.cli.common import device_option, dtype_option
 from tunelab.cli.output import console
+from tunelab.models.device import resolve_placement
 
 HELP = (
     "commands: /reset (forget the conversation) · /system TEXT (set the system message; "
@@ -18,6 +20,8 @@ def chat_command(
     model: str | None = typer.Option(None, help="Base model (default: the runs' base model)."),
     max_tokens: int = typer.Option(256, min=1, help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
 ) -> None:
     """Chat with the runs on one base model. With one run every message goes to it; with
     several, a message goes to the run whose task prefix it starts with (else the base)."""
@@ -25,10 +29,11 @@ def chat_command(
     from tunelab.serving.pool import AdapterPool
     from tunelab.training.artifacts import read_meta
 
+    placement = resolve_placement(device, dtype)
     runs = runs or []
     base = model or (read_meta(runs[0])["base_model"] if runs else DEFAULT_MODEL)
     console.print(f"loading {base} and {len(runs)} run(s) ...")
-    pool = AdapterPool(base, runs)
+    pool = AdapterPool(base, runs, **placement.record())
     session = ChatSession(
         pool, fixed=pool.models[runs[0].resolve().name] if len(runs) == 1 else None
     )

@@ -1,4 +1,6 @@
-"""Option parsing shared by the commands that read a dataset."""
+"""Option parsing shared by the commands that read a dataset or load a model."""
+
+import typer
 
 from tunelab.data.stats import looks_like_classification
 from tunelab.errors import TuneLabError
@@ -20,3 +22,15 @@ def resolve_labels(option: str, train) -> list[str] | None:
     if not chosen:
         raise TuneLabError("--labels: the label list is empty")
     return chosen
+
+
+DEVICE_HELP = "auto (a GPU when PyTorch sees one, else the CPU) | cpu | cuda | mps."
+DTYPE_HELP = "auto (bfloat16 on a GPU, float16 where bf16 is unsupported; float32 on CPU)."
+
+
+def device_option(default: str = "auto"):
+    return typer.Option(default, help=DEVICE_HELP)
+
+
+def dtype_option(default: str = "auto"):
+    return typer.Option(default, help=DTYPE_HELP + " | float32 | bfloat16 | float16")

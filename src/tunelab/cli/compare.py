@@ -6,6 +6,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from tunelab.cli.common import DEVICE_HELP, DTYPE_HELP
 from tunelab.cli.output import console, warn
 from tunelab.compare.experiment import Experiment, load_experiment
 from tunelab.compare.leaderboard import (
@@ -27,6 +28,7 @@ from tunelab.compare.runner import (
 )
 from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
+from tunelab.models.device import resolve_placement
 from tunelab.paths import write_json_atomic, write_text_atomic
 from tunelab.runs import check_out, claim
 
@@ -43,9 +45,14 @@ def compare_command(
         None, help="Experiment folder (default runs/<name>); an existing one must be TuneLab's."
     ),
     only: list[str] = typer.Option([], help="Run only this strategy (repeatable)."),
+    device: str | None = typer.Option(None, help="Overrides the file's device: " + DEVICE_HELP),
+    dtype: str | None = typer.Option(None, help="Overrides the file's dtype: " + DTYPE_HELP),
 ) -> None:
     """Run every strategy (resumable: finished ones are skipped), then leaderboard + report."""
     experiment = load_experiment(experiment_file)
+    overrides = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
+    experiment = experiment.model_copy(update=overrides)
+    resolve_placement(experiment.device, experiment.dtype)  # an impossible one fails here
     out_dir = out or Path("runs") / experiment.name
     check_out(out_dir, "compare")  # a folder TuneLab did not write is refused before any work
     data = load_experiment_data(experiment)

@@ -9,7 +9,7 @@ import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tunelab.cli.common import choice, resolve_labels
+from tunelab.cli.common import choice, device_option, dtype_option, resolve_labels
 from tunelab.cli.output import console, inputs_cut_warning, warn
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.stats import label_warnings
@@ -25,6 +25,7 @@ from tunelab.evaluation.runner import (
     write_run,
 )
 from tunelab.models import DEFAULT_MODEL, load_model
+from tunelab.models.device import resolve_placement
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.prompting.strategy import (
     PARAPHRASES_CLASSIFY,
@@ -75,10 +76,13 @@ def eval_command(
         None, help="Run folder (default runs/eval-<time>): new, empty or an earlier eval run."
     ),
     show: int = typer.Option(10, min=0, help="Predictions to print."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
 ) -> None:
     """Evaluate a prompt strategy and write predictions + metrics to a run folder."""
     run_dir = out or Path("runs") / time.strftime("eval-%Y%m%d-%H%M%S")
     check_out(run_dir, "eval")  # before any work: a folder that is not ours is refused
+    placement = resolve_placement(device, dtype)
     trained = _trained_run_meta(adapter)
     strategy = _strategy(
         prompt, system=system, shots=shots, selector=selector, cot=cot, base=trained.get("strategy")
@@ -113,7 +117,8 @@ def eval_command(
     passes = len(resolve_modes(settings.mode, label_set, strategy.cot))
     templates = _paraphrases(paraphrases, label_set) if consistency or paraphrases else None
     console.print(f"loading {adapter or model} ...")
-    loaded = load_trained_run(adapter) if adapter else load_model(model)
+    where = placement.record()
+    loaded = load_trained_run(adapter, **where) if adapter else load_model(model, **where)
     with _progress() as progress:
         result = _run(
             progress,
@@ -152,6 +157,7 @@ def eval_command(
         settings=settings,
         labels=label_set,
         limit=limit,
+        placement=placement.record(),
     )
     write_run(claim(run_dir, "eval"), result, config)
     _print_result(result, strategy, show)

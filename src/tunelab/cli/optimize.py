@@ -7,7 +7,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tunelab.cli.common import choice, resolve_labels
+from tunelab.cli.common import choice, device_option, dtype_option, resolve_labels
 from tunelab.cli.output import console
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.stats import looks_like_classification
@@ -15,6 +15,7 @@ from tunelab.errors import TuneLabError
 from tunelab.evaluation.generation import GenerationConfig
 from tunelab.evaluation.runner import EvalSettings
 from tunelab.models import DEFAULT_MODEL, load_model
+from tunelab.models.device import resolve_placement
 from tunelab.optimize.edits import OPERATORS
 from tunelab.optimize.parts import parts_of
 from tunelab.optimize.run import (
@@ -73,6 +74,8 @@ def optimize_command(
     seed: int = typer.Option(0),
     out: Path | None = typer.Option(None, help="Run folder (default runs/optimize-<time>)."),
     resume: bool = typer.Option(False, help="Continue in --out, reusing every cached score."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
     overwrite: bool = typer.Option(
         False, help="Start again in --out, removing the optimize run there (only a marked one)."
     ),
@@ -82,6 +85,7 @@ def optimize_command(
         raise TuneLabError("--resume needs --out RUN_DIR")
     if prompt and instruction is not None:
         raise TuneLabError("give either --prompt or --instruction, not both")
+    placement = resolve_placement(device, dtype)
     options = SearchOptions(
         budget=budget, width=width, operators=_operators(operators), max_shots=max_shots,
         llm=llm, race=race, dev_rows=dev_rows, proposer_url=proposer_url,
@@ -116,11 +120,12 @@ def optimize_command(
         "sizes": {"pool": len(splits.pool), "dev": len(splits.dev), "test": len(splits.test)},
         "versions": package_versions(),
         "git_commit": git_commit(),
+        "placement": placement.record(),
     }
     folder = check_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
     _print_plan(splits, label_set, metric, settings, run_dir)
     console.print(f"loading {model} ...")
-    loaded = load_model(model)
+    loaded = load_model(model, **placement.record())
     writer = make_writer(options, loaded)
     start_run_dir(run_dir, config, overwrite=overwrite and folder.state == "existing")
     result = _search(loaded, splits, label_set, eval_settings, metric, settings, space, writer,

@@ -4,7 +4,9 @@ from pathlib import Path
 
 import typer
 
+from tunelab.cli.common import device_option, dtype_option
 from tunelab.cli.output import console
+from tunelab.models.device import resolve_placement
 
 
 def serve_command(
@@ -16,6 +18,8 @@ def serve_command(
     port: int = typer.Option(8000),
     max_tokens: int = typer.Option(512, min=1, help="Largest max_tokens a request may ask."),
     max_request_kb: int = typer.Option(64, min=1, help="Largest request body, in KiB."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
 ) -> None:
     """Serve the base model and every run on it: /v1/models, /v1/chat/completions,
     /v1/completions (streaming too). Requests pick a run by `model` or by its task prefix."""
@@ -26,10 +30,11 @@ def serve_command(
     from tunelab.serving.pool import AdapterPool
     from tunelab.training.artifacts import read_meta
 
+    placement = resolve_placement(device, dtype)
     runs = runs or []
     base = model or (read_meta(runs[0])["base_model"] if runs else DEFAULT_MODEL)
     console.print(f"loading {base} and {len(runs)} run(s) ...")
-    pool = AdapterPool(base, runs)
+    pool = AdapterPool(base, runs, **placement.record())
     for served in pool.models.values():
         prefix = f" · prefix {served.task_prefix}" if served.task_prefix else ""
         console.print(f"  {served.name} ({served.kind}){prefix}")

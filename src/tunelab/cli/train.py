@@ -1,5 +1,6 @@
 """``tunelab train``: adapt the model to the dataset with one method; ``tunelab methods``."""
 
+import os
 import time
 from pathlib import Path
 
@@ -7,12 +8,13 @@ import typer
 from rich.table import Table
 
 from tunelab import distributed
-from tunelab.cli.common import resolve_labels
+from tunelab.cli.common import device_option, dtype_option, resolve_labels
 from tunelab.cli.output import console, warn
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
-from tunelab.models import DEFAULT_MODEL
+from tunelab.models import DEFAULT_MODEL, resolve_model
+from tunelab.models.device import resolve_placement
 from tunelab.prompting import load_strategy
 from tunelab.training.config import make_settings, parse_option_pairs
 from tunelab.training.methods import all_methods
@@ -60,14 +62,21 @@ def train_command(
         None, help="torchrun | accelerate: run on --nproc processes (DDP; gloo on CPUs)."
     ),
     nproc: int = typer.Option(2, min=1, help="Processes for --launcher (e.g. one per GPU)."),
-    device: str = typer.Option("auto", help="auto (CUDA when present) | cpu | cuda."),
+    device: str = device_option(),
+    dtype: str = dtype_option(),
 ) -> None:
     """Train one method, keep the best epoch on the dev metric, evaluate, save the adapter."""
     from tunelab.training.run import default_training_strategy, train_run
 
-    check_device(device)
+    placement = resolve_placement(device, dtype)
+    if device == "cpu":
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the Trainer and every process stay on CPU
     if launcher and not distributed.launched():
-        raise typer.Exit(relaunch(launcher, nproc, device))
+        # One run folder for every rank, and the embedded model converted once, before the
+        # processes start (each would otherwise pick its own time-stamped folder).
+        resolve_model(model)
+        run_dir = out or default_run_dir(method)
+        raise typer.Exit(relaunch(launcher, nproc, placement.device, run_dir))
 
     settings = make_settings(
         method=method,
@@ -93,7 +102,7 @@ def train_command(
     warn(label_warnings(train_data.labels, train_data.test or train_data.dev))
     settings = settings.resolved(classification=train_data.labels is not None)
     strategy = load_strategy(prompt) if prompt else default_training_strategy(settings.method)
-    run_dir = out or Path("runs") / time.strftime(f"train-{settings.method}-%Y%m%d-%H%M%S")
+    run_dir = out or default_run_dir(settings.method)
     _print_plan(settings, train_data, run_dir)
     try:
         outcome = train_run(
@@ -106,6 +115,7 @@ def train_command(
             overwrite=overwrite,
             keep_checkpoints=keep_checkpoints,
             console=console,
+            placement=placement,
         )
     except KeyboardInterrupt:
         console.print(
@@ -116,21 +126,11 @@ def train_command(
     _print_outcome(outcome)
 
 
-def check_device(device: str) -> None:
-    """Fail before loading anything when the asked device is not there."""
-    import os
-
-    import torch
-
-    if device not in ("auto", "cpu", "cuda"):
-        raise TuneLabError(f"--device must be auto, cpu or cuda, got {device!r}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise TuneLabError("--device cuda: no CUDA device is visible to PyTorch on this machine")
-    if device == "cpu":
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # the Trainer and every process stay on CPU
+def default_run_dir(method: str) -> Path:
+    return Path("runs") / time.strftime(f"train-{method}-%Y%m%d-%H%M%S")
 
 
-def relaunch(launcher: str, nproc: int, device: str) -> int:
+def relaunch(launcher: str, nproc: int, device: str, run_dir: Path) -> int:
     """Run this same command under torchrun or `accelerate launch` with ``nproc`` processes.
 
     The launcher, not TuneLab, starts the processes and the process group; multi-machine,
@@ -140,6 +140,8 @@ def relaunch(launcher: str, nproc: int, device: str) -> int:
     import sys
 
     args = _without_launcher(sys.argv[1:])
+    if "--out" not in args and not any(a.startswith("--out=") for a in args):
+        args += ["--out", str(run_dir)]
     module = ["-m", "tunelab.cli.main", *args]
     if launcher == "torchrun":
         command = [

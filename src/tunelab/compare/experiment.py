@@ -136,6 +136,12 @@ class Experiment(Strict):
         default_factory=list, description="first = headline; default accuracy / rouge_l"
     )
     eval: EvalSpec = EvalSpec()
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="where every strategy runs (--device overrides)"
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="precision of every strategy's model (--dtype overrides)"
+    )
     prefer: Literal["serving", "adaptation"] | None = Field(
         None,
         description="which cost decides among strategies as good as the best: serving (time "

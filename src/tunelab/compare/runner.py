@@ -22,6 +22,7 @@ from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.generation import GenerationConfig
 from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate, write_run
+from tunelab.models.device import resolve_placement
 from tunelab.paths import write_json_atomic
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.provenance import file_record, git_commit, package_versions, sha256_of
@@ -106,6 +107,7 @@ def experiment_record(experiment: Experiment, data: ExperimentData) -> dict:
         "data": {role: file_record(path) for role, path in data.files.items()},
         "sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
         "labels": data.labels,
+        "placement": resolve_placement(experiment.device, experiment.dtype).record(),
         "versions": package_versions(),
         "git_commit": git_commit(),
     }
@@ -124,6 +126,8 @@ class ExperimentRunner:
 
     def __init__(self, experiment: Experiment, data: ExperimentData, out: Path, console=None):
         self.experiment, self.data, self.out, self.console = experiment, data, out, console
+        # every strategy on the same device and dtype, so costs compare
+        self.placement = resolve_placement(experiment.device, experiment.dtype)
         self.settings = eval_settings(experiment)
         self._base = None
         self.prompts: dict[str, PromptStrategy] = {}  # each strategy's final prompt
@@ -136,6 +140,7 @@ class ExperimentRunner:
             "model": self.experiment.model,
             "task_prefix": self.experiment.task_prefix,
             "seed": self.experiment.seed,
+            "placement": self.placement.record(),  # results on another device are others
             "eval": self.experiment.eval.model_dump(),
             "data": self.experiment.data.model_dump(mode="json"),
             "hashes": {role: sha256_of(path) for role, path in self.data.files.items()},
@@ -249,7 +254,7 @@ class ExperimentRunner:
         outcome = train_run(
             settings, data, strategy, self.experiment.model, folder,
             resume=resume, overwrite=not resume and folder.exists(), console=self.console,
-            final_eval=self.settings,
+            final_eval=self.settings, placement=self.placement,
         )  # fmt: skip
         summary = outcome.summary
         record = self._record(
@@ -282,7 +287,7 @@ class ExperimentRunner:
         if self._base is None:
             from tunelab.models import load_model
 
-            self._base = load_model(self.experiment.model)
+            self._base = load_model(self.experiment.model, **self.placement.record())
         return self._base
 
     def _base_parameters(self) -> int:
@@ -341,6 +346,7 @@ class ExperimentRunner:
             ),
             "examples_per_second": round(throughput, 3),
             "prompt_tokens": round(final.extra.get("prompt_tokens_mean", 0.0), 1),
+            **self.placement.record(),
             "peak_memory_mb": round(peak_memory_mb(), 1),
             "size_bytes": size,
             "prompt": strategy.model_dump(),

@@ -5,6 +5,7 @@ safetensors folder under the TuneLab cache; every later load is a plain ``from_p
 """
 
 import contextlib
+import fcntl
 import importlib.util
 import io
 import sys
@@ -40,10 +41,17 @@ def ensure_converted(name: str) -> Path:
     target = cache_dir(name)
     if (target / "config.json").is_file():
         return target
-    print(f"converting the embedded model once into {target} (about 30 s) ...", file=sys.stderr)
-    # The GGUF reader draws its own per-tensor tqdm bar; keep the user's terminal to our line.
-    with atomic_directory(target) as scratch, contextlib.redirect_stderr(io.StringIO()):
-        _convert_gguf(gguf_path(), scratch)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Several processes (torchrun ranks, two commands at once) may ask together: one converts,
+    # the others wait on the lock and then find the folder there.
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").is_file():
+            return target
+        print(f"converting the embedded model once into {target} (about 30 s) ...", file=sys.stderr)
+        # The GGUF reader draws its own per-tensor tqdm bar; keep the user's terminal to our line.
+        with atomic_directory(target) as scratch, contextlib.redirect_stderr(io.StringIO()):
+            _convert_gguf(gguf_path(), scratch)
     return target
 
 

@@ -51,7 +51,7 @@ if __name__ == "__main__":
 '''
 
 
-def export_run(run_dir: Path, out: Path) -> str:
+def export_run(run_dir: Path, out: Path, device: str = "cpu", dtype: str = "float32") -> str:
     """Write the export to ``out``; returns what kind of folder it is.
 
     ``out`` must be new, empty or an earlier export (:func:`tunelab.runs.check_out`); an
@@ -65,10 +65,10 @@ def export_run(run_dir: Path, out: Path) -> str:
             shutil.copytree(adapter, scratch, dirs_exist_ok=True)  # full weights already
             kind = "full weights"
         elif meta["method"] == "lora":
-            _merged_lora(meta, adapter, scratch)
+            _merged_lora(meta, adapter, scratch, device, dtype)
             kind = "LoRA merged into the base weights"
         else:
-            _soft_prompt(meta, adapter, scratch)
+            _soft_prompt(meta, adapter, scratch, device, dtype)
             kind = f"base weights + {meta['method']} in {SOFT_PROMPT_DIR}/ (load_soft_prompt.py)"
         (scratch / META_FILE).write_text(json.dumps({**meta, "exported_from": str(run_dir)},
                                                     indent=2))  # fmt: skip
@@ -76,21 +76,21 @@ def export_run(run_dir: Path, out: Path) -> str:
     return kind
 
 
-def _merged_lora(meta: dict, adapter: Path, folder: Path) -> None:
+def _merged_lora(meta: dict, adapter: Path, folder: Path, device: str, dtype: str) -> None:
     from peft import PeftModel
 
     from tunelab.models import load_model
 
-    base = load_model(meta["base_model"])
+    base = load_model(meta["base_model"], device=device, dtype=dtype)
     merged = PeftModel.from_pretrained(base.model, adapter).merge_and_unload()
     merged.save_pretrained(folder)
     base.tokenizer.save_pretrained(folder)
 
 
-def _soft_prompt(meta: dict, adapter: Path, folder: Path) -> None:
+def _soft_prompt(meta: dict, adapter: Path, folder: Path, device: str, dtype: str) -> None:
     from tunelab.models import load_model
 
-    base = load_model(meta["base_model"])
+    base = load_model(meta["base_model"], device=device, dtype=dtype)
     base.model.save_pretrained(folder)
     base.tokenizer.save_pretrained(folder)
     shutil.copytree(adapter, folder / SOFT_PROMPT_DIR, ignore=shutil.ignore_patterns(META_FILE))

@@ -36,12 +36,15 @@ class Served:
 
 
 class AdapterPool:
-    def __init__(self, base_model: str, run_dirs: list[Path], device: str = "cpu"):
+    def __init__(
+        self, base_model: str, run_dirs: list[Path], device: str = "cpu", dtype: str = "float32"
+    ):
         from tunelab.models import load_model
 
         metas = [(Path(d), _meta(Path(d))) for d in run_dirs]
         self.base_name = base_model
-        loaded = load_model(base_model, device=device)
+        loaded = load_model(base_model, device=device, dtype=dtype)
+        self.dtype = dtype
         self.base, self.tokenizer = loaded.model, loaded.tokenizer
         self.lock = threading.Lock()
         self.models: dict[str, Served] = {"base": Served(self.base_name, "base")}
@@ -70,7 +73,7 @@ class AdapterPool:
         if meta["method"] == "full":
             from tunelab.models import load_model
 
-            served.model = load_model(str(adapter), device=device).model
+            served.model = load_model(str(adapter), device=device, dtype=self.dtype).model
         else:
             if meta["base_model"] != self.base_name:
                 raise TuneLabError(

@@ -72,7 +72,7 @@ def read_meta(run_dir: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def load_trained_run(run_dir: Path, *, device: str = "cpu") -> TrainedRun:
+def load_trained_run(run_dir: Path, *, device: str = "cpu", dtype: str = "float32") -> TrainedRun:
     """Load base model + adapter (or the full weights) ready for evaluation or chat."""
     from tunelab.models import load_model
     from tunelab.training.soft_prompt import inference_view
@@ -82,12 +82,12 @@ def load_trained_run(run_dir: Path, *, device: str = "cpu") -> TrainedRun:
     if (adapter / "adapter_config.json").is_file():
         from peft import PeftModel
 
-        base = load_model(meta["base_model"], device=device)
+        base = load_model(meta["base_model"], device=device, dtype=dtype)
         model = PeftModel.from_pretrained(base.model, adapter).eval()
         if not model.active_peft_config.is_prompt_learning:
             model = model.merge_and_unload()  # LoRA folded into the weights: no extra matmuls
         tokenizer = base.tokenizer
     else:
-        loaded = load_model(str(adapter), device=device)
+        loaded = load_model(str(adapter), device=device, dtype=dtype)
         model, tokenizer = loaded.model, loaded.tokenizer
     return TrainedRun(run_dir, meta, inference_view(model), tokenizer)

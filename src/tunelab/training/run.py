@@ -7,6 +7,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from tunelab import distributed, runs
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
@@ -17,6 +19,7 @@ from tunelab.evaluation.runner import (
     evaluate_sharded,
     write_predictions,
 )
+from tunelab.models.device import Placement, resolve_placement
 from tunelab.paths import write_json_atomic
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import with_task_prefix
@@ -75,18 +78,22 @@ def train_run(
     console=None,
     callbacks: tuple = (),
     final_eval: EvalSettings | None = None,
+    placement: Placement | None = None,
 ) -> TrainOutcome:
     """Train ``settings.method`` on ``data``; return the final evaluation and the cost.
 
     ``final_eval`` sets how the held-out split is scored (a comparison passes the settings
     every strategy shares); by default, generation long enough for the training answers.
+    ``placement`` (default: ``auto``) is where it runs: the weights train in float32 with
+    the Trainer's mixed precision for a half ``dtype``; evaluations run in ``dtype``.
     """
+    placement = placement or resolve_placement()
     if strategy.shots or strategy.cot:
         raise TuneLabError("training prompts cannot use few-shot examples or chain of thought")
     if not data.dev and not data.test:
         raise TuneLabError("training needs a dev or a test split for its final evaluation")
     base_model = _portable_model_name(base_model)
-    config = _run_config(settings, data, strategy, base_model)
+    config = _run_config(settings, data, strategy, base_model) | {"placement": placement.record()}
     main = distributed.is_main()  # under torchrun/accelerate only rank 0 writes
     console = console if main else None
     # Read-only on every rank, before anything is loaded or written: a refused request
@@ -95,8 +102,8 @@ def train_run(
     held_out = with_task_prefix(data.test, settings.task_prefix) if data.test else None
     if start.adapter_saved:  # killed during the final evaluation: only that is left to do
         return _final_evaluation_only(run_dir, data, strategy, settings, held_out, final_eval,
-                                      keep_checkpoints, console)  # fmt: skip
-    model, tokenizer = _adapted_model(settings, base_model, data.labels)
+                                      keep_checkpoints, console, placement)  # fmt: skip
+    model, tokenizer = _adapted_model(settings, base_model, data.labels, placement.device)
     train = with_task_prefix(data.train, settings.task_prefix)
     dev = with_task_prefix(data.dev, settings.task_prefix)
     encoded = _encode(tokenizer, strategy, train, data.labels, settings, console)
@@ -115,8 +122,9 @@ def train_run(
 
     metric_key = f"eval_{settings.metric}"
     trainer = _build_trainer(
-        settings, model, tokenizer, encoded, run_dir, task_eval if dev else None, metric_key
-    )
+        settings, model, tokenizer, encoded, run_dir, task_eval if dev else None, metric_key,
+        placement,
+    )  # fmt: skip
     distributed.barrier()  # the run folder exists before any other rank touches it
     if console:
         progress = ProgressDisplay(console, metric_key)
@@ -155,6 +163,7 @@ def train_run(
         write_json_atomic(run_dir / artifacts.SUMMARY_FILE, summary)
         artifacts.save_adapted_model(run_dir, model, tokenizer, meta)
     final_settings = final_eval or EvalSettings(generation=generation, seed=settings.seed)
+    model.to(getattr(torch, placement.dtype))  # evaluated like every other strategy
     final = evaluate_sharded(
         inference_view(model), tokenizer, strategy, held_out or dev, labels=data.labels,
         settings=final_settings,
@@ -165,12 +174,12 @@ def train_run(
 
 
 def _final_evaluation_only(
-    run_dir, data, strategy, settings, held_out, final_eval, keep_checkpoints, console
+    run_dir, data, strategy, settings, held_out, final_eval, keep_checkpoints, console, placement
 ) -> TrainOutcome:
     """Resume a run whose adapter was saved but whose final evaluation never finished."""
     if console:
         console.print("training had finished; running the final evaluation that was missing")
-    trained = artifacts.load_trained_run(run_dir)
+    trained = artifacts.load_trained_run(run_dir, **placement.record())
     summary = json.loads((run_dir / artifacts.SUMMARY_FILE).read_text(encoding="utf-8"))
     dev = with_task_prefix(data.dev, settings.task_prefix)
     generation = GenerationConfig(max_new_tokens=trained.meta["max_new_tokens"], batch_size=8)
@@ -238,13 +247,15 @@ def measure_training_speed(
     )
 
 
-def _adapted_model(settings: TrainSettings, base_model: str, labels: list[str] | None):
+def _adapted_model(
+    settings: TrainSettings, base_model: str, labels: list[str] | None, device: str = "cpu"
+):
     """Load the base model and apply the method, seeded so initialisation is reproducible."""
     from transformers import set_seed
 
     from tunelab.models import load_model
 
-    loaded = load_model(base_model)
+    loaded = load_model(base_model, device=device)  # float32 master weights
     tokenizer = loaded.tokenizer
     tokenizer.padding_side = "right"  # training pads after the answer; inference pads left
     set_seed(settings.seed)
@@ -289,11 +300,15 @@ def _portable_model_name(name: str) -> str:
     return str(path.resolve()) if path.is_dir() else name
 
 
-def _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metric_key):
+def _build_trainer(
+    settings, model, tokenizer, encoded, run_dir, task_eval, metric_key, placement=None
+):
     """Without a dev split (``task_eval`` None) there are no epoch evaluations: the last
     weights are kept, as in a plain fine-tuning recipe on a tiny dataset."""
-    import torch
     from transformers import DataCollatorForSeq2Seq, PrinterCallback, TrainingArguments
+
+    placement = placement or resolve_placement()
+    gpu = placement.device != "cpu"
 
     args = TrainingArguments(
         output_dir=str(run_dir / artifacts.CHECKPOINTS_DIR),
@@ -317,14 +332,15 @@ def _build_trainer(settings, model, tokenizer, encoded, run_dir, task_eval, metr
         report_to=settings.report_to or "none",
         disable_tqdm=True,
         remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
+        dataloader_pin_memory=placement.device == "cuda",
         # Without CUDA: say so (accelerate only sets up multi-process DDP on CPUs when told)
         # and use gloo. Every trainable parameter takes part in each step, so DDP need not
         # search for unused ones.
-        use_cpu=not torch.cuda.is_available(),
-        ddp_backend="gloo" if distributed.launched() and not torch.cuda.is_available() else None,
+        use_cpu=not gpu,
+        ddp_backend="gloo" if distributed.launched() and not gpu else None,
         ddp_find_unused_parameters=False,
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        bf16=gpu and placement.dtype == "bfloat16",  # mixed precision over float32 weights
+        fp16=gpu and placement.dtype == "float16",
     )
     trainer = TaskMetricTrainer(
         model=model,
