@@ -81,6 +81,16 @@ def check_out(path: Path, kind: Kind, *, flag: str = "--out") -> RunFolder:
     return RunFolder(path, kind, "existing")
 
 
+def check_request(path: Path, kind: Kind, *, resume: bool, overwrite: bool) -> RunFolder:
+    """`check_out` plus what ``--resume`` and ``--overwrite`` mean for every kind of run."""
+    if resume and overwrite:
+        raise TuneLabError("--resume and --overwrite exclude each other")
+    folder = check_out(path, kind)
+    if folder.state == "new" and resume:
+        raise TuneLabError(f"{path}: no {kind} run to resume here")
+    return folder
+
+
 def claim(path: Path, kind: Kind, *, files: list[str] | None = None) -> Path:
     """Create ``path`` (if needed) and mark it as a ``kind`` run; keep an existing marker's
     creation time so a resumed or replaced run keeps its history. ``files`` lists what the

@@ -19,7 +19,7 @@ from tunelab.optimize.scoring import DevScorer, ScoreCache
 from tunelab.optimize.search import Candidate, Event, PromptSearch, SearchResult, SearchSettings
 from tunelab.paths import write_json_atomic, write_text_atomic
 from tunelab.prompting.strategy import PromptStrategy
-from tunelab.runs import RunFolder, check_out, claim, remove_run
+from tunelab.runs import RunFolder, check_request, claim, remove_run
 
 # What decides a cached score; search settings (budget, width, racing, operators, the start)
 # may change on --resume, so a search can be extended or narrowed without rescoring.
@@ -130,14 +130,8 @@ def _answer_words(pool: list[Example]) -> int:
 
 def check_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool) -> RunFolder:
     """May this search write to ``run_dir``? Changes nothing (see :func:`start_run_dir`)."""
-    if resume and overwrite:
-        raise TuneLabError("--resume and --overwrite exclude each other")
-    folder = check_out(run_dir, "optimize")
-    if folder.state == "new":
-        if resume:
-            raise TuneLabError(f"{run_dir}: nothing to resume")
-        return folder
-    if overwrite:
+    folder = check_request(run_dir, "optimize", resume=resume, overwrite=overwrite)
+    if folder.state == "new" or overwrite:
         return folder
     if not resume:
         raise TuneLabError(

@@ -24,7 +24,7 @@ from tunelab.paths import write_json_atomic
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import with_task_prefix
 from tunelab.provenance import file_record, git_commit, package_versions
-from tunelab.runs import RunFolder, check_out, claim, remove_run
+from tunelab.runs import RunFolder, check_request, claim, remove_run
 from tunelab.training import artifacts
 from tunelab.training.config import TrainSettings
 from tunelab.training.encoding import FeatureList, encode_examples
@@ -384,12 +384,8 @@ class StartPoint:
 
 def _check_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool) -> StartPoint:
     """Check the folder against the request without changing anything."""
-    if resume and overwrite:
-        raise TuneLabError("--resume and --overwrite exclude each other")
-    folder = check_out(run_dir, "train")
+    folder = check_request(run_dir, "train", resume=resume, overwrite=overwrite)
     if folder.state == "new":
-        if resume:
-            raise TuneLabError(f"{run_dir}: no run to resume here")
         return StartPoint(folder)
     if overwrite:
         return StartPoint(folder, overwrite=True)
