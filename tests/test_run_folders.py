@@ -59,7 +59,7 @@ def test_check_out_refuses_files_unmarked_folders_and_other_kinds(tmp_path, user
     with pytest.raises(TuneLabError, match="is a file"):
         runs.check_out(tmp_path / "file.txt", "train")
     runs.claim(tmp_path / "t", "train")
-    with pytest.raises(TuneLabError, match="holds a tunelab train run, not a eval run"):
+    with pytest.raises(TuneLabError, match="holds a tunelab train run, not an eval run"):
         runs.check_out(tmp_path / "t", "eval")
     assert runs.check_out(tmp_path / "t", "train").state == "existing"
     assert not (tmp_path / "new").exists()  # checking creates nothing

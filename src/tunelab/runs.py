@@ -70,7 +70,7 @@ def check_out(path: Path, kind: Kind, *, flag: str = "--out") -> RunFolder:
         )
     if marker["kind"] != kind:
         raise TuneLabError(
-            f"{flag} {path}: holds a tunelab {marker['kind']} run, not a {kind} run; "
+            f"{flag} {path}: holds a tunelab {marker['kind']} run, not {_a(kind)} run; "
             f"choose another {flag}"
         )
     if marker.get("format", FORMAT) > FORMAT:
@@ -79,6 +79,10 @@ def check_out(path: Path, kind: Kind, *, flag: str = "--out") -> RunFolder:
             f"upgrade TuneLab or choose another {flag}"
         )
     return RunFolder(path, kind, "existing")
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
 
 def check_request(path: Path, kind: Kind, *, resume: bool, overwrite: bool) -> RunFolder:

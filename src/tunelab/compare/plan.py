@@ -9,7 +9,7 @@ estimated at its worst case (every candidate scored on the whole dev split).
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from weakref import WeakKeyDictionary
 
 from tunelab.compare.experiment import StrategySpec
@@ -91,7 +91,7 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
         else:
             result = evaluate(
                 loaded.model, loaded.tokenizer, strategy, sample, labels=runner.data.labels,
-                settings=settings, chosen_shots=(shots, retriever),
+                settings=replace(settings, latency_rows=0), chosen_shots=(shots, retriever),
             )  # fmt: skip
             # The engine's own speed: model time only, without the metrics' fixed cost.
             speeds = result.extra["examples_per_second"]
@@ -101,7 +101,6 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
 
 def _generation_seconds(loaded, prompts: list[str], settings) -> float:
     """Seconds to generate ``max_new_tokens`` for one batch of ``prompts``."""
-    from dataclasses import replace
 
     from tunelab.evaluation.generation import generate
 
