@@ -44,7 +44,9 @@ def main(model_dir: str, run_dir: str, record: str) -> None:
     )  # fmt: skip
     mine = {"rank": distributed.rank(), "world": distributed.world_size(), "seen": seen,
             "checksums": sums, "accuracy": outcome.final.metrics["accuracy"]["value"],
-            "dev_rows": len(outcome.final.predictions)}  # fmt: skip
+            "dev_rows": len(outcome.final.predictions),
+            "row_scores": [row["scores"]["accuracy"] for row in outcome.final.predictions],
+            "speed": outcome.final.extra.get("examples_per_second", {})}  # fmt: skip
     Path(record).with_suffix(f".{distributed.rank()}.json").write_text(json.dumps(mine))
 
 

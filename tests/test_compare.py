@@ -4,6 +4,7 @@ results, the leaderboard arithmetic, the checklist metric and the HTML report.""
 import json
 import math
 import random
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -66,6 +67,18 @@ strategies:
         f"{path}:14: strategies[3](what): give prompt, prompt_file, prompt_from, train or optimize"
         in lines
     )
+
+
+def test_prefer_names_the_cost_that_decides(tmp_path):
+    text = (
+        "name: demo\ndata: {train: t.jsonl}\nprefer: PREF\nstrategies:\n  - {name: a, prompt: {}}\n"
+    )
+    assert load_experiment(write_experiment(tmp_path, text.replace("PREF", "serving"))).prefer == (
+        "serving"
+    )
+    with pytest.raises(TuneLabError) as caught:
+        load_experiment(write_experiment(tmp_path, text.replace("PREF", "latency")))
+    assert f"{tmp_path / 'experiment.yaml'}:3: prefer:" in str(caught.value)
 
 
 def test_validation_of_names_and_prompt_sources(tmp_path):
@@ -193,6 +206,18 @@ def test_too_small_a_test_set_is_said_with_the_rows_needed():
     assert 10 < needed < 1000 and f"about {needed:,.0f} paired test rows" in text
 
 
+def test_an_unmeasured_latency_is_shown_as_such_and_is_not_the_cheapest_to_serve():
+    values = [0.5, 0.7, 0.9, 0.6] * 5
+    rows, rec = board(
+        {"unmeasured": (values, {"latency": None}), "timed": (values, {"latency": 30})}
+    )
+    assert {r.name for r in rec.equivalent} == {"unmeasured", "timed"}
+    assert rec.cheapest_to_serve.name == "timed"
+    unmeasured = next(line for line in markdown(rows, "rouge_l", rec).splitlines()
+                      if "| unmeasured |" in line)  # fmt: skip
+    assert "| - |" in unmeasured and "nan" not in unmeasured
+
+
 def test_recommendation_when_nothing_cheaper_is_close_and_missing_metric():
     results = [
         result("lora", "train", 0.8, 0.75, 0.85, trainable=10, seconds=5, method="lora"),
@@ -282,6 +307,15 @@ def test_compare_resumes_after_an_interrupted_strategy(tiny_experiment, tmp_path
     assert trained["task_prefix"] == "[T]"
     board = (out / "leaderboard.md").read_text()
     assert board.count("\n| ") >= 4 + 2 and "macro_f1" in board
+    paired = re.findall(r"\| [+-]\d\.\d{3} \([+-]\d\.\d{3} to [+-]\d\.\d{3}\) \|", board)
+    assert "| best |" in board and len(paired) == 3  # each other strategy vs the best
+    assert board.count("cpu/float32") == 4  # every strategy on the same device, shown
+    for name in ("base", "refined", "lora", "lora-refined"):
+        record = json.loads((out / name / "result.json").read_text())
+        assert record["latency_ms_per_example"] > 0  # batch-1 model time, training included
+        assert record["eval_timing"]["model"] > 0 and "retrieval" in record["eval_timing"]
+        rows = [json.loads(x) for x in (out / name / "predictions.jsonl").read_text().splitlines()]
+        assert all(row["scores"]["accuracy"] in (0.0, 1.0) for row in rows)
     assert (out / "report.html").read_text().count("<img") >= 3
     assert "report:" in second.output
 

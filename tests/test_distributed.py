@@ -41,6 +41,10 @@ def test_two_process_ddp_shards_data_syncs_gradients_and_writes_one_run(tiny_mod
     # Evaluation was sharded and gathered: both report the metric over all 6 rows.
     assert ranks[0]["accuracy"] == ranks[1]["accuracy"]
     assert ranks[0]["dev_rows"] == ranks[1]["dev_rows"] == 6
+    # Per-row scores (for paired comparisons) and model-only speed survive the gathering.
+    assert ranks[0]["row_scores"] == ranks[1]["row_scores"] and len(ranks[0]["row_scores"]) == 6
+    assert sum(ranks[0]["row_scores"]) / 6 == pytest.approx(ranks[0]["accuracy"])
+    assert ranks[0]["speed"] and all(v > 0 for v in ranks[0]["speed"].values())
     # One run folder, written once: a finished adapter and one line per logged step.
     assert (run_dir / "adapter" / "tunelab.json").is_file()
     logged = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from tunelab.compare.leaderboard import paired_difference
 from tunelab.data import Example
 from tunelab.evaluation import metrics as m
 from tunelab.evaluation.generation import GenerationConfig
@@ -62,6 +63,31 @@ def test_macro_f1_counts_test_labels_missing_from_training():
         m.macro_f1(["a", "a"], ["a", "c"], ["a", "b"])
         <= m.mean_with_interval(m.exact_match(["a", "a"], ["a", "c"]))["value"]
     )
+
+
+def test_macro_f1_label_set_is_the_labels_and_the_references():
+    refs = ["a", "b", "a", "b"]
+    # Wrong free-text answers add no labels of their own: their spelling cannot matter.
+    spelt_two_ways = m.macro_f1(["a", "b", "zzz", "yyy"], refs, ["a", "b"])
+    assert spelt_two_ways == m.macro_f1(["a", "b", "zzz", "zzz"], refs, ["a", "b"])
+    assert spelt_two_ways == pytest.approx(2 / 3)  # a and b: tp 1, fn 1 each
+    # A label of the set predicted but absent from the test counts 0; one neither in the test
+    # nor predicted has no F1 (0/0) and is left out.
+    assert m.macro_f1(["a", "c"], ["a", "a"], ["a", "b", "c"]) == pytest.approx((2 / 3 + 0) / 2)
+
+
+def test_paired_macro_f1_difference_is_the_difference_of_the_reported_values():
+    labels = ["a", "b", "c"]
+    refs = ["a", "b"] * 10
+    best = [{"line": i, "reference": r, "prediction": r} for i, r in enumerate(refs)]
+    # "c" is a label of the task, predicted but never a reference: it counts, with F1 0
+    worse = [dict(row, prediction="c" if i < 4 else row["prediction"]) for i, row in
+             enumerate(best)]  # fmt: skip
+    predictions = {"best": best, "worse": worse}
+    diff = paired_difference(predictions, "worse", "best", "macro_f1", labels)
+    reported = m.macro_f1([r["prediction"] for r in worse], refs, labels) - 1.0
+    assert diff.value == pytest.approx(reported)
+    assert diff.low <= diff.value <= diff.high
 
 
 def test_rouge_l_and_token_f1_read_chinese_and_russian():

@@ -12,6 +12,7 @@ from tunelab.compare.experiment import Experiment, load_experiment
 from tunelab.compare.leaderboard import (
     diff_text,
     markdown,
+    ms_text,
     params_text,
     recommend,
     rows_of,
@@ -160,19 +161,19 @@ def _finish(experiment, data, runner, results, out_dir: Path, seconds: float) ->
     # Recorded by each strategy, so a fully cached rerun never loads the model.
     total = next((r["total_parameters"] for r in results if r.get("total_parameters")), None)
     predictions = {r["name"]: read_predictions(out_dir / r["name"]) for r in results}
-    rows = rows_of(results, metric, total, predictions)
+    rows = rows_of(results, metric, total, predictions, data.labels)
     recommendation = recommend(rows, experiment.prefer) if rows else None
     table = Table(
         "#", "strategy", "method", f"{metric} (95% CI)", "vs best (paired)", "trainable",
-        "train s", "ms/answer", "ex/s", "prompt tok", "peak MB", "size",
+        "train s", "ms/answer", "ex/s", "prompt tok", "peak MB", "size", "device",
         title=f"leaderboard · {experiment.name}",
     )  # fmt: skip
     for rank, r in enumerate(rows, 1):
         table.add_row(
             str(rank), r.name, r.method, f"{r.value:.3f} ({r.low:.3f}–{r.high:.3f})",
-            diff_text(r), params_text(r), f"{r.adapt_seconds:.0f}", f"{r.latency_ms:.0f}",
+            diff_text(r), params_text(r), f"{r.adapt_seconds:.0f}", ms_text(r),
             f"{r.throughput:.2f}", f"{r.prompt_tokens:.0f}", f"{r.peak_memory_mb:.0f}",
-            size_text(r.size_bytes),
+            size_text(r.size_bytes), r.device or "-",
         )  # fmt: skip
     by_name = {r["name"]: r for r in results}
     extra = [m for m in experiment.metrics[1:]]

@@ -15,10 +15,19 @@ An experiment may say which it cares about (``prefer: serving | adaptation``); o
 readings are given, and when they pick different strategies the verdict says so. When the
 best and the runner-up cannot be told apart, the verdict says how many test rows would be
 needed to separate a difference of the observed size (normal approximation on the paired
-bootstrap standard error: n' = n·((1.96 + 0.84)·se/diff)², two-sided 5%, 80% power).
+bootstrap standard error: n' = n·((1.96 + 0.84)·se/diff)², two-sided 5%, 80% power; with
+se·√n standing for the standard deviation sd of the per-row differences this is the usual
+n' = (1.96 + 0.84)²·sd²/diff², and it also serves corpus metrics, which have no per-row
+differences).
+
+The rows are each strategy's ``predictions.jsonl`` (per-example scores stored at evaluation).
+Two strategies are paired only when their rows carry the same sequence of test lines;
+otherwise that strategy gets no difference and the verdict says so. Macro-F1 is recomputed
+over the task's label set (``labels``), as it was when reported.
 """
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 from tunelab.evaluation import metrics as m
 
@@ -40,6 +49,7 @@ class Difference:
     high: float
     se: float
     rows: int
+    best: str  # the strategy it is measured against
 
     @property
     def includes_zero(self) -> bool:
@@ -60,7 +70,7 @@ class Row:
     trainable: int
     trainable_percent: float
     adapt_seconds: float
-    latency_ms: float  # model time of one answer at batch size 1
+    latency_ms: float  # model time of one answer at batch size 1 (NaN: not measured)
     peak_memory_mb: float
     size_bytes: int
     throughput: float = 0.0  # examples/s at the evaluation batch size
@@ -70,11 +80,11 @@ class Row:
 
     @property
     def adaptation_key(self) -> tuple:
-        return (self.trainable, self.adapt_seconds, self.latency_ms)
+        return (self.trainable, self.adapt_seconds, _last_if_missing(self.latency_ms))
 
     @property
     def serving_key(self) -> tuple:
-        return (self.latency_ms, self.prompt_tokens, self.trainable)
+        return (_last_if_missing(self.latency_ms), self.prompt_tokens, self.trainable)
 
 
 def rows_of(
@@ -82,9 +92,11 @@ def rows_of(
     metric: str,
     total_parameters: int | None,
     predictions: dict[str, list[dict]] | None = None,
+    labels: list[str] | None = None,
 ) -> list[Row]:
     """Leaderboard rows sorted best first (ties: the cheaper to adapt first); with each
-    strategy's prediction rows, every row carries its paired difference to the best."""
+    strategy's prediction rows, every row carries its paired difference to the best
+    (``labels``: the task's label set, which macro-F1 averages over)."""
     rows = sorted(
         (_row(r, metric, total_parameters) for r in results),
         key=lambda row: (-_finite(row.value), row.adaptation_key),
@@ -93,7 +105,7 @@ def rows_of(
         return rows
     best = rows[0]
     return [
-        replace(row, diff=paired_difference(predictions, row.name, best.name, metric))
+        replace(row, diff=paired_difference(predictions, row.name, best.name, metric, labels))
         for row in rows
     ]
 
@@ -114,7 +126,7 @@ def _row(r: dict, metric: str, total_parameters: int | None) -> Row:
         trainable=trainable,
         trainable_percent=100 * trainable / total if total else 0.0,
         adapt_seconds=r.get("adapt_seconds", 0.0),
-        latency_ms=r.get("latency_ms_per_example", 0.0),
+        latency_ms=_number(r.get("latency_ms_per_example")),
         peak_memory_mb=r.get("peak_memory_mb", 0.0),
         size_bytes=r.get("size_bytes", 0),
         throughput=r.get("examples_per_second", 0.0),
@@ -124,7 +136,12 @@ def _row(r: dict, metric: str, total_parameters: int | None) -> Row:
 
 
 def paired_difference(
-    predictions: dict[str, list[dict]], name: str, best: str, metric: str, seed: int = 0
+    predictions: dict[str, list[dict]],
+    name: str,
+    best: str,
+    metric: str,
+    labels: list[str] | None = None,
+    seed: int = 0,
 ) -> Difference | None:
     """``name`` minus ``best`` on the same test rows; None when the rows do not line up or
     the metric cannot be recomputed from the stored rows."""
@@ -133,6 +150,8 @@ def paired_difference(
         return None
     if metric in CORPUS:
         function = CORPUS[metric]
+        if metric == "macro_f1":
+            function = partial(m.macro_f1, labels=labels)
         references = [r["reference"] for r in mine]
         a, b = [r["prediction"] for r in mine], [r["prediction"] for r in theirs]
 
@@ -149,7 +168,7 @@ def paired_difference(
 
         x, y = np.asarray(a), np.asarray(b)
         result = m.paired_difference(lambda idx: (x[idx].mean(), y[idx].mean()), len(x), seed=seed)
-    return Difference(result["value"], result["low"], result["high"], result["se"], len(mine))
+    return Difference(result["value"], result["low"], result["high"], result["se"], len(mine), best)
 
 
 def per_example_scores(rows: list[dict], metric: str) -> list[float] | None:
@@ -268,7 +287,7 @@ def _undecided(runner_up: Row, rows_needed: float) -> str:
 
 
 def _as_good(row: Row) -> str:
-    if row.diff is None or row.diff.value == 0 and row.diff.se == 0:
+    if row.diff is None or row.diff.best == row.name:
         return "the best itself"
     return f"as good as the best (difference {row.diff.text()})"
 
@@ -283,7 +302,7 @@ def markdown(rows: list[Row], metric: str, recommendation: Recommendation | None
     for rank, r in enumerate(rows, 1):
         lines.append(
             f"| {rank} | {r.name} | {r.method} | {r.value:.3f} ({r.low:.3f}–{r.high:.3f}) | "
-            f"{diff_text(r)} | {params_text(r)} | {r.adapt_seconds:.0f} | {r.latency_ms:.0f} | "
+            f"{diff_text(r)} | {params_text(r)} | {r.adapt_seconds:.0f} | {ms_text(r)} | "
             f"{r.throughput:.2f} | {r.prompt_tokens:.0f} | {r.peak_memory_mb:.0f} | "
             f"{size_text(r.size_bytes)} | {r.device or '-'} |"
         )
@@ -295,7 +314,7 @@ def markdown(rows: list[Row], metric: str, recommendation: Recommendation | None
 def diff_text(row: Row) -> str:
     if row.diff is None:
         return "-"
-    if row.diff.value == 0 and row.diff.se == 0:
+    if row.diff.best == row.name:
         return "best"
     return row.diff.text()
 
@@ -314,8 +333,22 @@ def size_text(size: int) -> str:
 def _cost(row: Row) -> str:
     return (
         f"{params_text(row)} trainable parameters, {row.adapt_seconds:.0f} s to adapt, "
-        f"{row.latency_ms / 1000:.2f} s and {row.prompt_tokens:.0f} prompt tokens per answer"
+        f"{ms_text(row)} ms and {row.prompt_tokens:.0f} prompt tokens per answer"
     )
+
+
+def ms_text(row: Row) -> str:
+    """Batch-1 model time per answer, or "-" when it was not measured."""
+    return "-" if row.latency_ms != row.latency_ms else f"{row.latency_ms:.0f}"
+
+
+def _number(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _last_if_missing(value: float) -> float:
+    """An unmeasured cost sorts after every measured one (it is not zero)."""
+    return value if value == value else float("inf")
 
 
 def _finite(value: float) -> float:

@@ -14,6 +14,7 @@ from tunelab.compare.leaderboard import (
     Recommendation,
     Row,
     diff_text,
+    ms_text,
     params_text,
     per_example_scores,
     size_text,
@@ -109,7 +110,7 @@ def _leaderboard_table(rows: list[Row], metric: str, rec: Recommendation | None)
             f"<td class='num'>{r.value:.3f} ({r.low:.3f}–{r.high:.3f})</td>"
             f"<td class='num'>{_e(diff_text(r))}</td>"
             f"<td class='num'>{_e(params_text(r))}</td><td class='num'>{r.adapt_seconds:.0f}</td>"
-            f"<td class='num'>{r.latency_ms:.0f}</td><td class='num'>{r.throughput:.2f}</td>"
+            f"<td class='num'>{ms_text(r)}</td><td class='num'>{r.throughput:.2f}</td>"
             f"<td class='num'>{r.prompt_tokens:.0f}</td><td class='num'>{r.peak_memory_mb:.0f}</td>"
             f"<td class='num'>{_e(size_text(r.size_bytes))}</td><td>{_e(r.device or '-')}</td></tr>"
         )

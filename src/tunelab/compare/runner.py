@@ -341,9 +341,7 @@ class ExperimentRunner:
             "adapt_seconds": round(adapt_seconds, 1),
             "eval_seconds": round(final.seconds, 2),
             "eval_timing": final.extra.get("timing", {}),
-            "latency_ms_per_example": final.extra.get(
-                "latency_ms_batch1", round(1000 / throughput, 1) if throughput else 0.0
-            ),
+            "latency_ms_per_example": final.extra.get("latency_ms_batch1"),
             "examples_per_second": round(throughput, 3),
             "prompt_tokens": round(final.extra.get("prompt_tokens_mean", 0.0), 1),
             **self.placement.record(),

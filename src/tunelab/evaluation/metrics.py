@@ -37,22 +37,27 @@ def checklist_coverage(predictions: list[str], checklists: list[list[str]]) -> l
 def macro_f1(
     predictions: list[str], references: list[str], labels: list[str] | None = None
 ) -> float:
-    """Unweighted mean of per-label F1 (normalised strings) over every label that occurs
-    among the references or the predictions.
+    """Unweighted mean of per-label F1 (normalised strings) over one fixed label set: the
+    given ``labels`` together with every reference label.
 
     A reference label missing from ``labels`` (a test label absent from training) counts,
-    with F1 0 unless predicted; a label that neither occurs nor is predicted has no F1 and is
-    left out. The same rule holds on every bootstrap resample, so the interval describes the
-    statistic that is reported (``labels`` is accepted for the caller's convenience).
+    with F1 0 unless predicted. A prediction outside the set (a free-text answer that is no
+    label) is simply wrong; it adds no label of its own, so how the wrong answers are spelt
+    cannot change the denominator. A label with no reference and no prediction in the sample
+    has no F1 (0/0) and is left out; the same rule holds on every bootstrap resample, so a
+    rare label that a resample happens to miss does not count as 0 there while it counted
+    in the estimate, and the interval describes the statistic that is reported.
     """
     preds = [normalize_answer(p) for p in predictions]
     refs = [normalize_answer(r) for r in references]
+    label_set = {normalize_answer(label) for label in labels or []} | set(refs)
     scores = []
-    for label in set(refs) | set(preds):
+    for label in sorted(label_set):
         tp = sum(p == label and r == label for p, r in zip(preds, refs, strict=True))
         fp = sum(p == label and r != label for p, r in zip(preds, refs, strict=True))
         fn = sum(p != label and r == label for p, r in zip(preds, refs, strict=True))
-        scores.append(0.0 if tp == 0 else 2 * tp / (2 * tp + fp + fn))
+        if tp + fp + fn:
+            scores.append(2 * tp / (2 * tp + fp + fn))
     return sum(scores) / len(scores) if scores else 0.0
 
 

@@ -215,6 +215,7 @@ def evaluate(
         "examples_per_second": speed,
         "retriever": retriever,
         "prompt_tokens_mean": sum(prompt_tokens) / max(len(prompt_tokens), 1),
+        "examples": len(test),
         "inputs_cut": cut,
     }
     if settings.latency_rows:
@@ -277,20 +278,12 @@ def evaluate_sharded(
     part = distributed.shard(test)
     started = time.perf_counter()
     local = (
-        evaluate(
-            model,
-            tokenizer,
-            strategy,
-            part,
-            train=train,
-            labels=labels,
-            settings=settings,
-            on_progress=on_progress,
-        ).predictions  # fmt: skip
+        evaluate(model, tokenizer, strategy, part, train=train, labels=labels,
+                 settings=settings, on_progress=on_progress)
         if part
-        else []
-    )
-    rows = distributed.unshard(distributed.gather(local))
+        else None
+    )  # fmt: skip
+    rows = distributed.unshard(distributed.gather(local.predictions if local else []))
     seconds = max(distributed.gather(time.perf_counter() - started))
     references = [row["reference"] for row in rows]
     scores = {}
@@ -302,10 +295,42 @@ def evaluate_sharded(
         ]
         coverage = [row[f"{mode}_checklist"] for row in rows] if settings.checklist_field else None
         prefix = f"{mode}/" if len(modes) > 1 else ""
-        metrics, _ = _mode_metrics(answers, raw, references, labels, settings, prefix, coverage)
+        metrics, per_example = _mode_metrics(
+            answers, raw, references, labels, settings, prefix, coverage
+        )
         scores.update(metrics)
+        for index, row in enumerate(rows):  # whole-test-set values (a TF-IDF embedder differs)
+            row.setdefault("scores", {}).update(
+                {name: values[index] for name, values in per_example.items()}
+            )
     extra = {"modes": modes, "processes": distributed.world_size()}
+    extra |= _merged_speed(distributed.gather(local.extra if local else None))
     return EvalResult(rows, scores, seconds, labels, extra)
+
+
+def _merged_speed(parts: list[dict | None]) -> dict:
+    """Speed figures of a sharded evaluation from each process's own: the processes run side
+    by side, so throughputs add up and a phase takes as long as its slowest process; one
+    request costs the mean of what each process measured; prompt tokens are weighted by
+    shard size."""
+    parts = [p for p in parts if p]
+    if not parts:
+        return {}
+    merged = {
+        "examples_per_second": {
+            mode: sum(p["examples_per_second"][mode] for p in parts)
+            for mode in parts[0]["examples_per_second"]
+        },
+        "timing": {
+            phase: max(p["timing"].get(phase, 0.0) for p in parts) for phase in parts[0]["timing"]
+        },
+        "prompt_tokens_mean": sum(p["prompt_tokens_mean"] * p["examples"] for p in parts)
+        / max(sum(p["examples"] for p in parts), 1),
+    }
+    latencies = [p["latency_ms_batch1"] for p in parts if "latency_ms_batch1" in p]
+    if latencies:
+        merged["latency_ms_batch1"] = round(sum(latencies) / len(latencies), 1)
+    return merged
 
 
 def _mode_metrics(answers, raw, references, labels, settings, prefix, coverage):
