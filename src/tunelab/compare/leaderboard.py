@@ -214,8 +214,8 @@ class Recommendation:
         adapt, serve = self.cheapest_to_adapt, self.cheapest_to_serve
         if len(self.equivalent) == 1:
             lines.append(
-                f"No other strategy is as good (paired interval containing 0 and at most "
-                f"{self.margin:.3f} below); {best.name} is the pick."
+                f"No other strategy is shown to be as good (paired interval containing 0 and "
+                f"at most {self.margin:.3f} below); on this test set {best.name} is the pick."
             )
         elif self.prefer or adapt.name == serve.name:
             chosen = self.pick
