@@ -189,6 +189,8 @@ def test_an_equivalent_cheaper_strategy_is_recommended_and_both_costs_are_named(
                                         "latency": 20}),
                         "prompt": (prompt, {"latency": 120})}, prefer="serving")  # fmt: skip
     assert serving.pick.name == "lora" and "Recommended: lora" in serving.text("rouge_l")
+    # the preference decides, and the reading it set aside is still shown
+    assert "Cheapest to adapt would be prompt" in serving.text("rouge_l")
     table = markdown(rows, "rouge_l", rec)
     assert "| best |" in table and "| 120 |" in table and "| 900 |" in table
 
@@ -228,7 +230,7 @@ def test_recommendation_when_nothing_cheaper_is_close_and_missing_metric():
     assert rows[-1].name == "broken" and math.isnan(rows[-1].value)
     rec = recommend(rows)
     assert rec.best.name == rec.pick.name == "lora"
-    assert "No paired comparison" in rec.text("rouge_l")
+    assert "No paired comparison for base:" in rec.text("rouge_l")
 
 
 def test_checklist_coverage_is_the_share_of_phrases_found():

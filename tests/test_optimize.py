@@ -349,3 +349,12 @@ def test_cli_rejects_unknown_operator(write_jsonl, label_rows):
     )  # fmt: skip
     assert result.exit_code == 1
     assert "--operators: unknown colour" in result.output
+
+
+def test_score_cache_reads_back_answers_with_line_separators(tmp_path):
+    from tunelab.optimize.scoring import ExampleScore, ScoreCache
+
+    cache = ScoreCache(tmp_path / "cache.jsonl")
+    cache.put("prompt", {"line-1": ExampleScore(1.0, "first\u2028second\u0085third")})
+    again = ScoreCache(tmp_path / "cache.jsonl")
+    assert again.get("prompt", "line-1") == ExampleScore(1.0, "first\u2028second\u0085third")

@@ -24,20 +24,39 @@ def skewed_cases():
     yield "one class", ["a"] * 6, ["a"] * 6, ["a"]
     yield "95% wrong", ["a"] * 19 + ["b"], ["b"] * 20, ["a", "b"]
     yield "three rows", ["x", "y", "x"], ["x", "x", "y"], ["x", "y"]
+    words = ["restart", "the", "router", "then", "open", "the", "app", "and", "sign", "in"]
+    refs = [" ".join(rng.sample(words, 7)) for _ in range(12)]
+    preds = [r if i < 2 else " ".join(rng.sample(words, 7)) for i, r in enumerate(refs)]
+    yield "free text, 12 rows, 2 right", preds, refs, None
 
 
 @pytest.mark.parametrize("case", list(skewed_cases()), ids=lambda c: c[0])
 def test_every_interval_contains_its_own_estimate(case):
+    """Checked on the raw percentile interval, before the widening that guarantees it."""
     _, preds, refs, labels = case
-    scores = {
-        "accuracy": m.mean_with_interval(m.exact_match(preds, refs), resamples=200),
-        "token_f1": m.mean_with_interval(m.token_f1(preds, refs), resamples=200),
-        "macro_f1": m.corpus_with_interval(lambda p, r: m.macro_f1(p, r, labels), preds, refs),
-        "bleu": m.corpus_with_interval(m.bleu, preds, refs),
-        "chrf": m.corpus_with_interval(m.chrf, preds, refs),
+    em, f1 = m.exact_match(preds, refs), m.token_f1(preds, refs)
+    statistics = {
+        "accuracy": lambda p, r, idx: sum(em[i] for i in idx) / len(idx),
+        "token_f1": lambda p, r, idx: sum(f1[i] for i in idx) / len(idx),
+        "macro_f1": lambda p, r, idx: m.macro_f1(p, r, labels),
+        "bleu": lambda p, r, idx: m.bleu(p, r),
+        "chrf": lambda p, r, idx: m.chrf(p, r),
     }
-    for name, score in scores.items():
-        assert score["low"] <= score["value"] <= score["high"], name
+    for name, statistic in statistics.items():
+
+        def on(idx, statistic=statistic):
+            return statistic([preds[i] for i in idx], [refs[i] for i in idx], idx)
+
+        value = on(range(len(preds)))
+        low, high = m.bootstrap_interval(on, len(preds), resamples=200)
+        assert low <= value <= high, name
+    reported = m.corpus_with_interval(m.chrf, preds, refs)
+    assert reported["low"] <= reported["value"] <= reported["high"]
+
+
+def test_an_interval_is_widened_to_contain_its_estimate():
+    # a statistic whose resamples all land above the estimate (the skewed case in the limit)
+    assert m.bootstrap_interval(lambda idx: 1.0, 5, resamples=10, point=0.5) == (0.5, 1.0)
 
 
 def test_macro_f1_resamples_describe_the_reported_statistic():
@@ -150,3 +169,56 @@ def test_latency_is_model_time_only(tiny_model, tiny_tokenizer, monkeypatch):
     assert slowed.extra["examples_per_second"]["score"] > len(TEST) / 0.4
     assert slowed.predictions[0]["scores"]["accuracy"] in (0.0, 1.0)
     assert slowed.extra["prompt_tokens_mean"] > 0
+
+
+def test_consistency_agreement_fits_the_task():
+    from tunelab.evaluation.runner import _agreement
+
+    # labels agree once normalised; exact strings would call these two different answers
+    assert _agreement(("Yes", "yes."), labels=True) == 1.0
+    assert _agreement(("yes", "no"), labels=True) == 0.0
+    # free text: two paraphrases of one answer mostly agree, an unrelated answer does not
+    close = _agreement(("Restart the router, then try again.",
+                        "Restart the router and try again."), labels=False)  # fmt: skip
+    assert 0.7 < close < 1.0
+    assert _agreement(("Restart the router.", "Call your bank."), labels=False) == 0.0
+
+
+def test_consistency_on_free_text_reports_the_task_metric(tiny_model, tiny_tokenizer):
+    from tunelab.evaluation.runner import evaluate_consistency
+
+    settings = EvalSettings(generation=GenerationConfig(max_new_tokens=2), resamples=20,
+                            embedder="tfidf")  # fmt: skip
+    report = evaluate_consistency(tiny_model, tiny_tokenizer, PromptStrategy(),
+                                  ["{{ input }}", "Text: {{ input }}"], TEST,
+                                  settings=settings)  # fmt: skip
+    assert report["metric"] == "rouge_l"  # not exact match on free text
+    assert set(report["per_template"][0]) == {"template", "rouge_l"}
+
+
+def test_heatmap_plots_the_stored_metric_its_title_names():
+    import matplotlib.pyplot as plt
+
+    from tunelab.compare.leaderboard import rows_of
+    from tunelab.compare.report import _breakdown_plot
+
+    stored = [0.9, 0.1, 0.5]  # ROUGE-L of these rows would be 0: the words differ
+    rows_file = [{"line": i + 1, "reference": "fine", "prediction": "good", "correct": 0.0,
+                  "scores": {"embedding_similarity": v}} for i, v in enumerate(stored)]  # fmt: skip
+    score = {"value": 0.5, "low": 0.1, "high": 0.9}
+    result = {"name": "base", "kind": "prompt", "metrics": {"embedding_similarity": score}}
+    rows = rows_of([result], "embedding_similarity", None)
+    title, fig = _breakdown_plot(rows, {"base": rows_file}, "embedding_similarity", None)
+    assert title == "Per-example embedding_similarity"
+    plotted = fig.axes[0].images[0].get_array()
+    assert [round(float(x), 3) for x in plotted[0]] == stored
+    plt.close(fig)
+
+
+def test_predictions_with_line_separators_read_back(tmp_path):
+    from tunelab.compare.report import read_predictions
+    from tunelab.evaluation.runner import write_predictions
+
+    rows = [{"line": 1, "input": "a\u2028b\u0085c\u2029d", "prediction": "x"}, {"line": 2}]
+    write_predictions(tmp_path / "predictions.jsonl", rows)
+    assert read_predictions(tmp_path) == rows

@@ -11,8 +11,9 @@ below it. Among those, the recommendation is the cheapest, and "cheapest" is nam
 - *to adapt*: fewest trainable parameters, then least training/search time;
 - *to serve*: least model time per answer at batch size 1, then fewest prompt tokens.
 
-An experiment may say which it cares about (``prefer: serving | adaptation``); otherwise both
-readings are given, and when they pick different strategies the verdict says so. When the
+An experiment may say which it cares about (``prefer: serving | adaptation``): that reading
+decides, and the other is still named when it picks another strategy. Otherwise both readings
+are given, and when they pick different strategies the verdict says so. When the
 best and the runner-up cannot be told apart, the verdict says how many test rows would be
 needed to separate a difference of the observed size (normal approximation on the paired
 bootstrap standard error: n' = n·((1.96 + 0.84)·se/diff)², two-sided 5%, 80% power; with
@@ -225,6 +226,9 @@ class Recommendation:
             }.get(self.prefer or "", "both to adapt and to serve")
             lines.append(f"Recommended: {chosen.name}, {_as_good(chosen)}; cheapest {reading}: "
                          f"{_cost(chosen)}.")  # fmt: skip
+            if adapt.name != serve.name:  # the other reading, which the preference set aside
+                other, what = (adapt, "adapt") if chosen is serve else (serve, "serve")
+                lines.append(f"(Cheapest to {what} would be {other.name}: {_cost(other)}.)")
         else:
             lines.append(
                 f"As good as the best: {', '.join(r.name for r in self.equivalent)}. The two "
@@ -241,8 +245,12 @@ def recommend(rows: list[Row], prefer: str | None = None) -> Recommendation:
     best = max(scored, key=lambda r: (r.value, [-x for x in r.adaptation_key]))
     margin = max(0.01, 0.05 * abs(best.value))
     notes = []
-    if any(r.diff is None for r in scored if r.name != best.name):
-        notes.append("(No paired comparison for some strategies: their test rows differ.)")
+    unpaired = [r.name for r in scored if r.name != best.name and r.diff is None]
+    if unpaired:
+        notes.append(
+            f"(No paired comparison for {', '.join(unpaired)}: no stored per-row scores on the "
+            f"same test lines as {best.name}'s, so none of them is called as good as the best.)"
+        )
     equivalent = [best] + [
         r
         for r in scored

@@ -249,7 +249,9 @@ def read_predictions(folder: Path) -> list[dict]:
     path = folder / "predictions.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    # split on "\n" only: answers may hold U+2028 or U+0085, which str.splitlines breaks on
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.split("\n") if line.strip()]
 
 
 def _color(row: Row) -> str:

@@ -52,7 +52,8 @@ class ScoreCache:
             self._load(path)
 
     def _load(self, path: Path) -> None:
-        for line in path.read_text(encoding="utf-8").splitlines():
+        # records end at "\n" only: a cached answer may hold U+2028, which splitlines breaks on
+        for line in path.read_text(encoding="utf-8").split("\n"):
             try:
                 row = json.loads(line)
                 key = (row["prompt"], row["example"])
