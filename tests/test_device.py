@@ -1,7 +1,8 @@
 """--device/--dtype on every command that loads a model: resolved, recorded, refused early."""
 
 import json
-import threading
+import multiprocessing
+import os
 import time
 
 import pytest
@@ -10,7 +11,7 @@ from typer.testing import CliRunner
 
 from tunelab.cli.main import app
 from tunelab.errors import TuneLabError
-from tunelab.models.device import resolve_placement
+from tunelab.models.device import process_device, resolve_placement
 
 cli = CliRunner()
 no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without a GPU")
@@ -90,28 +91,92 @@ def test_torchrun_children_share_one_run_folder(monkeypatch, write_jsonl, label_
     assert "--launcher" not in command and "--nproc" not in command
 
 
-def test_concurrent_conversions_of_the_embedded_model_happen_once(monkeypatch, tmp_path):
+def _convert_in_a_process(target, calls, results):
+    """One process asking for the embedded model while others do (torchrun ranks)."""
     from tunelab.models import embedded
 
-    target = tmp_path / "models" / "smollm2-1"
-    calls = []
-
     def slow_convert(source, out_dir):
-        calls.append(out_dir)
-        time.sleep(0.3)
+        (calls / str(os.getpid())).touch()  # one file per conversion
+        time.sleep(0.3)  # long enough for every other process to arrive meanwhile
         (out_dir / "config.json").write_text("{}")
 
-    monkeypatch.setattr(embedded, "cache_dir", lambda name: target)
-    monkeypatch.setattr(embedded, "gguf_path", lambda: tmp_path / "model.gguf")
-    monkeypatch.setattr(embedded, "_convert_gguf", slow_convert)
-    results = []
-    threads = [
-        threading.Thread(target=lambda: results.append(embedded.ensure_converted("smollm2")))
-        for _ in range(3)
+    embedded.cache_dir = lambda name: target
+    embedded.gguf_path = lambda: target.parent / "model.gguf"
+    embedded._convert_gguf = slow_convert
+    (results / str(os.getpid())).write_text(str(embedded.ensure_converted("smollm2")))
+
+
+def test_concurrent_processes_convert_the_embedded_model_once(tmp_path):
+    target, calls, results = tmp_path / "models" / "smollm2-1", tmp_path / "c", tmp_path / "r"
+    calls.mkdir()
+    results.mkdir()
+    fork = multiprocessing.get_context("fork")  # fcntl locks are POSIX; fork starts in ms
+    processes = [
+        fork.Process(target=_convert_in_a_process, args=(target, calls, results)) for _ in range(3)
     ]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(calls) == 1 and results == [target] * 3
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=30)
+    assert [p.exitcode for p in processes] == [0, 0, 0]
+    assert len(list(calls.iterdir())) == 1  # the others waited on the lock, then found it
+    assert {r.read_text() for r in results.iterdir()} == {str(target)}
     assert (target / "config.json").is_file()
+
+
+def test_each_launched_process_loads_onto_its_own_gpu(monkeypatch):
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    assert process_device("cuda") == "cuda"
+    monkeypatch.setenv("LOCAL_RANK", "1")  # the second process of torchrun/accelerate
+    assert process_device("cuda") == "cuda:1"  # not GPU 0, where rank 0 already is
+    assert process_device("cpu") == "cpu" and process_device("mps") == "mps"
+
+
+def test_own_launcher_without_out_is_refused_before_writing(
+    monkeypatch, tmp_path, write_jsonl, label_rows
+):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LOCAL_RANK", "0")  # as torchrun sets it in every process it starts
+    data = write_jsonl(label_rows * 2, "train.jsonl")
+    result = run("train", "--data", data, "--method", "lora", "--device", "cpu")
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 1 and len(errors) == 1, result.output
+    assert "without --out" in errors[0]  # each rank would time-stamp its own folder
+    assert not (tmp_path / "runs").exists()
+
+
+@no_gpu
+def test_compare_names_the_file_field_and_the_option_overrides_it(
+    write_jsonl, label_rows, tiny_model_dir, tmp_path
+):
+    write_jsonl(label_rows * 2, "train.jsonl")
+    write_jsonl(label_rows[::3], "test.jsonl")
+    experiment = tmp_path / "experiment.yaml"
+    experiment.write_text(
+        f"name: tiny\ndata: {{train: train.jsonl, test: test.jsonl, input: text, output: label}}\n"
+        f"model: {tiny_model_dir}\ndevice: cuda\nstrategies:\n  - {{name: base, prompt: {{}}}}\n"
+    )
+    out = tmp_path / "out"
+    refused = run("compare", experiment, "--out", out, "--no-estimate")
+    errors = [line for line in refused.output.splitlines() if line.startswith("error:")]
+    assert refused.exit_code == 1 and len(errors) == 1, refused.output
+    assert f"{experiment}: device cuda: no CUDA device" in errors[0]
+    assert not out.exists()
+
+    done = run("compare", experiment, "--out", out, "--no-estimate", "--device", "cpu")
+    assert done.exit_code == 0, done.output
+    recorded = json.loads((out / "experiment.json").read_text())
+    assert recorded["placement"] == {"device": "cpu", "dtype": "float32"}
+    result = json.loads((out / "base" / "result.json").read_text())
+    assert (result["device"], result["dtype"]) == ("cpu", "float32")
+
+
+def test_optimize_records_device_and_dtype(write_jsonl, label_rows, tiny_model_dir, tmp_path):
+    data = write_jsonl(label_rows * 2, "train.jsonl")
+    out = tmp_path / "opt"
+    result = run("optimize", "--data", data, "--input", "text", "--output", "label",
+                 "--model", tiny_model_dir, "--budget", 2, "--dev-rows", 4, "--device", "cpu",
+                 "--out", out)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["placement"] == {"device": "cpu", "dtype": "float32"}

@@ -7,7 +7,7 @@ import typer
 from rich.table import Table
 
 from tunelab.cli.common import DEVICE_HELP, DTYPE_HELP
-from tunelab.cli.output import console, warn
+from tunelab.cli.output import console, inputs_cut_warning, warn
 from tunelab.compare.experiment import Experiment, load_experiment
 from tunelab.compare.leaderboard import (
     diff_text,
@@ -53,7 +53,12 @@ def compare_command(
     experiment = load_experiment(experiment_file)
     overrides = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     experiment = experiment.model_copy(update=overrides)
-    resolve_placement(experiment.device, experiment.dtype)  # an impossible one fails here
+    # An impossible placement fails here, named where it was asked for (option or file field).
+    device_name, dtype_name = (
+        f"--{key}" if key in overrides else f"{experiment_file}: {key}"
+        for key in ("device", "dtype")
+    )
+    resolve_placement(experiment.device, experiment.dtype, names=(device_name, dtype_name))
     out_dir = out or Path("runs") / experiment.name
     check_out(out_dir, "compare")  # a folder TuneLab did not write is refused before any work
     data = load_experiment_data(experiment)
@@ -84,6 +89,7 @@ def compare_command(
             "command again to continue"
         )
         raise typer.Exit(130) from None
+    warn([f"{r['name']}: {w}" for r in results for w in inputs_cut_warning(r.get("inputs_cut"))])
     _finish(experiment, data, runner, results, out_dir, time.perf_counter() - began)
 
 

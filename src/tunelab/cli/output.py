@@ -16,7 +16,7 @@ def warn(lines: list[str]) -> None:
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
 
 
-def inputs_cut_warning(lines: list[int]) -> list[str]:
+def inputs_cut_warning(lines: list[int] | None) -> list[str]:
     if not lines:
         return []
     shown = ", ".join(map(str, lines[:8])) + (", ..." if len(lines) > 8 else "")

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from tunelab import distributed
 from tunelab.cli.common import device_option, dtype_option, resolve_labels
-from tunelab.cli.output import console, warn
+from tunelab.cli.output import console, inputs_cut_warning, warn
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
@@ -77,6 +77,11 @@ def train_command(
         resolve_model(model)
         run_dir = out or default_run_dir(method)
         raise typer.Exit(relaunch(launcher, nproc, placement.device, run_dir))
+    if distributed.launched() and out is None:  # started by the user's own torchrun
+        raise TuneLabError(
+            "started by a distributed launcher without --out: pass --out RUN_DIR so every "
+            "process writes to the same run folder"
+        )
 
     settings = make_settings(
         method=method,
@@ -124,6 +129,7 @@ def train_command(
         )
         raise typer.Exit(130) from None
     _print_outcome(outcome)
+    warn(inputs_cut_warning(outcome.final.extra.get("inputs_cut", [])))
 
 
 def default_run_dir(method: str) -> Path:

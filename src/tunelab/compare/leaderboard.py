@@ -112,7 +112,7 @@ def rows_of(
 
 
 def _row(r: dict, metric: str, total_parameters: int | None) -> Row:
-    score = r["metrics"].get(metric) or {}
+    score = r["metrics"].get(metric) or {}  # null (a NaN/inf in strict JSON) reads as missing
     value = score.get("value")
     total = r.get("total_parameters") or total_parameters
     trainable = r.get("trainable_parameters", 0)
@@ -126,12 +126,12 @@ def _row(r: dict, metric: str, total_parameters: int | None) -> Row:
         high=score.get("high") or 0.0,
         trainable=trainable,
         trainable_percent=100 * trainable / total if total else 0.0,
-        adapt_seconds=r.get("adapt_seconds", 0.0),
+        adapt_seconds=r.get("adapt_seconds") or 0.0,
         latency_ms=_number(r.get("latency_ms_per_example")),
-        peak_memory_mb=r.get("peak_memory_mb", 0.0),
-        size_bytes=r.get("size_bytes", 0),
-        throughput=r.get("examples_per_second", 0.0),
-        prompt_tokens=r.get("prompt_tokens", 0.0),
+        peak_memory_mb=r.get("peak_memory_mb") or 0.0,
+        size_bytes=r.get("size_bytes") or 0,
+        throughput=r.get("examples_per_second") or 0.0,
+        prompt_tokens=r.get("prompt_tokens") or 0.0,
         device=device,
     )
 
@@ -174,7 +174,7 @@ def paired_difference(
 
 def per_example_scores(rows: list[dict], metric: str) -> list[float] | None:
     """Each row's score for ``metric``: stored at evaluation, else recomputed when it can be."""
-    if all(metric in row.get("scores", {}) for row in rows):
+    if all(row.get("scores", {}).get(metric) is not None for row in rows):  # null: not stored
         return [float(row["scores"][metric]) for row in rows]
     if metric == "checklist":
         found = [row.get("generate_checklist", row.get("score_checklist")) for row in rows]

@@ -344,6 +344,7 @@ class ExperimentRunner:
             "latency_ms_per_example": final.extra.get("latency_ms_batch1"),
             "examples_per_second": round(throughput, 3),
             "prompt_tokens": round(final.extra.get("prompt_tokens_mean", 0.0), 1),
+            "inputs_cut": final.extra.get("inputs_cut", []),
             **self.placement.record(),
             "peak_memory_mb": round(peak_memory_mb(), 1),
             "size_bytes": size,

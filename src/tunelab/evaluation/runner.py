@@ -304,7 +304,9 @@ def evaluate_sharded(
                 {name: values[index] for name, values in per_example.items()}
             )
     extra = {"modes": modes, "processes": distributed.world_size()}
-    extra |= _merged_speed(distributed.gather(local.extra if local else None))
+    parts = distributed.gather(local.extra if local else None)
+    extra["inputs_cut"] = sorted(line for p in parts if p for line in p.get("inputs_cut", []))
+    extra |= _merged_speed(parts)
     return EvalResult(rows, scores, seconds, labels, extra)
 
 

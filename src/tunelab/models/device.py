@@ -6,6 +6,7 @@ float32 on the CPU (half precision on a CPU is slow and, for float16, inaccurate
 refused there). A request the machine cannot honour fails in one line before any model loads.
 """
 
+import os
 from dataclasses import dataclass
 
 from tunelab.errors import TuneLabError
@@ -23,32 +24,49 @@ class Placement:
         return {"device": self.device, "dtype": self.dtype}
 
 
-def resolve_placement(device: str = "auto", dtype: str = "auto") -> Placement:
-    """The device and dtype to use for ``--device``/``--dtype`` on this machine."""
+def resolve_placement(
+    device: str = "auto", dtype: str = "auto", *, names: tuple[str, str] = ("--device", "--dtype")
+) -> Placement:
+    """The device and dtype to use for ``--device``/``--dtype`` on this machine.
+
+    ``names`` is how an error names the two settings (an experiment file's fields, say).
+    """
     import torch
 
+    device_name, dtype_name = names
     if device not in DEVICES:
-        raise TuneLabError(f"--device must be one of {', '.join(DEVICES)}, got {device!r}")
+        raise TuneLabError(f"{device_name} must be one of {', '.join(DEVICES)}, got {device!r}")
     if dtype not in DTYPES:
-        raise TuneLabError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise TuneLabError(f"{dtype_name} must be one of {', '.join(DTYPES)}, got {dtype!r}")
     cuda = torch.cuda.is_available()
     mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
     if device == "auto":
         device = "cuda" if cuda else "mps" if mps else "cpu"
     elif device == "cuda" and not cuda:
-        raise TuneLabError("--device cuda: no CUDA device is visible to PyTorch on this machine")
+        raise TuneLabError(
+            f"{device_name} cuda: no CUDA device is visible to PyTorch on this machine"
+        )
     elif device == "mps" and not mps:
-        raise TuneLabError("--device mps: Apple's MPS backend is not available on this machine")
+        raise TuneLabError(
+            f"{device_name} mps: Apple's MPS backend is not available on this machine"
+        )
     if dtype == "auto":
         dtype = _auto_dtype(device)
     elif device == "cpu" and dtype != "float32":
         raise TuneLabError(
-            f"--dtype {dtype} on the CPU: half precision is slow there and float16 inaccurate; "
-            "use float32 (the default) or a GPU"
+            f"{dtype_name} {dtype} on the CPU: half precision is slow there and float16 "
+            "inaccurate; use float32 (the default) or a GPU"
         )
     elif device == "cuda" and dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
-        raise TuneLabError("--dtype bfloat16: this GPU does not support it; use float16")
+        raise TuneLabError(f"{dtype_name} bfloat16: this GPU does not support it; use float16")
     return Placement(device, dtype)
+
+
+def process_device(device: str) -> str:
+    """The torch device this process loads onto: under torchrun/accelerate each process
+    takes its own GPU (``LOCAL_RANK``) instead of every one of them filling GPU 0."""
+    local_rank = os.environ.get("LOCAL_RANK", "")
+    return f"cuda:{local_rank}" if device == "cuda" and local_rank.isdigit() else device
 
 
 def _auto_dtype(device: str) -> str:

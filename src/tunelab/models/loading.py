@@ -4,6 +4,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tunelab.errors import TuneLabError
+from tunelab.models.device import process_device
 from tunelab.models.registry import ModelSource, hub_offline, resolve_model
 
 
@@ -36,7 +37,7 @@ def load_model(name: str, *, device: str = "cpu", dtype: str = "float32") -> Loa
         model = AutoModelForCausalLM.from_pretrained(
             source.location, dtype=getattr(torch, dtype), **hub_options(source)
         )
-    model.to(device).eval()
+    model.to(process_device(device)).eval()
     return LoadedModel(source=source, model=model, tokenizer=tokenizer)
 
 

@@ -18,7 +18,19 @@ DEFAULT_INIT_TEXT = "Read the input carefully and answer with the correct output
 class MethodOptions(BaseModel):
     """Base of each method's own options; unknown keys are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # -o alpha=inf is a typo
+
+
+def check_size(option: str, value: int, limit: int, why: str) -> None:
+    """Refuse a size option above what the model can use, before anything is allocated
+    (a typo such as ``r=100000000`` would otherwise ask for hundreds of GB)."""
+    if value > limit:
+        raise TuneLabError(f"--option {option}={value}: at most {limit} for this model ({why})")
+
+
+# Beyond 16x the hidden size d, an MLP prompt encoder (~h^2 + 2hd parameters) outweighs ~24
+# transformer blocks (~12d^2 each): about a whole small model, for a prompt of a few tokens.
+ENCODER_WIDTH_FACTOR = 16
 
 
 @dataclass

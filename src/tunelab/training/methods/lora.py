@@ -11,11 +11,11 @@ reached dev 0.88, test 0.753 (bench/RESULTS.md).
 from pydantic import Field
 
 from tunelab.errors import TuneLabError
-from tunelab.training.methods import Method, MethodContext, MethodOptions
+from tunelab.training.methods import Method, MethodContext, MethodOptions, check_size
 
 
 class LoraOptions(MethodOptions):
-    r: int = Field(16, gt=0, description="rank of the update")
+    r: int = Field(16, gt=0, description="rank of the update, at most the hidden size")
     alpha: float = Field(32, gt=0, description="scale: the update is multiplied by alpha / r")
     dropout: float = Field(0.05, ge=0, lt=1)
     target_modules: list[str] | str = Field(
@@ -26,6 +26,8 @@ class LoraOptions(MethodOptions):
 def apply(model, options: LoraOptions, context: MethodContext):
     from peft import LoraConfig, TaskType, get_peft_model
 
+    hidden = model.config.hidden_size  # a rank above a layer's width adds no capacity
+    check_size("r", options.r, hidden, f"the hidden size is {hidden}")
     targets = options.target_modules
     if isinstance(targets, str) and targets != "all-linear":
         targets = [t.strip() for t in targets.split(",") if t.strip()]

@@ -17,13 +17,21 @@ from typing import Literal
 
 from pydantic import Field
 
-from tunelab.training.methods import Method, MethodContext, MethodOptions
+from tunelab.training.methods import (
+    ENCODER_WIDTH_FACTOR,
+    Method,
+    MethodContext,
+    MethodOptions,
+    check_size,
+)
 
 
 class PTuningOptions(MethodOptions):
     virtual_tokens: int = Field(20, gt=0, description="length of the produced prompt")
     encoder: Literal["mlp", "lstm"] = Field("mlp", description="prompt encoder type")
-    encoder_hidden: int = Field(128, gt=0, description="encoder hidden size")
+    encoder_hidden: int = Field(
+        128, gt=0, description="encoder hidden size, at most 16x the model's"
+    )
     encoder_layers: int = Field(2, gt=0, description="layers of the encoder")
     encoder_dropout: float = Field(0.0, ge=0, lt=1)
 
@@ -31,6 +39,9 @@ class PTuningOptions(MethodOptions):
 def apply(model, options: PTuningOptions, context: MethodContext):
     from peft import PromptEncoderConfig, TaskType, get_peft_model
 
+    hidden = model.config.hidden_size
+    why = f"{ENCODER_WIDTH_FACTOR}x the hidden size of {hidden}"
+    check_size("encoder_hidden", options.encoder_hidden, ENCODER_WIDTH_FACTOR * hidden, why)
     config = PromptEncoderConfig(
         task_type=TaskType.CAUSAL_LM,
         num_virtual_tokens=options.virtual_tokens,

@@ -28,13 +28,21 @@ from typing import Literal
 import torch
 from pydantic import Field, model_validator
 
-from tunelab.training.methods import Method, MethodContext, MethodOptions
+from tunelab.training.methods import (
+    ENCODER_WIDTH_FACTOR,
+    Method,
+    MethodContext,
+    MethodOptions,
+    check_size,
+)
 
 
 class PrefixTuningOptions(MethodOptions):
     virtual_tokens: int = Field(20, gt=0, description="prefix length in every layer")
     projection: bool = Field(False, description="train the prefix through an MLP")
-    encoder_hidden: int = Field(512, gt=0, description="MLP hidden size when projection=true")
+    encoder_hidden: int = Field(
+        512, gt=0, description="MLP hidden size when projection=true, at most 16x the model's"
+    )
     init: Literal["auto", "text", "random"] = Field(
         "auto", description="text: the keys/values of real tokens; auto: text unless projection"
     )
@@ -50,6 +58,10 @@ class PrefixTuningOptions(MethodOptions):
 def apply(model, options: PrefixTuningOptions, context: MethodContext):
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
+    if options.projection:
+        hidden = model.config.hidden_size
+        why = f"{ENCODER_WIDTH_FACTOR}x the hidden size of {hidden}"
+        check_size("encoder_hidden", options.encoder_hidden, ENCODER_WIDTH_FACTOR * hidden, why)
     config = PrefixTuningConfig(
         task_type=TaskType.CAUSAL_LM,
         num_virtual_tokens=options.virtual_tokens,
