@@ -206,8 +206,8 @@ def test_predictions_and_training_logs_are_strict_json(tmp_path):
 
 
 def test_an_input_longer_than_the_context_is_cut_with_a_warning(tiny_model, tiny_tokenizer):
-    from tunelab.evaluation.generation import GenerationConfig
     from tunelab.evaluation.runner import EvalSettings, evaluate, evaluate_sharded
+    from tunelab.generation import GenerationConfig
     from tunelab.prompting import PromptStrategy
 
     huge = "word " * 200_000  # 1 MB on one line; the tiny model's context is 1024 tokens

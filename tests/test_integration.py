@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 @needs_embedded_model()
 def test_embedded_model_converts_once_and_answers():
-    from tunelab.evaluation.generation import GenerationConfig, generate
+    from tunelab.generation import GenerationConfig, generate
     from tunelab.models import load_model
     from tunelab.prompting.render import to_prompt_text
 

@@ -2,15 +2,10 @@ import pytest
 
 from tunelab.data import Example
 from tunelab.errors import TuneLabError
-from tunelab.evaluation.generation import GenerationConfig
-from tunelab.evaluation.runner import (
-    EvalSettings,
-    build_prompts,
-    evaluate,
-    evaluate_consistency,
-    system_text,
-)
+from tunelab.evaluation.runner import EvalSettings, evaluate, evaluate_consistency
+from tunelab.generation import GenerationConfig
 from tunelab.prompting import PromptStrategy
+from tunelab.prompting.render import build_prompts, readable, system_text
 
 TRAIN = [Example(f"message {i}", ["yes", "no"][i % 2], i + 1) for i in range(6)]
 TEST = [Example("is it yes", "yes", 1), Example("is it no", "no", 2), Example("hm", "yes", 3)]
@@ -88,7 +83,7 @@ def test_format_compliance_is_reported(tiny_model, tiny_tokenizer):
 def test_prompt_holds_system_instruction_shots_and_query(tiny_tokenizer):
     strategy = PromptStrategy(system="You are a bot.", shots=2, template="Q: {{ input }}")
     shots = [[TRAIN[0], TRAIN[1]]]
-    [prompt] = build_prompts(tiny_tokenizer, strategy, TEST[:1], LABELS, shots)
+    prompt = readable(build_prompts(tiny_tokenizer, strategy, TEST[:1], LABELS, shots)[0])
     assert prompt.startswith(
         "<|im_start|>system\nYou are a bot.\n\nClassify the text into "
         "exactly one of these categories: no, yes.\nAnswer with the"

@@ -8,8 +8,8 @@ from transformers import TrainerCallback
 
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
-from tunelab.evaluation.generation import GenerationConfig, generate
 from tunelab.evaluation.label_scoring import score_labels
+from tunelab.generation import GenerationConfig, generate
 from tunelab.prompting.task_prefix import apply_task_prefix, with_task_prefix
 from tunelab.testing import make_tiny_model
 from tunelab.training import artifacts
@@ -181,9 +181,17 @@ def test_adapter_reloads_with_identical_logits(tiny_tokenizer, tiny_model_dir, t
 
 
 def test_unfinished_run_is_not_loadable(tmp_path):
+    from tunelab.runs import claim
+
+    claim(tmp_path, "train")
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(TuneLabError, match="did not finish.*--resume"):
         artifacts.load_trained_run(tmp_path)
+    other = tmp_path / "a-model-folder"  # a config.json alone is not an unfinished run
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    with pytest.raises(TuneLabError, match="not a tunelab training run"):
+        artifacts.load_trained_run(other)
 
 
 # --- settings validation -----------------------------------------------------------------------

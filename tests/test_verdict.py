@@ -9,8 +9,8 @@ import pytest
 from tunelab.compare.leaderboard import paired_difference
 from tunelab.data import Example
 from tunelab.evaluation import metrics as m
-from tunelab.evaluation.generation import GenerationConfig
 from tunelab.evaluation.runner import EvalSettings, evaluate
+from tunelab.generation import GenerationConfig
 from tunelab.prompting import PromptStrategy
 
 

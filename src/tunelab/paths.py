@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from tunelab.errors import TuneLabError
+
 
 def tunelab_home() -> Path:
     """The user cache: ``$TUNELAB_HOME`` or ``~/.cache/tunelab``."""
@@ -38,8 +40,14 @@ def atomic_directory(target: Path, keep: Callable[[Path], bool] | None = None) -
         yield scratch
         if target.exists():
             for entry in target.iterdir():
-                if keep and keep(entry) and not (scratch / entry.name).exists():
-                    _copy_entry(entry, scratch / entry.name)
+                if not (keep and keep(entry)):
+                    continue
+                if (scratch / entry.name).exists():  # never replace what a user put there
+                    raise TuneLabError(
+                        f"{entry} was not written by TuneLab, and this run writes a file of that "
+                        "name: move it away, or write to another folder"
+                    )
+                _copy_entry(entry, scratch / entry.name)
             _replace_directory(scratch, target)
         else:
             os.replace(scratch, target)

@@ -58,6 +58,11 @@ def check_out(path: Path, kind: Kind, *, flag: str = "--out") -> RunFolder:
     Creates nothing: call it before loading models or data, so a refused or failed command
     leaves no folder behind that would block the next attempt.
     """
+    if path.is_symlink():  # replacing the folder would replace the link, not its target
+        raise TuneLabError(
+            f"{flag} {path}: is a symbolic link; give the folder it points to, "
+            f"{path.resolve()}, or another {flag}"
+        )
     if path.exists() and not path.is_dir():
         raise TuneLabError(f"{flag} {path}: is a file, not a folder; choose another {flag}")
     if not path.exists() or not any(path.iterdir()):

@@ -90,8 +90,9 @@ class ChatSession:
         served = self.fixed or self.pool.route(None, messages)
         console.print(f"[bold cyan]{served.name}>[/] ", end="")
         pieces = []
-        for piece in self.pool.stream(served, self.pool.prompt(served, messages), max_tokens,
-                                      temperature, seed=len(self.history)):  # fmt: skip
+        ids = self.pool.encode(served, messages)
+        for piece in self.pool.stream(served, ids, max_tokens, temperature=temperature,
+                                      seed=len(self.history)):  # fmt: skip
             pieces.append(piece)
             console.print(piece, end="", markup=False, highlight=False)
         console.print()

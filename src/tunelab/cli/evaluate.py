@@ -14,7 +14,6 @@ from tunelab.cli.output import console, inputs_cut_warning, warn
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
-from tunelab.evaluation.generation import GenerationConfig
 from tunelab.evaluation.runner import (
     EvalResult,
     EvalSettings,
@@ -24,6 +23,7 @@ from tunelab.evaluation.runner import (
     resolve_modes,
     write_run,
 )
+from tunelab.generation import GenerationConfig
 from tunelab.models import DEFAULT_MODEL, load_model
 from tunelab.models.device import resolve_placement
 from tunelab.prompting import PromptStrategy, load_strategy

@@ -22,6 +22,9 @@ class _FriendlyErrors(TyperGroup):
             for line in str(err).splitlines():
                 stderr.print(f"[bold red]error:[/] {line}")
             raise typer.Exit(1) from None
+        except KeyboardInterrupt:  # commands that can resume say so themselves, before this
+            stderr.print("interrupted")
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(

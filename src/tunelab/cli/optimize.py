@@ -12,8 +12,8 @@ from tunelab.cli.output import console
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.stats import looks_like_classification
 from tunelab.errors import TuneLabError
-from tunelab.evaluation.generation import GenerationConfig
 from tunelab.evaluation.runner import EvalSettings
+from tunelab.generation import GenerationConfig
 from tunelab.models import DEFAULT_MODEL, load_model
 from tunelab.models.device import resolve_placement
 from tunelab.optimize.edits import OPERATORS

@@ -14,8 +14,9 @@ from weakref import WeakKeyDictionary
 
 from tunelab.compare.experiment import StrategySpec
 from tunelab.compare.runner import ExperimentData, ExperimentRunner
-from tunelab.evaluation.runner import build_prompts, evaluate
+from tunelab.evaluation.runner import evaluate
 from tunelab.prompting import PromptStrategy
+from tunelab.prompting.render import build_prompts, encode_prompts
 from tunelab.prompting.shots import select_shots
 
 SAMPLE = 2  # examples timed per label-scoring estimate
@@ -83,7 +84,7 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
     sample = test[: settings.generation.batch_size if generating else SAMPLE]
     shots, retriever = select_shots(strategy, runner.data.train, sample, seed=settings.seed)
     prompts = build_prompts(loaded.tokenizer, strategy, sample, runner.data.labels, shots)
-    tokens = sum(len(loaded.tokenizer(p)["input_ids"]) for p in prompts) / max(len(prompts), 1)
+    tokens = sum(map(len, encode_prompts(loaded.tokenizer, prompts))) / max(len(prompts), 1)
     measured, key = _measured.setdefault(runner, {}), tuple(prompts)
     if key not in measured:
         if generating:
@@ -102,7 +103,7 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
 def _generation_seconds(loaded, prompts: list[str], settings) -> float:
     """Seconds to generate ``max_new_tokens`` for one batch of ``prompts``."""
 
-    from tunelab.evaluation.generation import generate
+    from tunelab.generation import generate
 
     def timed(new_tokens: int) -> float:
         config = replace(settings.generation, max_new_tokens=new_tokens, stop=(), temperature=0.0)

@@ -20,8 +20,8 @@ from tunelab.compare.experiment import Experiment, StrategySpec
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
-from tunelab.evaluation.generation import GenerationConfig
 from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate, write_run
+from tunelab.generation import GenerationConfig
 from tunelab.models.device import resolve_placement
 from tunelab.paths import write_json_atomic
 from tunelab.prompting import PromptStrategy, load_strategy

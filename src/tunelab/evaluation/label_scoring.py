@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
+from tunelab.prompting.render import encode_prompts
+
 
 @dataclass
 class LabelTrie:
@@ -85,7 +87,7 @@ def score_labels(
     shots) is encoded once and its KV cache reused for every batch.
     """
     trie = LabelTrie.build(tokenizer, labels)
-    ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    ids = encode_prompts(tokenizer, prompts)
     shared = _shared_prefix_length(ids)
     prefix_cache = _encode_prefix(model, ids[0][:shared]) if shared else None
     order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))

@@ -16,15 +16,15 @@ from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
 from tunelab.evaluation import metrics as m
 from tunelab.evaluation.embeddings import get_embedder
-from tunelab.evaluation.generation import GenerationConfig, generate
 from tunelab.evaluation.label_scoring import score_labels
+from tunelab.generation import GenerationConfig, generate
 from tunelab.paths import strict_json, write_json_atomic, write_text_atomic
 from tunelab.prompting.cot import extract_answer
 from tunelab.prompting.render import (
-    build_messages,
-    render_text,
-    render_user_turn,
-    to_prompt_text,
+    build_prompts,
+    encode_prompt,
+    encode_prompts,
+    readable,
 )
 from tunelab.prompting.shots import select_shots
 from tunelab.prompting.strategy import PromptStrategy
@@ -68,30 +68,6 @@ def resolve_modes(mode: Mode, labels: list[str] | None, cot: bool) -> list[str]:
     return ["score", "generate"] if mode == "both" else [mode]
 
 
-def build_prompts(
-    tokenizer,
-    strategy: PromptStrategy,
-    examples: list[Example],
-    labels: list[str] | None,
-    shots: list[list[Example]],
-) -> list[str]:
-    template = strategy.resolved_template()
-    system = system_text(strategy, labels)
-    prompts = []
-    for example, chosen in zip(examples, shots, strict=True):
-        worked = [
-            (
-                render_user_turn(template, s, labels),
-                f"Answer: {s.output}" if strategy.cot else s.output,
-            )
-            for s in chosen
-        ]
-        user_turn = render_user_turn(template, example, labels)
-        messages = build_messages(system, user_turn, worked, history=example.messages)
-        prompts.append(to_prompt_text(tokenizer, messages))
-    return prompts
-
-
 def fit_inputs(model, tokenizer, strategy, examples, labels, shots, settings: EvalSettings):
     """Cut inputs whose prompt would not fit the model's context; returns the examples and the
     lines that were cut.
@@ -117,7 +93,7 @@ def fit_inputs(model, tokenizer, strategy, examples, labels, shots, settings: Ev
             example = replace(example, input=example.input[: 32 * context])
         for _ in range(3):  # the template around the input rarely shifts the count
             prompt = build_prompts(tokenizer, strategy, [example], labels, [chosen])[0]
-            over = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) - budget
+            over = len(encode_prompt(tokenizer, prompt)) - budget
             if over <= 0:
                 break
             ids = tokenizer(example.input, add_special_tokens=False)["input_ids"]
@@ -126,14 +102,6 @@ def fit_inputs(model, tokenizer, strategy, examples, labels, shots, settings: Ev
             cut.append(example.line)
         fitted.append(example)
     return fitted, cut
-
-
-def system_text(strategy: PromptStrategy, labels: list[str] | None) -> str | None:
-    """Persona/context first, then the task instruction rendered with the label set."""
-    instruction = strategy.resolved_instruction(classification=labels is not None)
-    if instruction:
-        instruction = render_text(instruction, labels=labels or [])
-    return "\n\n".join(p for p in (strategy.system, instruction) if p) or None
 
 
 def evaluate(
@@ -169,12 +137,10 @@ def evaluate(
     with clock("prompts"):
         test, cut = fit_inputs(model, tokenizer, strategy, test, labels, shots, settings)
         prompts = build_prompts(tokenizer, strategy, test, labels, shots)
-        prompt_tokens = [
-            len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        ]
+        prompt_tokens = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
     references = [e.output for e in test]
     rows = [
-        {"line": e.line, "input": e.input, "reference": e.output, "prompt": p}
+        {"line": e.line, "input": e.input, "reference": e.output, "prompt": readable(p)}
         for e, p in zip(test, prompts, strict=True)
     ]
     scores, speed = {}, {}

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from tunelab.errors import TuneLabError
-from tunelab.evaluation.generation import GenerationConfig, generate
+from tunelab.generation import GenerationConfig, generate
 from tunelab.optimize.edits import Proposal
 from tunelab.optimize.parts import PromptParts
-from tunelab.prompting.render import to_prompt_text
+from tunelab.prompting.render import render_prompt
 
 MAX_INSTRUCTION_CHARS = 600
 
@@ -113,7 +113,7 @@ class LocalWriter:
         self.max_new_tokens = max_new_tokens
 
     def complete(self, messages: list[dict], n: int, seed: int) -> list[str]:
-        prompt = to_prompt_text(self.tokenizer, messages)
+        prompt = render_prompt(self.tokenizer, messages)  # the examples in it stay text
         config = GenerationConfig(
             max_new_tokens=self.max_new_tokens, temperature=0.8, top_p=0.95, seed=seed, batch_size=n
         )

@@ -1,12 +1,18 @@
 """OpenAI-compatible HTTP API over an `AdapterPool` (FastAPI).
 
 Implements what OpenAI's clients call: ``GET /v1/models``, ``POST /v1/chat/completions`` and
-``POST /v1/completions``, each with ``stream: true`` as server-sent events. Every error is a
-4xx JSON body in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``; request
-bodies and ``max_tokens`` are capped.
+``POST /v1/completions``, each with ``stream: true`` as server-sent events, plus ``GET /health``.
+Handlers never block a thread: a request is queued on the pool's generation engine and its
+text comes back through an asyncio queue. Every error is JSON in OpenAI's shape
+``{"error": {"message", "type", "param", "code"}}``; a client's mistake is a 4xx before any
+work, never a 500 or an error inside a 200 stream.
 """
 
+import asyncio
+import hmac
 import json
+import logging
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,11 +20,16 @@ from typing import Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
-from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunelab.serving.pool import AdapterPool, Served
+
+log = logging.getLogger("tunelab.serve")
+SEED_LIMIT = 2**63  # torch seeds are 64-bit
+GREEDY_BELOW = 1e-4  # a temperature this close to 0 is greedy decoding (its limit)
+DISCONNECT_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -26,6 +37,7 @@ class Limits:
     max_request_bytes: int = 64 * 1024
     max_tokens: int = 512
     default_max_tokens: int = 128
+    api_key: str | None = None
 
 
 class Message(BaseModel):
@@ -33,26 +45,66 @@ class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
     content: str
 
-
-class ChatRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")  # OpenAI clients send fields we do not use
-    model: str | None = None
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(0.0, ge=0, le=2)
-    stream: bool = False
-    seed: int | None = None
+    @field_validator("content")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        return _valid_unicode(value)
 
 
-class CompletionRequest(BaseModel):
+class _Common(BaseModel):
+    """Fields both endpoints share. Unknown fields are accepted (clients send ``user``,
+    ``metadata`` ...); the ones that would change the answer and are not implemented are
+    refused by :func:`_refuse_unsupported`."""
+
     model_config = ConfigDict(extra="allow")
     model: str | None = None
-    prompt: str
     max_tokens: int | None = Field(None, ge=1)
     temperature: float = Field(0.0, ge=0, le=2)
+    top_p: float = Field(1.0, gt=0, le=1)
+    n: int = Field(1, ge=1)
     stream: bool = False
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-SEED_LIMIT, lt=SEED_LIMIT)
+    stop: str | list[str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, value):
+        stops = [value] if isinstance(value, str) else value
+        if stops is not None and (len(stops) > 4 or any(not s for s in stops)):
+            raise ValueError("up to 4 non-empty stop strings")
+        return value
+
+
+class ChatRequest(_Common):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(_Common):
+    prompt: str
+
+    @field_validator("prompt")
+    @classmethod
+    def _encodable(cls, value: str) -> str:
+        return _valid_unicode(value)
+
+
+# Fields that change the answer and are not implemented, with the value that means "off".
+UNSUPPORTED = {
+    "logprobs": (None, False),
+    "top_logprobs": (None, 0),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "logit_bias": (None, {}),
+    "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "functions": (None, []),
+    "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}),
+    "suffix": (None, ""),
+}
 
 
 class ApiError(Exception):
@@ -66,6 +118,10 @@ class ApiError(Exception):
 def create_app(pool: AdapterPool, limits: Limits = Limits()) -> FastAPI:
     app = FastAPI(title="TuneLab", docs_url=None, redoc_url=None)
     _install_error_handlers(app, limits)
+
+    @app.get("/health")
+    def health():
+        return {"status": "ok", "waiting": pool.engine.waiting(), "decoding": pool.engine.busy}
 
     @app.get("/v1/models")
     def list_models():
@@ -85,22 +141,38 @@ def create_app(pool: AdapterPool, limits: Limits = Limits()) -> FastAPI:
         }
 
     @app.post("/v1/chat/completions")
-    async def chat(request: ChatRequest):
-        messages = [m.model_dump(include={"role", "content"}) for m in request.messages]
-        served = _route(pool, request.model, messages)
-        prompt = pool.prompt(served, messages)
-        budget = _max_tokens(request.max_completion_tokens or request.max_tokens, limits)
-        return await _respond(pool, served, prompt, budget, request, chat=True)
+    async def chat(body: ChatRequest, http: Request):
+        messages = [m.model_dump(include={"role", "content"}) for m in body.messages]
+        budget = _max_tokens(body.max_completion_tokens or body.max_tokens, limits)
+        return await _respond(pool, messages, budget, body, http, chat=True)
 
     @app.post("/v1/completions")
-    async def complete(request: CompletionRequest):
-        messages = [{"role": "user", "content": request.prompt}]
-        served = _route(pool, request.model, messages)
-        prompt = pool.prompt(served, messages)
-        budget = _max_tokens(request.max_tokens, limits)
-        return await _respond(pool, served, prompt, budget, request, chat=False)
+    async def complete(body: CompletionRequest, http: Request):
+        messages = [{"role": "user", "content": body.prompt}]
+        return await _respond(pool, messages, _max_tokens(body.max_tokens, limits), body, http,
+                              chat=False)  # fmt: skip
 
     return app
+
+
+def _valid_unicode(value: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode (a lone surrogate)") from None
+    return value
+
+
+def _invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
+    return ApiError(400, message, "invalid_request_error", param=param, code=code)
+
+
+def _refuse_unsupported(body: _Common) -> None:
+    if body.n != 1:
+        raise _invalid("n: this server returns one choice per request", param="n")
+    for name, value in (body.model_extra or {}).items():
+        if name in UNSUPPORTED and value not in UNSUPPORTED[name]:
+            raise _invalid(f"{name} is not supported by this server", param=name)
 
 
 def _route(pool: AdapterPool, model: str | None, messages: list[dict]) -> Served:
@@ -116,115 +188,237 @@ def _route(pool: AdapterPool, model: str | None, messages: list[dict]) -> Served
 
 def _max_tokens(asked: int | None, limits: Limits) -> int:
     if asked is None:
-        return limits.default_max_tokens
+        return min(limits.default_max_tokens, limits.max_tokens)
     if asked > limits.max_tokens:
-        raise ApiError(
-            400, f"max_tokens is {asked}; this server allows at most {limits.max_tokens}",
-            "invalid_request_error", param="max_tokens",
-        )  # fmt: skip
+        raise _invalid(
+            f"max_tokens is {asked}; this server allows at most {limits.max_tokens}",
+            param="max_tokens",
+        )
     return asked
 
 
-async def _respond(pool, served: Served, prompt: str, budget: int, request, chat: bool):
-    ident = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
-    created = int(time.time())
-    seed = request.seed or 0
-    pieces = pool.stream(served, prompt, budget, request.temperature, seed)
-    if request.stream:
-        return StreamingResponse(
-            _events(pieces, ident, created, served.name, chat), media_type="text/event-stream"
-        )
-    text = "".join(await run_in_threadpool(list, pieces))
-    prompt_tokens, completion_tokens = pool.count_tokens(prompt), pool.count_tokens(text)
-    finish = "length" if completion_tokens >= budget else "stop"
-    choice = (
-        {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-        if chat
-        else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
-    )
-    return {
-        "id": ident,
-        "object": "chat.completion" if chat else "text_completion",
-        "created": created,
-        "model": served.name,
-        "choices": [choice],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
+def _seed(asked: int | None) -> int:
+    """The request's seed, or a fresh one: sampling without a seed differs call to call."""
+    return secrets.randbelow(SEED_LIMIT) if asked is None else asked % SEED_LIMIT
+
+
+def _check_context(pool: AdapterPool, served: Served, prompt_tokens: int, budget: int) -> None:
+    virtual = served.prefix.get_seq_length() if served.prefix is not None else 0
+    context = pool.context
+    if context and prompt_tokens + virtual + budget > context:
+        raise _invalid(
+            f"the prompt is {prompt_tokens} tokens and max_tokens {budget}; together they "
+            f"exceed the model's context of {context} tokens",
+            param="messages", code="context_length_exceeded",
+        )  # fmt: skip
+
+
+async def _respond(pool, messages: list[dict], budget: int, body, http: Request, chat: bool):
+    _refuse_unsupported(body)
+    served = _route(pool, body.model, messages)
+    ids = pool.encode(served, messages)
+    _check_context(pool, served, len(ids), budget)
+    temperature = body.temperature if body.temperature >= GREEDY_BELOW else 0.0
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue = asyncio.Queue()
+
+    def sink(kind: str, value) -> None:  # called on the engine's thread
+        loop.call_soon_threadsafe(events.put_nowait, (kind, value))
+
+    request = pool.submit(served, ids, budget, sink, temperature=temperature, top_p=body.top_p,
+                          seed=_seed(body.seed), stop=tuple(stops))  # fmt: skip
+    reply = _Reply(chat, served.name, len(ids))
+    if body.stream:
+        return StreamingResponse(_stream(events, request, reply), media_type="text/event-stream")
+    pieces = []
+    try:
+        while True:
+            try:
+                kind, value = await asyncio.wait_for(events.get(), DISCONNECT_POLL_S)
+            except TimeoutError:
+                if await http.is_disconnected():  # nobody to answer: stop generating
+                    request.cancel()
+                    return Response(status_code=499)
+                continue
+            if kind == "delta":
+                pieces.append(value)
+            elif kind == "error":
+                raise ApiError(500, value, "server_error")
+            else:
+                return reply.whole("".join(pieces), value, request.completion_tokens)
+    finally:
+        request.cancel()  # a no-op once done; stops the work if this task was cancelled
+
+
+@dataclass
+class _Reply:
+    """OpenAI's response bodies for one request."""
+
+    chat: bool
+    model: str
+    prompt_tokens: int
+
+    def __post_init__(self):
+        self.id = f"{'chatcmpl' if self.chat else 'cmpl'}-{uuid.uuid4().hex[:24]}"
+        self.created = int(time.time())
+
+    def _envelope(self, kind: str, choice: dict) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
+                "choices": [choice]}  # fmt: skip
+
+    def whole(self, text: str, finish: str, completion_tokens: int) -> dict:
+        choice = (
+            {"index": 0, "message": {"role": "assistant", "content": text},
+             "finish_reason": finish}
+            if self.chat
+            else {"index": 0, "text": text, "finish_reason": finish, "logprobs": None}
+        )  # fmt: skip
+        body = self._envelope("chat.completion" if self.chat else "text_completion", choice)
+        body["usage"] = {
+            "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
+            "total_tokens": self.prompt_tokens + completion_tokens,
+        }
+        return body
 
-
-async def _events(pieces, ident: str, created: int, model: str, chat: bool):
-    kind = "chat.completion.chunk" if chat else "text_completion"
-
-    def chunk(delta: str | None, finish: str | None, first: bool = False) -> str:
-        if chat:
+    def chunk(self, delta: str | None, finish: str | None, first: bool = False) -> str:
+        if self.chat:
             body = {"role": "assistant", "content": delta or ""} if first else (
                 {"content": delta} if delta is not None else {}
             )  # fmt: skip
             choice = {"index": 0, "delta": body, "finish_reason": finish}
+            kind = "chat.completion.chunk"
         else:
             choice = {"index": 0, "text": delta or "", "finish_reason": finish, "logprobs": None}
-        payload = {"id": ident, "object": kind, "created": created, "model": model,
-                   "choices": [choice]}  # fmt: skip
-        return f"data: {json.dumps(payload)}\n\n"
+            kind = "text_completion"
+        return f"data: {json.dumps(self._envelope(kind, choice))}\n\n"
 
-    yield chunk("", None, first=True)
+
+async def _stream(events: asyncio.Queue, request, reply: _Reply):
     try:
-        async for piece in iterate_in_threadpool(pieces):
-            if piece:
-                yield chunk(piece, None)
-    except Exception as err:  # headers are sent: report in-band, as OpenAI does
-        error = {"error": {"message": str(err), "type": "server_error", "param": None,
-                           "code": None}}  # fmt: skip
-        yield f"data: {json.dumps(error)}\n\n"
-        return
+        yield reply.chunk("", None, first=True)
+        while True:
+            kind, value = await events.get()
+            if kind == "delta":
+                yield reply.chunk(value, None)
+            elif kind == "error":  # headers are sent: report in-band, as OpenAI does
+                log.error("stream %s failed: %s", reply.id, value)
+                error = {"message": "generation failed; see the server log",
+                         "type": "server_error", "param": None, "code": None}  # fmt: skip
+                yield f"data: {json.dumps({'error': error})}\n\n"
+                return
+            else:
+                yield reply.chunk(None, value)
+                yield "data: [DONE]\n\n"
+                return
     finally:
-        await run_in_threadpool(pieces.close)  # a client that hung up stops generation
-    yield chunk(None, "stop")
-    yield "data: [DONE]\n\n"
+        request.cancel()  # a client that hung up stops its generation
+
+
+def _error_body(status: int, message: str, kind: str, param=None, code=None) -> JSONResponse:
+    error = {"message": message, "type": kind, "param": param, "code": code}
+    return JSONResponse({"error": error}, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over the limit gets 413, with or without a
+    Content-Length (a chunked body is counted as it arrives and buffered, at most the limit)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            return await self._too_large(scope, receive, send, declared.decode())
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.limit:
+                return await self._too_large(scope, receive, send, f"over {self.limit}")
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for a disconnect, as Starlette does
+
+        return await self.app(scope, replay, send)
+
+    async def _too_large(self, scope, receive, send, size: str):
+        response = _error_body(
+            413, f"request body is {size} bytes; the limit is {self.limit}",
+            "invalid_request_error", code="request_too_large",
+        )  # fmt: skip
+        await response(scope, receive, send)
+
+
+class ApiKey:
+    """ASGI middleware: every ``/v1`` route needs ``Authorization: Bearer KEY``."""
+
+    def __init__(self, app, key: str):
+        self.app, self.expected = app, f"Bearer {key}".encode()
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["path"].startswith("/v1"):
+            given = dict(scope.get("headers") or []).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                response = _error_body(
+                    401, "missing or wrong API key: send 'Authorization: Bearer KEY'",
+                    "invalid_request_error", code="invalid_api_key",
+                )  # fmt: skip
+                return await response(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def _install_error_handlers(app: FastAPI, limits: Limits) -> None:
-    def body(status: int, message: str, kind: str, param=None, code=None) -> JSONResponse:
-        error = {"message": message, "type": kind, "param": param, "code": code}
-        return JSONResponse({"error": error}, status_code=status)
-
-    @app.middleware("http")
-    async def cap_request_size(request: Request, call_next):
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
-            return body(
-                413, f"request body is {declared} bytes; the limit is {limits.max_request_bytes}",
-                "invalid_request_error", code="request_too_large",
-            )  # fmt: skip
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit=limits.max_request_bytes)
+    if limits.api_key:
+        app.add_middleware(ApiKey, key=limits.api_key)  # outermost: checked first
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, err: ApiError):
-        return body(err.status, err.message, err.kind, err.param, err.code)
+        return _error_body(err.status, err.message, err.kind, err.param, err.code)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, err: RequestValidationError):
         first = err.errors()[0] if err.errors() else {"loc": (), "msg": "invalid request"}
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        if first.get("type") == "json_invalid":
-            return body(400, "the request body is not valid JSON", "invalid_request_error")
+        if (
+            first.get("type") in ("json_invalid", "json_type")
+            or not loc
+            and "JSON" in str(first.get("msg", ""))
+        ):
+            return _error_body(400, "the request body is not valid JSON", "invalid_request_error")
         where = ".".join(loc) or None
-        message = f"{where}: {first['msg']}" if where else first["msg"]
-        return body(400, message, "invalid_request_error", param=where)
+        message = f"{where}: {first['msg']}" if where else str(first["msg"])
+        return _error_body(400, message, "invalid_request_error", param=where)
 
-    @app.exception_handler(404)
-    async def not_found(request: Request, err):
-        return body(404, f"no route {request.method} {request.url.path}", "invalid_request_error")
-
-    @app.exception_handler(405)
-    async def wrong_method(request: Request, err):
-        return body(405, f"{request.method} is not allowed on {request.url.path}",
-                    "invalid_request_error")  # fmt: skip
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, err: StarletteHTTPException):
+        if err.status_code == 404:
+            message = f"no route {request.method} {request.url.path}"
+        elif err.status_code == 405:
+            message = f"{request.method} is not allowed on {request.url.path}"
+        elif err.status_code == 400:  # a body FastAPI could not decode (not UTF-8, say)
+            message = "the request body is not valid JSON in UTF-8"
+        else:
+            message = str(err.detail)
+        return _error_body(err.status_code, message, "invalid_request_error")
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, err: Exception):
-        return body(500, f"internal error: {type(err).__name__}", "server_error")
+        log.error("internal error on %s %s", request.method, request.url.path, exc_info=err)
+        return _error_body(500, f"internal error: {type(err).__name__}", "server_error")

@@ -1,21 +1,19 @@
-"""Several trained runs on one base model, loaded once.
+"""Several trained runs on one base model, loaded once, answered by one generation engine.
 
-LoRA runs become named adapters of one PEFT model (switched per request); soft-prompt runs
+LoRA runs become named adapters of one PEFT model (chosen per row of a batch); soft-prompt runs
 (prompt, prefix and P-tuning) become a KV-cache prefix in front of the same frozen base, with
-the LoRA layers switched off; a full fine-tune brings its own weights. One lock serialises
-generation: adapter switching is model-wide state, and a CPU gains nothing from interleaving.
+the LoRA layers switched off; a full fine-tune brings its own weights. Requests go to the
+:class:`~tunelab.generation.engine.Engine`, whose one worker batches whatever is waiting.
 """
 
-import threading
+import queue
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-
 from tunelab.errors import TuneLabError
-from tunelab.evaluation.runner import system_text
-from tunelab.prompting.render import to_prompt_text
+from tunelab.generation.engine import BASE_ADAPTER, Engine, Request, Route
+from tunelab.prompting.render import encode_chat, system_text
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import apply_task_prefix
 
@@ -30,14 +28,21 @@ class Served:
     strategy: PromptStrategy | None = None
     labels: list[str] | None = None
     lora_name: str | None = None
-    model: object = None  # the module to call (a SoftPromptLM, a full model) or None
+    model: object = None  # a full fine-tune's own model, or None
+    prefix: object = None  # a soft prompt's virtual tokens as a KV cache (batch of one)
     max_new_tokens: int | None = None
     meta: dict = field(default_factory=dict)
+    route: Route | None = None  # how the engine runs it (set once every run is loaded)
 
 
 class AdapterPool:
     def __init__(
-        self, base_model: str, run_dirs: list[Path], device: str = "cpu", dtype: str = "float32"
+        self,
+        base_model: str,
+        run_dirs: list[Path],
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_batch: int = 8,
     ):
         from tunelab.models import load_model
 
@@ -46,7 +51,6 @@ class AdapterPool:
         loaded = load_model(base_model, device=device, dtype=dtype)
         self.dtype = dtype
         self.base, self.tokenizer = loaded.model, loaded.tokenizer
-        self.lock = threading.Lock()
         self.models: dict[str, Served] = {"base": Served(self.base_name, "base")}
         self.host = None  # the PEFT model holding every LoRA adapter
         for run_dir, meta in sorted(metas, key=lambda item: item[1]["method"] == "lora"):
@@ -55,6 +59,19 @@ class AdapterPool:
         repeated = {p for p in prefixes if prefixes.count(p) > 1}
         if repeated:
             raise TuneLabError(f"two runs share the task prefix {sorted(repeated)[0]!r}")
+        for served in self.models.values():
+            served.route = self._route_of(served)
+        self.context = getattr(self.base.config, "max_position_embeddings", None)
+        eos = self.base.generation_config.eos_token_id
+        eos_ids = {self.tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
+        self.engine = Engine(self.tokenizer, max_batch=max_batch, eos_ids=eos_ids - {None})
+
+    def _route_of(self, served: Served) -> Route:
+        if served.model is not None:  # a full fine-tune
+            return Route(served.model)
+        module = self.host or self.base
+        off = BASE_ADAPTER if self.host is not None else None
+        return Route(module, served.lora_name or off, served.prefix)
 
     def _add(self, run_dir: Path, meta: dict, device: str) -> None:
         name = run_dir.resolve().name
@@ -84,7 +101,7 @@ class AdapterPool:
                 served.lora_name = name
                 self._load_lora(adapter, name)
             else:
-                served.model = _soft_prompt_view(self.base, adapter)
+                served.prefix = _soft_prompt_cache(self.base, adapter)
         self.models[name] = served
 
     def _load_lora(self, adapter: Path, name: str) -> None:
@@ -111,8 +128,9 @@ class AdapterPool:
                     return served
         return self.models["base"]
 
-    def prompt(self, served: Served, messages: list[dict]) -> str:
-        """The run's prompt: its system text unless the client sent one; its task prefix."""
+    def messages(self, served: Served, messages: list[dict]) -> list[dict]:
+        """The run's conversation: its system text unless the client sent one; its task
+        prefix in front of the last user message."""
         messages = [dict(m) for m in messages]
         if served.strategy is not None and not any(m["role"] == "system" for m in messages):
             system = system_text(served.strategy, served.labels)
@@ -123,80 +141,47 @@ class AdapterPool:
                 if message["role"] == "user":
                     message["content"] = apply_task_prefix(message["content"], served.task_prefix)
                     break
-        return to_prompt_text(self.tokenizer, messages)
+        return messages
+
+    def encode(self, served: Served, messages: list[dict]) -> list[int]:
+        """The prompt's token ids; message contents are plain text (a special-token spelling
+        typed by a user stays text), only the chat template's own markers are special."""
+        return encode_chat(self.tokenizer, self.messages(served, messages))
 
     # -- generation ------------------------------------------------------------------------
 
+    def submit(self, served: Served, ids: list[int], max_new_tokens: int, sink, **sampling):
+        """Queue one generation; ``sink(kind, value)`` hears ("delta", text)... then
+        ("done", finish_reason) or ("error", message), from the engine's thread."""
+        request = Request(served.route, ids, max_new_tokens, sink, **sampling)
+        return self.engine.submit(request)
+
     def stream(
-        self, served: Served, prompt: str, max_new_tokens: int, temperature: float, seed: int
+        self, served: Served, ids: list[int], max_new_tokens: int, **sampling
     ) -> Iterator[str]:
-        """Text pieces as they are generated. The lock is held until the last piece; closing
-        the iterator early (a client that hung up) stops generation before releasing it."""
-        from transformers import StoppingCriteriaList, TextIteratorStreamer
-
-        with self.lock:
-            encoded = self.tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
-            streamer = TextIteratorStreamer(
-                self.tokenizer, skip_prompt=True, skip_special_tokens=True
-            )
-            cancelled = threading.Event()
-            kwargs = dict(
-                **encoded.to(self.base.device),
-                max_new_tokens=max_new_tokens,
-                do_sample=temperature > 0,
-                pad_token_id=self.tokenizer.pad_token_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-                streamer=streamer,
-                stopping_criteria=StoppingCriteriaList([_Cancelled(cancelled)]),
-            )
-            if temperature > 0:
-                kwargs.update(temperature=temperature, top_k=None)
-                torch.manual_seed(seed)
-            failure: list[BaseException] = []
-            worker = threading.Thread(
-                target=self._generate, args=(served, kwargs, failure), daemon=True
-            )
-            worker.start()
-            try:
-                yield from streamer
-            finally:
-                cancelled.set()
-                worker.join()
-            if failure:
-                raise failure[0]
-
-    def _generate(self, served: Served, kwargs: dict, failure: list) -> None:
+        """Text pieces as they are generated, for a caller that blocks (the terminal chat).
+        Closing the iterator early cancels the generation."""
+        events: queue.Queue = queue.Queue()
+        request = self.submit(
+            served, ids, max_new_tokens, lambda *event: events.put(event), **sampling
+        )
         try:
-            with torch.inference_mode(), self._adapter(served):
-                target = served.model or (self.host if served.lora_name else self.base)
-                target.generate(**kwargs)
-        except BaseException as err:  # reported by stream(); the streamer must still end
-            failure.append(err)
-            kwargs["streamer"].end()
-
-    def _adapter(self, served: Served):
-        """Select the run's LoRA adapter, or switch every LoRA layer off."""
-        import contextlib
-
-        if self.host is None:
-            return contextlib.nullcontext()
-        if served.lora_name:
-            self.host.set_adapter(served.lora_name)
-            return contextlib.nullcontext()
-        return self.host.disable_adapter()
+            while True:
+                kind, value = events.get()
+                if kind == "delta":
+                    yield value
+                elif kind == "error":
+                    raise TuneLabError(value)
+                else:
+                    return
+        finally:
+            request.cancel()
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-
-class _Cancelled:
-    """Stopping criterion that ends generation once the consumer has gone away."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool)
+    def close(self) -> None:
+        self.engine.close()
 
 
 def _meta(run_dir: Path) -> dict:
@@ -205,14 +190,13 @@ def _meta(run_dir: Path) -> dict:
     return read_meta(run_dir)
 
 
-def _soft_prompt_view(base, adapter: Path):
-    """The run's virtual prefix as a KV cache in front of ``base`` (PEFT wrapper discarded)."""
+def _soft_prompt_cache(base, adapter: Path):
+    """The run's virtual prefix as a KV cache for ``base`` (PEFT wrapper discarded)."""
     from peft import PeftConfig, PeftModel
 
-    from tunelab.training.soft_prompt import SoftPromptLM, prefix_cache_of
+    from tunelab.training.soft_prompt import prefix_cache_of
 
     if not PeftConfig.from_pretrained(adapter).is_prompt_learning:
         raise TuneLabError(f"{adapter}: not a soft-prompt adapter")
     wrapper = PeftModel.from_pretrained(base, adapter).eval()
-    cache = prefix_cache_of(wrapper)
-    return SoftPromptLM(base, cache)
+    return prefix_cache_of(wrapper)

@@ -61,15 +61,24 @@ def save_adapted_model(run_dir: Path, model, tokenizer, meta: dict) -> Path:
 
 
 def read_meta(run_dir: Path) -> dict:
+    from tunelab.runs import is_run
+
     path = run_dir / ADAPTER_DIR / META_FILE
     if not path.is_file():
-        if (run_dir / "config.json").is_file():
+        if is_run(run_dir, "train"):
             raise TuneLabError(
                 f"{run_dir}: training did not finish; continue it with "
                 f"`tunelab train ... --out {run_dir} --resume`"
             )
         raise TuneLabError(f"{run_dir}: not a tunelab training run (no {ADAPTER_DIR}/{META_FILE})")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise TuneLabError(f"{path}: unreadable ({err}); train the run again") from None
+    missing = [k for k in ("method", "base_model") if not isinstance(meta, dict) or k not in meta]
+    if missing:
+        raise TuneLabError(f"{path}: field '{missing[0]}' is missing; train the run again")
+    return meta
 
 
 def load_trained_run(run_dir: Path, *, device: str = "cpu", dtype: str = "float32") -> TrainedRun:

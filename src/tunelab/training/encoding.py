@@ -8,7 +8,7 @@ is followed by the end-of-turn token, which label scoring also scores and genera
 from dataclasses import dataclass
 
 from tunelab.data.loading import Example
-from tunelab.evaluation.runner import build_prompts
+from tunelab.prompting.render import build_prompts, encode_prompts
 from tunelab.prompting.strategy import PromptStrategy
 
 IGNORE_INDEX = -100  # positions the loss skips (PyTorch's cross-entropy default)
@@ -36,8 +36,11 @@ def encode_examples(
     max_length: int,
 ) -> Encoded:
     prompts = build_prompts(tokenizer, strategy, examples, labels, [[] for _ in examples])
-    prompt_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer([e.output for e in examples], add_special_tokens=False)["input_ids"]
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    answers = [e.output for e in examples]  # the dataset's words: special spellings stay text
+    answer_ids = tokenizer(answers, add_special_tokens=False, split_special_tokens=True)[
+        "input_ids"
+    ]
     features, skipped = [], []
     for example, prompt, answer in zip(examples, prompt_ids, answer_ids, strict=True):
         answer = [*answer, tokenizer.eos_token_id]

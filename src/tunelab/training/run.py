@@ -12,13 +12,13 @@ import torch
 from tunelab import distributed, runs
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
-from tunelab.evaluation.generation import GenerationConfig
 from tunelab.evaluation.runner import (
     EvalResult,
     EvalSettings,
     evaluate_sharded,
     write_predictions,
 )
+from tunelab.generation import GenerationConfig
 from tunelab.models.device import Placement, resolve_placement
 from tunelab.paths import write_json_atomic
 from tunelab.prompting.strategy import PromptStrategy
