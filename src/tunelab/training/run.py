@@ -109,8 +109,6 @@ def train_run(
     encoded = _encode(tokenizer, strategy, train, data.labels, settings, console)
     longest = max(len(f["input_ids"]) for f in encoded.features)
     _check_virtual_tokens(settings.options.get("virtual_tokens", 0), model.config, longest)
-    if main:
-        _start_run_dir(run_dir, config, start)
     checkpoint = start.checkpoint
     generation = GenerationConfig(max_new_tokens=_answer_budget(tokenizer, train), batch_size=8)
     dev_settings = EvalSettings(generation=generation, seed=settings.seed, resamples=200)
@@ -125,6 +123,11 @@ def train_run(
         settings, model, tokenizer, encoded, run_dir, task_eval if dev else None, metric_key,
         placement,
     )  # fmt: skip
+    # The process group exists from here: every rank has checked the folder as it was before
+    # rank 0 writes to it (a slower rank would otherwise find rank 0's fresh claim and refuse).
+    distributed.barrier()
+    if main:
+        _start_run_dir(run_dir, config, start)
     distributed.barrier()  # the run folder exists before any other rank touches it
     if console:
         progress = ProgressDisplay(console, metric_key)
