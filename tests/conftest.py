@@ -28,6 +28,20 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
 
+@pytest.fixture(scope="session")
+def support_train_file(tmp_path_factory) -> Path:
+    """12 rows of two intents (billing, login), each text twice: the training data of the
+    runs that the serve and export tests build."""
+    texts = {
+        "billing": ["card charged twice", "refund my fee", "wrong amount"],
+        "login": ["cannot sign in", "password reset", "locked out"],
+    }
+    rows = [{"text": t, "label": label} for label, ts in texts.items() for t in ts]
+    path = tmp_path_factory.mktemp("support-data") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows * 2), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def write_jsonl(tmp_path):
     def write(rows, name="data.jsonl") -> Path:

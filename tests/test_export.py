@@ -35,18 +35,9 @@ def one_error_line(result) -> str:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir):
+def runs(tmp_path_factory, tiny_model_dir, support_train_file):
     folder = tmp_path_factory.mktemp("export-runs")
-    rows = [
-        {"text": t, "label": label}
-        for label, texts in {
-            "billing": ["card charged twice", "refund my fee", "wrong amount"],
-            "login": ["cannot sign in", "password reset", "locked out"],
-        }.items()
-        for t in texts
-    ]
-    data = folder / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows * 2))
+    data = support_train_file
     prompt = folder / "prompt.yaml"
     prompt.write_text(f'system: {SYSTEM}\ninstruction: "{INSTRUCTION}"\n')
     made = {}

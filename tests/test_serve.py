@@ -23,18 +23,9 @@ QUESTION = [{"role": "user", "content": "card charged twice"}]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_model_dir):
+def runs(tmp_path_factory, tiny_model_dir, support_train_file):
     folder = tmp_path_factory.mktemp("serve-runs")
-    rows = [
-        {"text": t, "label": label}
-        for label, texts in {
-            "billing": ["card charged twice", "refund my fee", "wrong amount"],
-            "login": ["cannot sign in", "password reset", "locked out"],
-        }.items()
-        for t in texts
-    ]
-    data = folder / "train.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows * 2))
+    data = support_train_file
     made = {}
     for name, method, prefix in (("billing-lora", "lora", "[BILLING]"),
                                  ("login-prefix", "prefix-tuning", "[LOGIN]")):  # fmt: skip

@@ -15,13 +15,13 @@ skipped (its labels get -inf). The argmax is exactly that of the full table, whi
 ``exhaustive=True`` computes.
 """
 
-import copy
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from tunelab.generation.prefix_cache import encode_prefix, repeat_cache, shared_prefix_length
 from tunelab.prompting.render import encode_prompts
 
 
@@ -88,8 +88,8 @@ def score_labels(
     """
     trie = LabelTrie.build(tokenizer, labels)
     ids = encode_prompts(tokenizer, prompts)
-    shared = _shared_prefix_length(ids)
-    prefix_cache = _encode_prefix(model, ids[0][:shared]) if shared else None
+    shared = shared_prefix_length(ids)
+    prefix_cache = encode_prefix(model, ids[0][:shared]) if shared else None
     order = sorted(range(len(prompts)), key=lambda i: len(ids[i]))
     scores = torch.empty(len(prompts), len(labels))
     for start in range(0, len(order), batch_size):
@@ -103,21 +103,6 @@ def score_labels(
     return scores
 
 
-def _shared_prefix_length(ids: list[list[int]]) -> int:
-    """Longest common token prefix, leaving every prompt at least one token of its own."""
-    shortest = min(len(x) for x in ids)
-    length = 0
-    while length < shortest - 1 and all(x[length] == ids[0][length] for x in ids):
-        length += 1
-    return length
-
-
-def _encode_prefix(model, prefix: list[int]):
-    device = next(model.parameters()).device
-    out = model(input_ids=torch.tensor([prefix], device=device), use_cache=True, logits_to_keep=1)
-    return out.past_key_values
-
-
 def _score_batch(
     model, tokenizer, suffixes, trie: LabelTrie, prefix_cache, shared: int, exhaustive: bool
 ) -> torch.Tensor:
@@ -127,10 +112,7 @@ def _score_batch(
     ).to(device)
     suffix_mask = padded["attention_mask"]
     batch = len(suffixes)
-    cache = None
-    if prefix_cache is not None:
-        cache = copy.deepcopy(prefix_cache)
-        cache.batch_repeat_interleave(batch)
+    cache = repeat_cache(prefix_cache, batch) if prefix_cache is not None else None
     mask = torch.cat([suffix_mask.new_ones(batch, shared), suffix_mask], dim=-1)
     positions = shared + (suffix_mask.cumsum(-1) - 1).clamp(min=0)
     prefill = model(

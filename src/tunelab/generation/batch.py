@@ -9,12 +9,12 @@ padding masked out, so every real token keeps the position it has when the row i
 alone (positions follow the attention mask).
 """
 
-import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+from tunelab.generation.prefix_cache import encode_prefix, repeat_cache, shared_prefix_length
 from tunelab.prompting.render import encode_prompts
 
 # Below this many shared tokens the extra forward pass is not worth it.
@@ -90,31 +90,12 @@ class SharedPrefix:
         return len(self.ids) if self.cache is not None else 0
 
     @classmethod
-    @torch.inference_mode()
     def of(cls, model, encoded: list[list[int]]) -> "SharedPrefix":
-        common = _common_prefix(encoded)
-        # Every row keeps at least one token of its own: generation needs an uncached input.
-        common = common[: min(len(ids) for ids in encoded) - 1] if encoded else []
-        if len(encoded) < 2 or len(common) < MIN_SHARED_TOKENS:
+        length = shared_prefix_length(encoded) if len(encoded) > 1 else 0
+        if length < MIN_SHARED_TOKENS:
             return cls([])
-        ids = torch.tensor([common], device=_device(model))
-        cache = model(input_ids=ids, use_cache=True, logits_to_keep=1).past_key_values
-        return cls(common, cache, cache.get_seq_length())
-
-    def cache_for(self, batch_size: int):
-        cache = copy.deepcopy(self.cache)
-        if batch_size > 1:
-            cache.batch_repeat_interleave(batch_size)
-        return cache
-
-
-def _common_prefix(encoded: list[list[int]]) -> list[int]:
-    if not encoded:
-        return []
-    first, length = encoded[0], min(len(ids) for ids in encoded)
-    for ids in encoded[1:]:
-        length = next((i for i in range(length) if ids[i] != first[i]), length)
-    return first[:length]
+        cache = encode_prefix(model, encoded[0][:length])
+        return cls(encoded[0][:length], cache, cache.get_seq_length())
 
 
 def _device(model) -> torch.device:
@@ -136,7 +117,7 @@ def _generate_batch(model, tokenizer, rows, shared: SharedPrefix, config, seed: 
         batch, cached = len(rows), shared.cached_positions
         ids = torch.cat([ids.new_full((batch, cached), pad), ids], dim=1)
         mask = torch.cat([mask.new_ones(batch, cached), mask], dim=1)
-        kwargs["past_key_values"] = shared.cache_for(batch)
+        kwargs["past_key_values"] = repeat_cache(shared.cache, batch)
         target = getattr(model, "base_model", model) if hasattr(model, "prefix_cache") else model
     sampling = config.temperature > 0
     if sampling:

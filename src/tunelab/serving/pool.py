@@ -177,9 +177,6 @@ class AdapterPool:
         finally:
             request.cancel()
 
-    def count_tokens(self, text: str) -> int:
-        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def close(self) -> None:
         self.engine.close()
 

@@ -10,9 +10,9 @@ run unchanged, instead of going through PEFT's per-call prompt concatenation, wh
 position ids and cannot take a caller's cache.
 """
 
-import copy
-
 import torch
+
+from tunelab.generation.prefix_cache import repeat_cache
 
 
 class SoftPromptLM(torch.nn.Module):
@@ -38,10 +38,7 @@ class SoftPromptLM(torch.nn.Module):
         return next(self.base_model.parameters()).device
 
     def _fresh_cache(self, batch_size: int):
-        cache = copy.deepcopy(self.prefix_cache)
-        if batch_size > 1:
-            cache.batch_repeat_interleave(batch_size)
-        return cache
+        return repeat_cache(self.prefix_cache, batch_size)
 
     def forward(
         self, input_ids, attention_mask=None, position_ids=None, past_key_values=None, **kwargs
