@@ -62,6 +62,10 @@ def _quiet_libraries() -> None:
 
     disable_progress_bars()  # save_pretrained's "Writing model shards" bar
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*is deprecated")
+    # transformers 5.24 renames the cache argument; PEFT's wrappers still pass the old name.
+    warnings.filterwarnings(
+        "ignore", message="`past_key_values` is deprecated", category=FutureWarning
+    )
 
 
 def _register_commands() -> None:
