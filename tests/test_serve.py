@@ -302,7 +302,7 @@ def test_chat_repl_in_a_pseudo_terminal(runs, tiny_model_dir):
         os.close(main)
 
 
-# -- issue 16: a server that holds under load --------------------------------------------------
+# -- a server that holds under load ------------------------------------------------------------
 
 
 def test_unsupported_or_impossible_fields_are_400s_naming_the_field(server):
@@ -464,3 +464,58 @@ def test_serve_cli_prints_the_port_it_bound_and_warns_without_a_key(tiny_model_d
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+# -- structured answers: response_format ---------------------------------------------------------
+
+# Short enough for the server's 16-token cap in the tiny model's one-byte tokens.
+TINY_SCHEMA = {
+    "type": "object",
+    "properties": {"i": {"enum": ["a", "b"]}},
+    "required": ["i"],
+    "additionalProperties": False,
+}
+
+
+def test_response_format_json_schema_and_json_object_answers_parse(server):
+    import jsonschema
+
+    client = openai.OpenAI(base_url=server["url"], api_key="unused")
+    named = {"name": "intent", "schema": TINY_SCHEMA, "strict": True}
+    schema_format = {"type": "json_schema", "json_schema": named}
+    for model in ("billing-lora", "login-prefix", server["base"]):
+        reply = client.chat.completions.create(
+            model=model, messages=QUESTION, max_tokens=16, response_format=schema_format
+        )
+        jsonschema.validate(json.loads(reply.choices[0].message.content), TINY_SCHEMA)
+        assert reply.choices[0].finish_reason == "stop"
+    stream = client.chat.completions.create(
+        model="billing-lora", messages=QUESTION, max_tokens=16, response_format=schema_format,
+        stream=True,
+    )  # fmt: skip
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in stream)
+    jsonschema.validate(json.loads(text), TINY_SCHEMA)
+    reply = client.chat.completions.create(
+        model=server["base"], messages=QUESTION, max_tokens=16,
+        response_format={"type": "json_object"},
+    )  # fmt: skip
+    assert reply.choices[0].finish_reason == "stop"
+    assert isinstance(json.loads(reply.choices[0].message.content), dict)
+
+
+def test_a_bad_response_format_is_a_400(server):
+    chat = server["url"] + "/chat/completions"
+    base = {"model": "billing-lora", "messages": QUESTION, "max_tokens": 4}
+    for response_format in (
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "objectx"}}},
+        {"type": "json_schema", "json_schema": {"name": "x"}},
+        {"type": "json_schema", "json_schema": {"name": "x", "schema": {"minLength": "two"}}},
+        {"type": "yaml"},
+    ):
+        status, body = post_json(chat, base | {"response_format": response_format})
+        assert status == 400 and body["error"]["param"] == "response_format", body
+    status, body = post_json(
+        server["url"] + "/completions",
+        {"prompt": "hi", "max_tokens": 2, "response_format": {"type": "json_object"}},
+    )
+    assert status == 400 and body["error"]["param"] == "response_format"

@@ -20,22 +20,31 @@ def chat_command(
     model: str | None = typer.Option(None, help="Base model (default: the runs' base model)."),
     max_tokens: int = typer.Option(256, min=1, help="Longest answer, in tokens."),
     temperature: float = typer.Option(0.0, min=0.0, help="0 = greedy."),
+    constrain: str | None = typer.Option(
+        None,
+        help="Keep answers inside a grammar: json | a JSON schema file | regex:PATTERN | none. "
+        "Default: each run's own (from its prompt strategy), else none.",
+    ),
     device: str = device_option(),
     dtype: str = dtype_option(),
 ) -> None:
     """Chat with the runs on one base model. With one run every message goes to it; with
     several, a message goes to the run whose task prefix it starts with (else the base)."""
+    from tunelab.generation.constraints import Constraint, constraint_value
     from tunelab.models import DEFAULT_MODEL
     from tunelab.serving.pool import AdapterPool
     from tunelab.training.artifacts import read_meta
 
     placement = resolve_placement(device, dtype)
+    override = (
+        {} if constrain is None else {"constraint": Constraint.of(constraint_value(constrain))}
+    )
     runs = runs or []
     base = model or (read_meta(runs[0])["base_model"] if runs else DEFAULT_MODEL)
     console.print(f"loading {base} and {len(runs)} run(s) ...")
     pool = AdapterPool(base, runs, **placement.record())
     session = ChatSession(
-        pool, fixed=pool.models[runs[0].resolve().name] if len(runs) == 1 else None
+        pool, fixed=pool.models[runs[0].resolve().name] if len(runs) == 1 else None, **override
     )
     console.print(HELP)
     while True:
@@ -56,10 +65,13 @@ def chat_command(
 class ChatSession:
     """The conversation: history, system message, and which run answers."""
 
-    def __init__(self, pool, fixed=None):
+    RUNS_OWN = object()  # each run's own constraint (its strategy's constrain)
+
+    def __init__(self, pool, fixed=None, constraint=RUNS_OWN):
         self.pool, self.fixed = pool, fixed
         self.history: list[dict] = []
         self.system: str | None = None
+        self.constraint = constraint  # a Constraint, None (none) or RUNS_OWN
 
     def command(self, line: str) -> str:
         name, _, argument = line.partition(" ")
@@ -91,8 +103,10 @@ class ChatSession:
         console.print(f"[bold cyan]{served.name}>[/] ", end="")
         pieces = []
         ids = self.pool.encode(served, messages)
+        own = self.constraint is self.RUNS_OWN
+        constraint = served.constraint if own else self.constraint
         for piece in self.pool.stream(served, ids, max_tokens, temperature=temperature,
-                                      seed=len(self.history)):  # fmt: skip
+                                      seed=len(self.history), constraint=constraint):  # fmt: skip
             pieces.append(piece)
             console.print(piece, end="", markup=False, highlight=False)
         console.print()

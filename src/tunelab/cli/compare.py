@@ -25,6 +25,7 @@ from tunelab.compare.runner import (
     check_metrics,
     experiment_record,
     headline_metric,
+    json_answers,
     load_experiment_data,
 )
 from tunelab.data.stats import label_warnings
@@ -48,9 +49,15 @@ def compare_command(
     only: list[str] = typer.Option([], help="Run only this strategy (repeatable)."),
     device: str | None = typer.Option(None, help="Overrides the file's device: " + DEVICE_HELP),
     dtype: str | None = typer.Option(None, help="Overrides the file's dtype: " + DTYPE_HELP),
+    constrain: list[str] = typer.Option(
+        [],
+        help="Add, for every strategy, a row decoded this way from the same adaptation "
+        "(NAME-json ...): json | schema | regex | a schema file | regex:PATTERN | none. "
+        "Repeatable; the file's own rows are kept.",
+    ),
 ) -> None:
     """Run every strategy (resumable: finished ones are skipped), then leaderboard + report."""
-    experiment = load_experiment(experiment_file)
+    experiment = load_experiment(experiment_file, constrain=constrain or None)
     overrides = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     experiment = experiment.model_copy(update=overrides)
     # An impossible placement fails here, named where it was asked for (option or file field).
@@ -62,7 +69,7 @@ def compare_command(
     out_dir = out or Path("runs") / experiment.name
     check_out(out_dir, "compare")  # a folder TuneLab did not write is refused before any work
     data = load_experiment_data(experiment)
-    check_metrics(experiment, data.labels)
+    check_metrics(experiment, data)
     warn(label_warnings(data.labels, data.test))
     specs = _selected(experiment, only)
     if not plan:
@@ -103,14 +110,18 @@ def _selected(experiment: Experiment, only: list[str]):
             f"--only: no strategy named {', '.join(unknown)} (have {', '.join(names)})"
         )
     wanted = set(only)
-    for spec in experiment.strategies:  # a strategy needs the one its prompt comes from
-        if spec.name in wanted and spec.prompt_from:
-            wanted.add(spec.prompt_from)
+    # a strategy needs the one its prompt or run is from (sources come first in the file, so
+    # one pass from the end gathers whole chains)
+    for spec in reversed(experiment.strategies):
+        if spec.name in wanted:
+            wanted.update(name for name in (spec.prompt_from, spec.run_from) if name)
     return [s for s in experiment.strategies if s.name in wanted]
 
 
 def _print_header(experiment, data: ExperimentData, out_dir: Path, cached: int) -> None:
-    kind = f"{len(data.labels)} labels" if data.labels else "free text"
+    kind = f"{len(data.labels)} labels" if data.labels else (
+        "JSON answers" if json_answers(data) else "free text"
+    )  # fmt: skip
     console.print(
         f"[bold]{experiment.name}[/] · {experiment.model} · train {len(data.train)} / dev "
         f"{len(data.dev)} / test {len(data.test)} · {kind} · "
@@ -163,7 +174,7 @@ def _print_plan(runner: ExperimentRunner, pending) -> None:
 def _finish(experiment, data, runner, results, out_dir: Path, seconds: float) -> None:
     from tunelab.compare.report import write_report
 
-    metric = headline_metric(experiment, data.labels)
+    metric = headline_metric(experiment, data)
     # Recorded by each strategy, so a fully cached rerun never loads the model.
     total = next((r["total_parameters"] for r in results if r.get("total_parameters")), None)
     predictions = {r["name"]: read_predictions(out_dir / r["name"]) for r in results}

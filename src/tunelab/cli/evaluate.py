@@ -1,6 +1,5 @@
 """``tunelab eval``: measure a prompt strategy on held-out data."""
 
-import json
 import time
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from tunelab.evaluation.runner import (
     write_run,
 )
 from tunelab.generation import GenerationConfig
+from tunelab.generation.constraints import Constraint, constraint_value, read_schema
 from tunelab.models import DEFAULT_MODEL, load_model
 from tunelab.models.device import resolve_placement
 from tunelab.prompting import PromptStrategy, load_strategy
@@ -67,6 +67,11 @@ def eval_command(
     stop: list[str] = typer.Option([], help="Stop string (repeatable)."),
     format_regex: str | None = typer.Option(None, help="Regex the raw output must fully match."),
     format_schema: Path | None = typer.Option(None, help="JSON schema file for the output."),
+    constrain: str | None = typer.Option(
+        None,
+        help="Constrained decoding: json (any JSON object) | schema (--format-schema) | regex "
+        "(--format-regex) | a JSON schema file | regex:PATTERN | none (drop the strategy's).",
+    ),
     consistency: bool = typer.Option(False, help="Also run paraphrased templates."),
     paraphrases: Path | None = typer.Option(None, help="YAML list of templates for consistency."),
     embedder: str = typer.Option("auto", help="auto (MiniLM when installed) | tfidf."),
@@ -87,6 +92,11 @@ def eval_command(
     strategy = _strategy(
         prompt, system=system, shots=shots, selector=selector, cot=cot, base=trained.get("strategy")
     )
+    schema = read_schema(format_schema) if format_schema else None
+    if constrain is not None:
+        value = constraint_value(constrain, format_schema=schema, format_regex=format_regex)
+        strategy = validate_strategy(strategy.model_dump() | {"constrain": value}, "--")
+    Constraint.of(strategy.constrain)  # a grammar that cannot compile stops here, not later
     train_set = load_dataset(data, input_field, output_field)
     if test:
         train, held_out = train_set.examples, load_dataset(test, input_field, output_field).examples
@@ -110,7 +120,7 @@ def eval_command(
             batch_size=batch_size,
         ),
         format_regex=format_regex,
-        format_schema=_read_schema(format_schema) if format_schema else None,
+        format_schema=schema,
         seed=seed,
         embedder=choice("--embedder", embedder, ("auto", "tfidf")),
     )
@@ -198,13 +208,6 @@ def _describe(changes: dict) -> str:
     if changes.get("cot"):
         parts.append("cot")
     return " ".join(parts)
-
-
-def _read_schema(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as err:
-        raise TuneLabError(f"{path}: cannot read JSON schema ({err})") from None
 
 
 def _paraphrases(path: Path | None, labels) -> list[str]:

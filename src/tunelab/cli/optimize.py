@@ -12,6 +12,7 @@ from tunelab.cli.output import console
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.stats import looks_like_classification
 from tunelab.errors import TuneLabError
+from tunelab.evaluation.metrics import is_json_task
 from tunelab.evaluation.runner import EvalSettings
 from tunelab.generation import GenerationConfig
 from tunelab.models import DEFAULT_MODEL, load_model
@@ -66,7 +67,9 @@ def optimize_command(
         50, min=0, help="Dev rows between racing checks (0: score every candidate fully)."
     ),
     metric: str = typer.Option(
-        "auto", help="auto (accuracy / rouge_l) | " + " | ".join(PER_EXAMPLE_METRICS)
+        "auto",
+        help="auto (accuracy / json_match for JSON answers / rouge_l) | "
+        + " | ".join(PER_EXAMPLE_METRICS),
     ),
     mode: str = typer.Option("auto", help="auto | score | generate (as in tunelab eval)."),
     max_new_tokens: int = typer.Option(32, min=1),
@@ -95,7 +98,7 @@ def optimize_command(
     train = load_dataset(data, input_field, output_field).examples
     label_set = resolve_labels(labels, train)
     train, test_examples, test_files = _split_test(test, train, input_field, output_field, seed)
-    metric = _metric(metric, label_set)
+    metric = _metric(metric, label_set, is_json_task([e.output for e in test_examples]))
     setup = search_setup(train, test_examples, label_set, options, seed=seed)
     splits, space, settings = setup.splits, setup.space, setup.settings
     eval_settings = EvalSettings(
@@ -168,9 +171,11 @@ def _split_test(test, train, input_field, output_field, seed):
     return rest, held_out, {}
 
 
-def _metric(metric: str, labels: list[str] | None) -> str:
+def _metric(metric: str, labels: list[str] | None, json_task: bool) -> str:
     if metric == "auto":
-        return "accuracy" if labels is not None else "rouge_l"
+        if labels is not None:
+            return "accuracy"
+        return "json_match" if json_task else "rouge_l"
     return choice("--metric", metric, tuple(PER_EXAMPLE_METRICS))
 
 

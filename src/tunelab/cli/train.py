@@ -13,6 +13,7 @@ from tunelab.cli.output import console, inputs_cut_warning, warn
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
+from tunelab.evaluation.metrics import is_json_task
 from tunelab.models import DEFAULT_MODEL, resolve_model
 from tunelab.models.device import resolve_placement
 from tunelab.prompting import load_strategy
@@ -105,7 +106,9 @@ def train_command(
         raise TuneLabError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
     train_data = _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed)
     warn(label_warnings(train_data.labels, train_data.test or train_data.dev))
-    settings = settings.resolved(classification=train_data.labels is not None)
+    held_out = [e.output for e in (train_data.test or []) + train_data.dev]  # dev: best epoch
+    json_task = train_data.labels is None and is_json_task(held_out)
+    settings = settings.resolved(train_data.labels is not None, json_task)
     strategy = load_strategy(prompt) if prompt else default_training_strategy(settings.method)
     run_dir = out or default_run_dir(settings.method)
     _print_plan(settings, train_data, run_dir)

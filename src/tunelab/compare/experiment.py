@@ -14,6 +14,7 @@
 Relative paths are relative to the experiment file, so an example folder runs from anywhere.
 """
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -52,6 +53,22 @@ class EvalSpec(Strict):
     checklist_field: str | None = Field(
         None, description="test field listing required phrases, separated by ';'"
     )
+    format_schema: Path | None = Field(
+        None, description="JSON schema file every answer is checked against (json_valid)"
+    )
+    format_regex: str | None = Field(None, description="regex every answer must fully match")
+
+    @field_validator("format_regex")
+    @classmethod
+    def _regex_compiles(cls, pattern: str | None) -> str | None:
+        import re
+
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as err:
+                raise ValueError(f"not a valid regex ({err})") from None
+        return pattern
 
 
 class TrainSpec(TrainSettings):
@@ -109,11 +126,37 @@ class StrategySpec(Strict):
     train: TrainSpec | None = None
     optimize: OptimizeSpec | None = None
     prompt_from: str | None = Field(None, description="use another strategy's (refined) prompt")
+    run_from: str | None = Field(
+        None, description="evaluate another training strategy's run again (e.g. constrained)"
+    )
+    constrain: str | dict | list[str | dict | None] | None = Field(
+        None,
+        description="constrained decoding: json | schema (eval.format_schema) | regex "
+        "(eval.format_regex) | a schema file | regex:PATTERN | none; a list gives one "
+        "leaderboard row per entry (NAME, then NAME-json ...) from one adaptation",
+    )
+
+    @field_validator("constrain", mode="before")
+    @classmethod
+    def _constraint_form(cls, value):
+        entries = value if isinstance(value, list) else [value]
+        if value is not None and not all(isinstance(e, str | dict) or e is None for e in entries):
+            raise ValueError(
+                "use json, schema, regex, regex:PATTERN, none or a schema file (or a list of them)"
+            )
+        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> "StrategySpec":
         if self.train and self.optimize:
             raise ValueError("a strategy either trains or optimises a prompt, not both")
+        if self.run_from:
+            others = (self.train, self.optimize, self.prompt, self.prompt_file, self.prompt_from)
+            if any(other is not None for other in others):
+                raise ValueError("run_from re-evaluates a trained run; give only constrain")
+            return self
+        if isinstance(self.constrain, list) and not self.constrain:
+            raise ValueError("constrain: give at least one value (none for unconstrained)")
         sources = [self.prompt is not None, self.prompt_file is not None, bool(self.prompt_from)]
         if sum(sources) > 1:
             raise ValueError("give at most one of prompt, prompt_file and prompt_from")
@@ -123,6 +166,8 @@ class StrategySpec(Strict):
 
     @property
     def kind(self) -> str:
+        if self.run_from:
+            return "rerun"
         return "train" if self.train else "optimize" if self.optimize else "prompt"
 
 
@@ -158,10 +203,16 @@ class Experiment(Strict):
         if repeated:
             raise ValueError(f"strategy names must be unique; repeated: {', '.join(repeated)}")
         for index, strategy in enumerate(strategies):
-            if strategy.prompt_from and strategy.prompt_from not in names[:index]:
+            for field_name in ("prompt_from", "run_from"):
+                source = getattr(strategy, field_name)
+                if source and source not in names[:index]:
+                    raise ValueError(
+                        f"{strategy.name}: {field_name} {source!r} must name a strategy "
+                        "listed before it"
+                    )
+            if strategy.run_from and strategies[names.index(strategy.run_from)].kind != "train":
                 raise ValueError(
-                    f"{strategy.name}: prompt_from {strategy.prompt_from!r} must name a strategy "
-                    "listed before it"
+                    f"{strategy.name}: run_from {strategy.run_from!r} must name a training strategy"
                 )
         return strategies
 
@@ -169,8 +220,10 @@ class Experiment(Strict):
         return next(s for s in self.strategies if s.name == name)
 
 
-def load_experiment(path: Path) -> Experiment:
-    """Read and validate; every problem is one line ``file: field.path: message``."""
+def load_experiment(path: Path, constrain: list[str] | None = None) -> Experiment:
+    """Read and validate; every problem is one line ``file: field.path: message``.
+    ``constrain`` (``--constrain``) adds, to every strategy, a row per value decoded that way
+    from the same adaptation (``NAME-json`` ...); the file's own rows stay as they are."""
     if not path.is_file():
         raise TuneLabError(f"{path}: no such experiment file")
     try:
@@ -192,7 +245,10 @@ def load_experiment(path: Path) -> Experiment:
             for e in err.errors()
         ]
         raise TuneLabError("\n".join(lines)) from None
-    return _with_paths_resolved(experiment, path.parent)
+    experiment = _with_paths_resolved(experiment, path.parent)
+    # a schema file named on the command line is relative to where the command runs
+    extra = [str(Path(v).resolve()) if Path(v).is_file() else v for v in constrain or []]
+    return _with_constraints_expanded(experiment, path, extra)
 
 
 def _location(loc: tuple, raw: dict) -> str:
@@ -249,4 +305,104 @@ def _with_paths_resolved(experiment: Experiment, base: Path) -> Experiment:
     strategies = [
         s.model_copy(update={"prompt_file": resolve(s.prompt_file)}) for s in experiment.strategies
     ]
-    return experiment.model_copy(update={"data": data, "strategies": strategies})
+    evaluation = experiment.eval.model_copy(
+        update={"format_schema": resolve(experiment.eval.format_schema)}
+    )
+    return experiment.model_copy(
+        update={"data": data, "strategies": strategies, "eval": evaluation}
+    )
+
+
+_OWN = object()  # a strategy's first row when it sets no constrain: its prompt's own
+
+
+def _with_constraints_expanded(experiment: Experiment, path: Path, extra: list[str]) -> Experiment:
+    """Each strategy's ``constrain`` in its stored form (a one-item list: set, even to none;
+    absent: the prompt's own), and every further value (from the list, then ``extra`` from
+    the command line) as an extra strategy reusing the first one's adaptation: ``NAME-json``
+    after ``NAME``. A prompt strategy repeats its prompt, a prompt search's variant takes the
+    refined prompt, a training strategy's variant evaluates the trained run again."""
+    schema = None
+    if experiment.eval.format_schema is not None:
+        from tunelab.generation.constraints import read_schema
+
+        try:
+            schema = read_schema(experiment.eval.format_schema)
+        except TuneLabError as err:
+            raise TuneLabError(f"{path}: eval.format_schema: {err}") from None
+    expanded: list[StrategySpec] = []
+    for strategy in experiment.strategies:
+        if strategy.run_from:
+            expanded.append(strategy)
+            continue
+        where = f"{path}: strategies({strategy.name}).constrain"
+        entries = strategy.constrain
+        own = [_OWN] if entries is None else entries if isinstance(entries, list) else [entries]
+        values = [e if e is _OWN else _stored_constraint(e, schema, experiment.eval, path, where)
+                  for e in own]  # fmt: skip
+        if len({json.dumps(v, sort_keys=True) for v in values if v is not _OWN}) < len(
+            [v for v in values if v is not _OWN]
+        ):
+            raise TuneLabError(f"{where}: the same constraint is listed twice")
+        for entry in extra:
+            value = _stored_constraint(entry, schema, experiment.eval, path, "--constrain")
+            if value not in values:
+                values.append(value)
+        _check_reasoning(strategy, [v for v in values if v not in (_OWN, None)], where)
+        first = strategy if values[0] is _OWN else strategy.model_copy(
+            update={"constrain": values[:1]}
+        )  # fmt: skip
+        expanded.append(first)
+        taken = {s.name for s in experiment.strategies} | {s.name for s in expanded}
+        for value in values[1:]:
+            variant = _variant(strategy, value, taken)
+            taken.add(variant.name)
+            expanded.append(variant)
+    return experiment.model_copy(update={"strategies": expanded})
+
+
+def _check_reasoning(strategy: StrategySpec, constraints: list, where: str) -> None:
+    """Chain of thought needs free text before its answer; a grammar forbids it."""
+    if not constraints:
+        return
+    from tunelab.prompting import load_strategy
+
+    prompt = strategy.prompt
+    if prompt is None and strategy.prompt_file is not None and strategy.prompt_file.is_file():
+        prompt = load_strategy(strategy.prompt_file)
+    if prompt is not None and prompt.cot:
+        raise TuneLabError(
+            f"{where}: its prompt uses chain of thought (cot), which a grammar leaves no room for"
+        )
+
+
+def _stored_constraint(entry, schema, spec: EvalSpec, path: Path, where: str):
+    """One ``constrain`` entry as a strategy stores it, compiled once so a bad schema or
+    regex fails at load, naming the strategy."""
+    from tunelab.generation.constraints import Constraint, constraint_value
+    from tunelab.prompting.strategy import check_constraint_value
+
+    try:
+        value = constraint_value(
+            entry, format_schema=schema, format_regex=spec.format_regex, base=path.parent
+        )
+        Constraint.of(check_constraint_value(value))
+    except (TuneLabError, ValueError) as err:
+        raise TuneLabError(f"{where}: {err}") from None
+    return value
+
+
+def _variant(strategy: StrategySpec, value, taken: set[str]) -> StrategySpec:
+    """The row of ``strategy`` decoded with ``value``: NAME-free / -json / -schema / -regex
+    (a number added when the name is taken, e.g. a second schema)."""
+    label = "free" if value is None else "json" if value == "json" else (
+        "schema" if isinstance(value, dict) else "regex"
+    )  # fmt: skip
+    name, number = f"{strategy.name}-{label}", 2
+    while name in taken:
+        name, number = f"{strategy.name}-{label}{number}", number + 1
+    if strategy.kind == "train":
+        return StrategySpec(name=name, run_from=strategy.name, constrain=[value])
+    if strategy.kind == "optimize":
+        return StrategySpec(name=name, prompt_from=strategy.name, constrain=[value])
+    return strategy.model_copy(update={"name": name, "constrain": [value]})

@@ -37,8 +37,14 @@ PER_EXAMPLE = {  # per-example metrics that can be recomputed from a prediction 
     "exact_match": lambda p, r: m.exact_match(p, r),
     "token_f1": m.token_f1,
     "rouge_l": m.rouge_l,
+    "json_match": m.json_match,
 }
-CORPUS = {"macro_f1": m.macro_f1, "bleu": m.bleu, "chrf": m.chrf}
+CORPUS = {
+    "macro_f1": m.macro_f1, "bleu": m.bleu, "chrf": m.chrf,
+    "field_precision": partial(m.field_micro, part=0),
+    "field_recall": partial(m.field_micro, part=1),
+    "field_f1": partial(m.field_micro, part=2),
+}  # fmt: skip
 
 
 @dataclass(frozen=True)

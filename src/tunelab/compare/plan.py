@@ -7,6 +7,7 @@ steps of the strategy's method times the tokens of the planned epochs. A prompt 
 estimated at its worst case (every candidate scored on the whole dev split).
 """
 
+import json
 import math
 import time
 from dataclasses import dataclass, replace
@@ -48,6 +49,9 @@ def plan_strategy(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan:
     eval_seconds = per_example * len(data.test)
     if spec.kind == "prompt":
         return StrategyPlan(spec.name, "prompt", tokens, None, None, eval_seconds)
+    if spec.kind == "rerun":
+        note = f"{spec.run_from}'s trained run, evaluated again"
+        return StrategyPlan(spec.name, "rerun", tokens, None, None, eval_seconds, note)
     options = spec.optimize
     pool_size = len(data.train) + len(data.dev)
     dev_rows = options.dev_rows if options.dev_rows >= 1 else options.dev_rows * pool_size
@@ -57,11 +61,22 @@ def plan_strategy(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan:
 
 
 def _prompt_for(runner: ExperimentRunner, spec: StrategySpec) -> PromptStrategy:
+    if spec.run_from:  # the trained run's own prompt, with this strategy's constrain
+        from tunelab.training.run import default_training_strategy
+
+        source = runner.experiment.strategy(spec.run_from)
+        trained = _prompt_for(runner, source) if _has_prompt(source) else None
+        default = trained or default_training_strategy(source.name)
+        return runner._strategy_of(spec, default=default)
     if spec.prompt_from and spec.prompt_from not in runner.prompts:
         # The source has not run yet: time the prompt it starts from (an estimate only).
         source = runner.experiment.strategy(spec.prompt_from)
         return _prompt_for(runner, source)
     return runner._strategy_of(spec, default=PromptStrategy(name=spec.name))
+
+
+def _has_prompt(spec: StrategySpec) -> bool:
+    return bool(spec.prompt or spec.prompt_file or spec.prompt_from)
 
 
 # runner -> prompts -> seconds per example: each set of prompts is timed once per runner, and
@@ -77,7 +92,7 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
     the prompt's; the estimate extends that to ``max_new_tokens`` (an upper bound, since
     answers may stop early). Strategies that render the same prompts share one measurement.
     """
-    from tunelab.evaluation.runner import resolve_modes
+    from tunelab.evaluation.runner import resolve_modes, with_constraint
 
     loaded, settings = runner._base_model(), runner.settings
     generating = "generate" in resolve_modes(settings.mode, runner.data.labels, strategy.cot)
@@ -85,9 +100,11 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
     shots, retriever = select_shots(strategy, runner.data.train, sample, seed=settings.seed)
     prompts = build_prompts(loaded.tokenizer, strategy, sample, runner.data.labels, shots)
     tokens = sum(map(len, encode_prompts(loaded.tokenizer, prompts))) / max(len(prompts), 1)
-    measured, key = _measured.setdefault(runner, {}), tuple(prompts)
+    measured = _measured.setdefault(runner, {})
+    key = (*prompts, json.dumps(strategy.constrain))  # a grammar changes the time too
     if key not in measured:
         if generating:
+            settings = with_constraint(settings, strategy)
             measured[key] = _generation_seconds(loaded, prompts, settings) / len(prompts)
         else:
             result = evaluate(
@@ -122,7 +139,7 @@ def _plan_training(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan
 
     data: ExperimentData = runner.data
     settings = runner.train_settings(spec)
-    strategy = _prompt_for(runner, spec) if (spec.prompt or spec.prompt_file or spec.prompt_from) \
+    strategy = _prompt_for(runner, spec) if _has_prompt(spec) \
         else default_training_strategy(spec.name)  # fmt: skip
     timing = measure_training_speed(
         settings, runner.train_data(), strategy, runner.experiment.model

@@ -20,6 +20,7 @@ from tunelab.compare.experiment import Experiment, StrategySpec
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
+from tunelab.evaluation.metrics import JSON_METRICS, is_json_task
 from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate, write_run
 from tunelab.generation import GenerationConfig
 from tunelab.models.device import resolve_placement
@@ -63,17 +64,22 @@ def load_experiment_data(experiment: Experiment) -> ExperimentData:
     return ExperimentData(train, dev, test, labels, files)
 
 
-def check_metrics(experiment: Experiment, labels: list[str] | None) -> None:
+def check_metrics(experiment: Experiment, data: ExperimentData) -> None:
     """Every listed metric must be one the evaluation produces for this kind of task."""
-    if labels is not None:
+    json_task = json_answers(data)
+    if data.labels is not None:
         known = ["accuracy", "macro_f1"]
     else:
         known = ["rouge_l", "embedding_similarity", "token_f1", "exact_match", "bleu", "chrf"]
+    if json_task:
+        known = list(JSON_METRICS)  # JSON answers are not scored as text
     if experiment.eval.checklist_field:
         known.append("checklist")
+    if experiment.eval.format_regex or (experiment.eval.format_schema and not json_task):
+        known.append("format_compliance")
     unknown = [m for m in experiment.metrics if m not in known]
     if unknown:
-        kind = "classification" if labels is not None else "free-text"
+        kind = "classification" if data.labels is not None else "JSON" if json_task else "free-text"
         raise TuneLabError(
             f"metrics: {', '.join(unknown)} not available for this {kind} task; choose from "
             f"{', '.join(known)}"
@@ -81,15 +87,27 @@ def check_metrics(experiment: Experiment, labels: list[str] | None) -> None:
         )
 
 
-def headline_metric(experiment: Experiment, labels: list[str] | None) -> str:
+def json_answers(data: ExperimentData) -> bool:
+    """No label set, and every test and dev answer is a JSON object or array (the dev split
+    is where training keeps its best epoch by a JSON metric)."""
+    return data.labels is None and is_json_task([e.output for e in data.test + data.dev])
+
+
+def headline_metric(experiment: Experiment, data: ExperimentData) -> str:
     if experiment.metrics:
         return experiment.metrics[0]
-    return "accuracy" if labels is not None else "rouge_l"
+    if data.labels is not None:
+        return "accuracy"
+    return "json_match" if json_answers(data) else "rouge_l"
 
 
 def eval_settings(experiment: Experiment) -> EvalSettings:
+    from tunelab.generation.constraints import read_schema
+
     spec = experiment.eval
     return EvalSettings(
+        format_schema=read_schema(spec.format_schema) if spec.format_schema else None,
+        format_regex=spec.format_regex,
         mode=spec.mode,
         generation=GenerationConfig(
             max_new_tokens=spec.max_new_tokens, batch_size=spec.batch_size, seed=experiment.seed
@@ -135,18 +153,23 @@ class ExperimentRunner:
     def spec_key(self, spec: StrategySpec) -> str:
         """Everything that decides this strategy's result; a finished result with another
         key is stale (the experiment file or the data changed) and runs again."""
+        source = spec.prompt_from or spec.run_from
+        hashes = {role: sha256_of(path) for role, path in self.data.files.items()}
+        if self.experiment.eval.format_schema is not None:
+            hashes["format_schema"] = sha256_of(self.experiment.eval.format_schema)
         parts = {
-            "spec": json.loads(spec.model_dump_json()),
+            # settings added later count only when set, so older results stay current
+            "spec": spec.model_dump(mode="json", exclude=_unset(spec, ("run_from", "constrain"))),
             "model": self.experiment.model,
             "task_prefix": self.experiment.task_prefix,
             "seed": self.experiment.seed,
             "placement": self.placement.record(),  # results on another device are others
-            "eval": self.experiment.eval.model_dump(),
+            "eval": self.experiment.eval.model_dump(
+                mode="json", exclude=_unset(self.experiment.eval, ("format_schema", "format_regex"))
+            ),
             "data": self.experiment.data.model_dump(mode="json"),
-            "hashes": {role: sha256_of(path) for role, path in self.data.files.items()},
-            "source": self.spec_key(self.experiment.strategy(spec.prompt_from))
-            if spec.prompt_from
-            else None,
+            "hashes": hashes,
+            "source": self.spec_key(self.experiment.strategy(source)) if source else None,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -164,7 +187,10 @@ class ExperimentRunner:
         _clear_stale(folder, spec.kind)
         reset_peak_memory()
         began = time.perf_counter()
-        kind_runner = {"prompt": self._prompt, "optimize": self._optimize, "train": self._train}
+        kind_runner = {
+            "prompt": self._prompt, "optimize": self._optimize, "train": self._train,
+            "rerun": self._rerun,
+        }  # fmt: skip
         result = kind_runner[spec.kind](spec, folder)
         result.update(
             name=spec.name,
@@ -228,7 +254,9 @@ class ExperimentRunner:
         values = spec.train.model_dump(exclude_unset=True)
         values.setdefault("task_prefix", self.experiment.task_prefix)
         values.setdefault("seed", self.experiment.seed)
-        return make_settings(**values).resolved(self.data.labels is not None)
+        return make_settings(**values).resolved(
+            self.data.labels is not None, json_answers(self.data)
+        )
 
     def train_data(self):
         from tunelab.training.run import TrainData
@@ -271,17 +299,50 @@ class ExperimentRunner:
         record["peak_memory_mb"] = max(record["peak_memory_mb"], summary["peak_memory_mb"])
         return record
 
+    def _rerun(self, spec: StrategySpec, folder: Path) -> dict:
+        """Another training strategy's run evaluated again (say, with constrained decoding):
+        its adaptation costs are the source's, its evaluation is its own."""
+        from tunelab.prompting.task_prefix import with_task_prefix
+        from tunelab.training.artifacts import load_trained_run
+
+        source = finished_result(self.out / spec.run_from)
+        if source is None:
+            raise TuneLabError(f"{spec.name}: {spec.run_from} has no finished run to evaluate")
+        strategy = self._strategy_of(spec, default=self.prompts[spec.run_from])
+        trained = load_trained_run(self.out / spec.run_from, **self.placement.record())
+        test = with_task_prefix(self.data.test, trained.meta.get("task_prefix"))
+        with _progress(self.console, f"{spec.name}: test", len(test)) as advance:
+            final = evaluate(
+                trained.model, trained.tokenizer, strategy, test, labels=self.data.labels,
+                settings=self.settings, on_progress=advance,
+            )  # fmt: skip
+        write_run(claim(folder, "eval"), final, {"strategy": strategy.model_dump(),
+                                                 "run_from": spec.run_from})  # fmt: skip
+        record = self._record(
+            final, strategy, adapt_seconds=source["adapt_seconds"],
+            trainable=source["trainable_parameters"], total=source["total_parameters"],
+            size=source["size_bytes"],
+        )  # fmt: skip
+        record["training"] = source.get("training", {})
+        record["run_from"] = spec.run_from
+        return record
+
     # -- helpers ---------------------------------------------------------------------------
 
     def _strategy_of(self, spec: StrategySpec, default: PromptStrategy) -> PromptStrategy:
+        """The strategy's prompt, with its ``constrain`` when the experiment sets one."""
         if spec.prompt_from:
-            source = self.prompts[spec.prompt_from]
-            return source.model_copy(update={"name": spec.name})
-        if spec.prompt_file:
-            return load_strategy(spec.prompt_file).model_copy(update={"name": spec.name})
-        if spec.prompt is not None:
-            return spec.prompt.model_copy(update={"name": spec.name})
-        return default
+            strategy = self.prompts[spec.prompt_from]
+        elif spec.prompt_file:
+            strategy = load_strategy(spec.prompt_file)
+        elif spec.prompt is not None:
+            strategy = spec.prompt
+        else:
+            strategy = default
+        update = {"name": spec.name}
+        if spec.constrain is not None:  # [value]: set, even to none (see the experiment file)
+            update["constrain"] = spec.constrain[0]
+        return strategy.model_copy(update=update)
 
     def _base_model(self):
         if self._base is None:
@@ -310,12 +371,12 @@ class ExperimentRunner:
     def _search_metric(self) -> str:
         from tunelab.optimize.scoring import PER_EXAMPLE_METRICS
 
-        metric = headline_metric(self.experiment, self.data.labels)
-        return (
-            metric
-            if metric in PER_EXAMPLE_METRICS
-            else ("accuracy" if self.data.labels is not None else "rouge_l")
-        )
+        metric = headline_metric(self.experiment, self.data)
+        if metric in PER_EXAMPLE_METRICS:
+            return metric
+        if self.data.labels is not None:
+            return "accuracy"
+        return "json_match" if json_answers(self.data) else "rouge_l"
 
     def _search_event(self, name: str):
         def on_event(event, candidate):
@@ -352,6 +413,10 @@ class ExperimentRunner:
         }
 
 
+def _unset(model, names: tuple[str, ...]) -> set[str]:
+    return {name for name in names if getattr(model, name) is None}
+
+
 def _clear_stale(folder: Path, kind: str) -> None:
     """Before a strategy (re)runs: a folder left by another kind of run (the strategy changed
     kind) goes whole, and a stale result.json goes; the rest is the strategy's to reuse
@@ -360,7 +425,7 @@ def _clear_stale(folder: Path, kind: str) -> None:
     marker = read_marker(folder)
     if marker is None:
         return
-    wanted = {"prompt": "eval", "optimize": "optimize", "train": "train"}[kind]
+    wanted = {"prompt": "eval", "optimize": "optimize", "train": "train", "rerun": "eval"}[kind]
     if marker["kind"] != wanted:
         remove_run(folder, marker["kind"])
     else:

@@ -167,6 +167,152 @@ def format_compliance(
     return scores
 
 
+# -- JSON answers ------------------------------------------------------------------------------
+
+_NOT_JSON = object()
+# The JSON metrics, headline first; a JSON task reports all of them.
+JSON_METRICS = ("json_match", "field_f1", "json_valid", "field_precision", "field_recall")
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_json(text: str):
+    """The JSON value of a whole answer (surrounding whitespace allowed), or _NOT_JSON.
+    Python's parser also takes NaN and Infinity, which JSON does not: they are refused."""
+    import json
+
+    try:
+        return json.loads(text, parse_constant=_no_constants)
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError
+        return _NOT_JSON
+
+
+def is_json_task(references: list[str]) -> bool:
+    """Every reference is a JSON object or array: answers are compared as JSON, not text (a
+    bare number or word is valid JSON too, but such a task is scored as text)."""
+    return bool(references) and all(isinstance(parse_json(r), dict | list) for r in references)
+
+
+def json_valid(outputs: list[str], schema: dict | None = None) -> list[float]:
+    """1.0 where the raw answer parses as JSON (and, with ``schema``, is valid under it)."""
+    validator = None
+    if schema is not None:
+        import jsonschema
+
+        validator = jsonschema.Draft202012Validator(schema)
+    scores = []
+    for output in outputs:
+        value = parse_json(output)
+        ok = value is not _NOT_JSON and (validator is None or validator.is_valid(value))
+        scores.append(float(ok))
+    return scores
+
+
+def json_match(predictions: list[str], references: list[str]) -> list[float]:
+    """1.0 where both parse and the parsed values are equal: key order, whitespace and the
+    spelling of a number (1 and 1.0 are one JSON number) do not matter; types do ("1" is not
+    1)."""
+    scores = []
+    for prediction, reference in zip(predictions, references, strict=True):
+        pred, ref = parse_json(prediction), parse_json(reference)
+        scores.append(float(pred is not _NOT_JSON and _canonical(pred) == _canonical(ref)))
+    return scores
+
+
+def _canonical(value) -> str:
+    import json
+
+    return json.dumps(_plain_numbers(value), sort_keys=True, ensure_ascii=False)
+
+
+def _plain_numbers(value):
+    """Integral floats as integers, everywhere in a parsed value (booleans untouched)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {key: _plain_numbers(child) for key, child in value.items()}
+    if isinstance(value, list):
+        return [_plain_numbers(child) for child in value]
+    return value
+
+
+_NOT_JSON_PAIR = ((), "\x00not JSON")  # the one wrong claim an unparseable answer makes
+
+
+def fields(value) -> Counter:
+    """The (key path, value) pairs of a JSON answer. A path is the tuple of keys from the top
+    (so {"a.b": 1} and {"a": {"b": 1}} differ); a value that is not a non-empty object
+    (string, number, list, {}) is one pair, compared whole. {} has no pairs; any other
+    top-level non-object is one pair under the empty path. An answer that does not parse is
+    one pair that matches nothing: prose where JSON was asked is a wrong answer, never an
+    empty one (to a {} reference it would otherwise be perfect)."""
+    if value is _NOT_JSON:
+        return Counter([_NOT_JSON_PAIR])
+    pairs: Counter = Counter()
+
+    def walk(node, path: tuple) -> None:
+        if isinstance(node, dict) and node:
+            for key, child in node.items():
+                walk(child, (*path, key))
+        else:
+            pairs[(path, _canonical(node))] += 1
+
+    if value != {}:
+        walk(value, ())
+    return pairs
+
+
+def field_counts(predictions: list[str], references: list[str]) -> list[tuple[int, int, int]]:
+    """Per example: (pairs right, pairs predicted, pairs in the reference)."""
+    counts = []
+    for prediction, reference in zip(predictions, references, strict=True):
+        pred, ref = fields(parse_json(prediction)), fields(parse_json(reference))
+        counts.append((sum((pred & ref).values()), sum(pred.values()), sum(ref.values())))
+    return counts
+
+
+def precision_recall_f1(right: int, predicted: int, expected: int) -> tuple[float, float, float]:
+    """With nothing predicted, precision is 1 when nothing was expected (else 0); recall
+    likewise: an empty answer to an empty reference is perfect."""
+    precision = right / predicted if predicted else float(expected == 0)
+    recall = right / expected if expected else float(predicted == 0)
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
+
+
+def field_f1(predictions: list[str], references: list[str]) -> list[float]:
+    """Per-example F1 over (key, value) pairs (for row-by-row comparisons)."""
+    return [precision_recall_f1(*c)[2] for c in field_counts(predictions, references)]
+
+
+def field_micro(predictions: list[str], references: list[str], part: int = 2) -> float:
+    """Micro-averaged field precision (part 0), recall (1) or F1 (2) of a corpus."""
+    counts = field_counts(predictions, references)
+    return precision_recall_f1(*(sum(c[i] for c in counts) for i in range(3)))[part]
+
+
+def field_scores_with_intervals(
+    predictions: list[str], references: list[str], *, resamples: int = 1000, seed: int = 0
+) -> dict[str, dict]:
+    """Micro-averaged precision, recall and F1 over every example's (key, value) pairs, each
+    with a bootstrap interval from resampled examples."""
+    import numpy as np
+
+    counts = np.array(field_counts(predictions, references), dtype=float).reshape(-1, 3)
+    out = {}
+    for position, name in enumerate(("field_precision", "field_recall", "field_f1")):
+
+        def on(indices, position=position) -> float:
+            return float(precision_recall_f1(*counts[indices].sum(0))[position])
+
+        value = on(np.arange(len(counts)))
+        low, high = bootstrap_interval(on, len(counts), resamples=resamples, seed=seed, point=value)
+        out[name] = {"value": value, "low": low, "high": high}
+    return out
+
+
 def bootstrap_interval(
     statistic,
     n: int,

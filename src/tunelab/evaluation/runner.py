@@ -18,6 +18,7 @@ from tunelab.evaluation import metrics as m
 from tunelab.evaluation.embeddings import get_embedder
 from tunelab.evaluation.label_scoring import score_labels
 from tunelab.generation import GenerationConfig, generate
+from tunelab.generation.constraints import Constraint
 from tunelab.paths import strict_json, write_json_atomic, write_text_atomic
 from tunelab.prompting.cot import extract_answer
 from tunelab.prompting.render import (
@@ -128,6 +129,12 @@ def evaluate(
     if labels is not None and not labels:
         raise TuneLabError("the label set is empty")
     modes = resolve_modes(settings.mode, labels, strategy.cot)
+    if strategy.constrain is not None and "generate" not in modes:
+        raise TuneLabError(
+            "constrained decoding applies to generated answers, and this evaluation scores "
+            "labels; use --mode generate (mode: generate) or drop the constraint"
+        )
+    settings = with_constraint(settings, strategy)
     started = time.perf_counter()
     clock = _PhaseClock()
     with clock("retrieval"):
@@ -183,6 +190,7 @@ def evaluate(
         "prompt_tokens_mean": sum(prompt_tokens) / max(len(prompt_tokens), 1),
         "examples": len(test),
         "inputs_cut": cut,
+        "constraint": constraint.kind if (constraint := settings.generation.constraint) else None,
     }
     if settings.latency_rows:
         extra["latency_ms_batch1"] = _one_request_ms(
@@ -190,6 +198,15 @@ def evaluate(
         )
     extra["timing"] = clock.seconds
     return EvalResult(rows, scores, time.perf_counter() - started, labels, extra)
+
+
+def with_constraint(settings: EvalSettings, strategy: PromptStrategy) -> EvalSettings:
+    """The strategy's ``constrain`` (compiled here, so a bad grammar stops before any
+    generation) becomes the generation's constraint."""
+    constraint = Constraint.of(strategy.constrain)
+    if constraint == settings.generation.constraint:
+        return settings
+    return replace(settings, generation=replace(settings.generation, constraint=constraint))
 
 
 class _PhaseClock:
@@ -337,29 +354,43 @@ def _predict_by_scoring(model, tokenizer, prompts, labels, settings, on_progress
 
 
 def _score(answers, raw, references, labels, settings: EvalSettings, prefix: str):
-    """(metrics with intervals, per-example values of the metrics that have them)."""
+    """(metrics with intervals, per-example values of the metrics that have them). JSON
+    answers get JSON metrics only: text metrics would score them as strings (after removing
+    punctuation an empty answer "equals" {})."""
     boot = {"resamples": settings.resamples, "seed": settings.seed}
-    out = {}
+    per_example, corpus = {}, {}
+    json_task = labels is None and m.is_json_task(references)
+    if json_task:
+        per_example["json_match"] = m.json_match(answers, references)
+        per_example["json_valid"] = m.json_valid(raw, settings.format_schema)
+        # reported micro-averaged over every pair (below); per example for paired comparisons
+        per_example["field_f1"] = m.field_f1(answers, references)
+        corpus |= m.field_scores_with_intervals(answers, references, **boot)
     if labels is not None:
-        per_example = {"accuracy": m.exact_match(answers, references)}
-        out["macro_f1"] = m.corpus_with_interval(
+        per_example["accuracy"] = m.exact_match(answers, references)
+        corpus["macro_f1"] = m.corpus_with_interval(
             lambda p, r: m.macro_f1(p, r, labels), answers, references, seed=settings.seed
         )
-    else:
+    elif not json_task:
         embedder = get_embedder(answers + references, settings.embedder)
-        per_example = {
+        per_example |= {
             "exact_match": m.exact_match(answers, references),
             "token_f1": m.token_f1(answers, references),
             "rouge_l": m.rouge_l(answers, references),
             "embedding_similarity": m.embedding_similarity(answers, references, embedder),
         }
-        out["bleu"] = m.corpus_with_interval(m.bleu, answers, references, seed=settings.seed)
-        out["chrf"] = m.corpus_with_interval(m.chrf, answers, references, seed=settings.seed)
-    if settings.format_regex or settings.format_schema is not None:
+        corpus["bleu"] = m.corpus_with_interval(m.bleu, answers, references, seed=settings.seed)
+        corpus["chrf"] = m.corpus_with_interval(m.chrf, answers, references, seed=settings.seed)
+    # with JSON answers, a schema alone is already json_valid's
+    if settings.format_regex or (settings.format_schema is not None and "json_valid" not in
+                                 per_example):  # fmt: skip
         per_example["format_compliance"] = m.format_compliance(
             raw, regex=settings.format_regex, schema=settings.format_schema
         )
-    out = {name: m.mean_with_interval(v, **boot) for name, v in per_example.items()} | out
+    out = {
+        name: corpus.pop(name) if name in corpus else m.mean_with_interval(values, **boot)
+        for name, values in per_example.items()
+    } | corpus
     return (
         {prefix + name: value for name, value in out.items()},
         {prefix + name: value for name, value in per_example.items()},

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from tunelab.generation.constraints import Constraint, grammar_processors
 from tunelab.generation.prefix_cache import encode_prefix, repeat_cache, shared_prefix_length
 from tunelab.prompting.render import encode_prompts
 
@@ -30,6 +31,7 @@ class GenerationConfig:
     stop: tuple[str, ...] = ()
     batch_size: int = 8
     share_prefix: bool = True  # False: every row encodes its whole prompt (for comparisons)
+    constraint: Constraint | None = None  # every answer kept inside this grammar
 
 
 def generate(
@@ -125,6 +127,11 @@ def _generate_batch(model, tokenizer, rows, shared: SharedPrefix, config, seed: 
         torch.manual_seed(seed)
     if config.stop:
         kwargs.update(stop_strings=list(config.stop), tokenizer=tokenizer)
+    processors, options = grammar_processors(
+        tokenizer, [config.constraint] * len(rows), [tokenizer.eos_token_id],
+        config.temperature, config.top_p, budgets=[config.max_new_tokens] * len(rows),
+    )  # fmt: skip
+    kwargs.update(options, logits_processor=processors)
     generated = target.generate(
         input_ids=ids,
         attention_mask=mask,

@@ -15,6 +15,8 @@ batch mixes every kind of run on the shared base:
 - a full fine-tune is its own model and is batched with requests for the same model only.
 
 Greedy requests share batches; a sampled request runs alone so its seed means what it says.
+A request may carry a grammar (JSON, a JSON schema, a regex): each row has its own matcher, so
+constrained and free rows share a batch too.
 Every row stops on its own (end of sequence, a stop string, its ``max_tokens``, or its client
 going away); the batch ends when all rows have. Requests that arrive meanwhile wait for the next
 batch (no slot refill mid-batch: ``generate`` cannot add rows).
@@ -28,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+
+from tunelab.generation.constraints import Constraint, grammar_processors
 
 log = logging.getLogger("tunelab.generation")
 BASE_ADAPTER = "__base__"  # PEFT's name for "no LoRA" in a mixed-adapter batch
@@ -56,6 +60,7 @@ class Request:
     top_p: float = 1.0
     seed: int = 0
     stop: tuple[str, ...] = ()
+    constraint: Constraint | None = None  # the answer kept inside this grammar
     cancelled: threading.Event = field(default_factory=threading.Event)
     completion_tokens: int = 0
 
@@ -167,6 +172,11 @@ class Engine:
             kwargs.update(do_sample=True, temperature=live[0].temperature, top_p=live[0].top_p)
         else:
             kwargs["do_sample"] = False
+        processors, options = grammar_processors(
+            self.tokenizer, [r.constraint for r in live], self.eos_ids,
+            live[0].temperature, live[0].top_p, budgets=[r.max_new_tokens for r in live],
+        )  # fmt: skip
+        kwargs.update(options, logits_processor=processors)
         module.generate(
             input_ids=ids,
             attention_mask=mask,

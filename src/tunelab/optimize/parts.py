@@ -32,6 +32,7 @@ class PromptParts:
     selector: Literal["fixed", "random", "similar"] = "random"
     shot_ids: tuple[int, ...] = ()
     cot: bool = False
+    decoding: str | dict | None = None  # the strategy's constrain, kept as it is (not edited)
 
     @property
     def mentions_labels(self) -> bool:
@@ -54,6 +55,7 @@ class PromptParts:
             selector=self.selector,
             shot_ids=list(self.shot_ids),
             cot=self.cot,
+            constrain=self.decoding,
         )
 
     def edit(self, **changes) -> "PromptParts":
@@ -78,4 +80,5 @@ def parts_of(strategy: PromptStrategy, classification: bool) -> PromptParts:
         selector=strategy.selector,
         shot_ids=tuple(strategy.shot_ids),
         cot=strategy.cot,
+        decoding=strategy.constrain,
     )

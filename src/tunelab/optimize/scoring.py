@@ -24,6 +24,7 @@ PER_EXAMPLE_METRICS = {
     "exact_match": m.exact_match,
     "token_f1": m.token_f1,
     "rouge_l": m.rouge_l,
+    "json_match": m.json_match,
 }
 
 

@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from tunelab.errors import TuneLabError
 
@@ -65,6 +72,12 @@ class PromptStrategy(BaseModel):
         default_factory=list, description="Row indices of the training set, for selector=fixed."
     )
     cot: bool = Field(False, description="Ask for step-by-step reasoning, then a final answer.")
+    constrain: str | dict | None = Field(
+        None,
+        description="Keep generated answers inside a grammar: 'json' (any JSON object), "
+        "'regex:PATTERN', or a JSON schema (inline; a schema file path in experiment files "
+        "and on the command line).",
+    )
 
     @field_validator("template", "instruction")
     @classmethod
@@ -74,6 +87,20 @@ class PromptStrategy(BaseModel):
 
             compile_template(template)
         return template
+
+    @field_validator("constrain")
+    @classmethod
+    def _known_constraint(cls, value: str | dict | None) -> str | dict | None:
+        return check_constraint_value(value)
+
+    @model_validator(mode="after")
+    def _grammar_leaves_room_for_reasoning(self) -> "PromptStrategy":
+        if self.cot and self.constrain is not None:
+            raise ValueError(
+                "cot and constrain exclude each other: a grammar leaves no room for the "
+                "reasoning and the final 'Answer:' line"
+            )
+        return self
 
     def resolved_template(self) -> str:
         return self.template or DEFAULT_TEMPLATE
@@ -87,6 +114,20 @@ class PromptStrategy(BaseModel):
         elif classification and self.instruction is None:
             parts.append(ANSWER_ONLY)
         return "\n".join(p for p in parts if p) or None
+
+
+def check_constraint_value(value: str | dict | None) -> str | dict | None:
+    """The stored form of a constraint: None, 'json', 'regex:PATTERN' or a JSON schema (a
+    mapping). Only the form is checked here; decoding compiles it, and a schema or regex that
+    cannot be compiled is refused there (tunelab.generation.constraints.Constraint.of)."""
+    if value is None or value == "json" or isinstance(value, dict):
+        return value
+    if isinstance(value, str) and value.startswith("regex:"):
+        return value
+    raise ValueError(
+        "use json, regex:PATTERN or an inline JSON schema (a schema file is named in an "
+        "experiment's constrain: or with --constrain)"
+    )
 
 
 def load_strategy(path: Path) -> PromptStrategy:

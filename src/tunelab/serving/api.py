@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP API over an `AdapterPool` (FastAPI).
 
-Implements what OpenAI's clients call: ``GET /v1/models``, ``POST /v1/chat/completions`` and
-``POST /v1/completions``, each with ``stream: true`` as server-sent events, plus ``GET /health``.
+Implements what OpenAI's clients call: ``GET /v1/models``, ``POST /v1/chat/completions`` (with
+``response_format`` for JSON answers) and ``POST /v1/completions``, each with ``stream: true``
+as server-sent events, plus ``GET /health``.
 Handlers never block a thread: a request is queued on the pool's generation engine and its
 text comes back through an asyncio queue. Every error is JSON in OpenAI's shape
 ``{"error": {"message", "type", "param", "code"}}``; a client's mistake is a 4xx before any
@@ -24,6 +25,8 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tunelab.errors import TuneLabError
+from tunelab.generation.constraints import Constraint
 from tunelab.serving.pool import AdapterPool, Served
 
 log = logging.getLogger("tunelab.serve")
@@ -78,6 +81,7 @@ class _Common(BaseModel):
 class ChatRequest(_Common):
     messages: list[Message] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: dict | None = None  # text | json_object | json_schema
 
 
 class CompletionRequest(_Common):
@@ -102,7 +106,7 @@ UNSUPPORTED = {
     "tool_choice": (None, "none"),
     "functions": (None, []),
     "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}),
+    "response_format": (None, {"type": "text"}),  # on /v1/completions (chat takes it)
     "suffix": (None, ""),
 }
 
@@ -172,7 +176,8 @@ def _refuse_unsupported(body: _Common) -> None:
         raise _invalid("n: this server returns one choice per request", param="n")
     for name, value in (body.model_extra or {}).items():
         if name in UNSUPPORTED and value not in UNSUPPORTED[name]:
-            raise _invalid(f"{name} is not supported by this server", param=name)
+            where = " on /v1/completions (use /v1/chat/completions)" * (name == "response_format")
+            raise _invalid(f"{name} is not supported by this server{where}", param=name)
 
 
 def _route(pool: AdapterPool, model: str | None, messages: list[dict]) -> Served:
@@ -202,6 +207,36 @@ def _seed(asked: int | None) -> int:
     return secrets.randbelow(SEED_LIMIT) if asked is None else asked % SEED_LIMIT
 
 
+def _constraint(pool: AdapterPool, response_format: dict | None, served: Served):
+    """OpenAI's ``response_format``: ``text`` (no grammar), ``json_object`` (any JSON object)
+    or ``json_schema`` (``{"json_schema": {"name", "schema", "strict"}}``). Without one, a run
+    trained with a constraint keeps its own, so it answers as it was evaluated."""
+    if response_format is None:
+        return served.constraint
+    kind = response_format.get("type")
+    if kind == "text":
+        return None
+    if pool.grammar_problem and kind in ("json_object", "json_schema"):
+        raise _invalid(f"response_format: {pool.grammar_problem}", param="response_format")
+    if kind == "json_object":
+        return Constraint.of("json")
+    if kind != "json_schema":
+        raise _invalid(
+            f"response_format.type {kind!r}: use text, json_object or json_schema",
+            param="response_format",
+        )
+    spec = response_format.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise _invalid("response_format.json_schema.schema: a JSON schema object is required",
+                       param="response_format")  # fmt: skip
+    try:
+        return Constraint.of(schema)
+    except TuneLabError as err:
+        raise _invalid(f"response_format.json_schema.schema: {err}",
+                       param="response_format") from None  # fmt: skip
+
+
 def _check_context(pool: AdapterPool, served: Served, prompt_tokens: int, budget: int) -> None:
     virtual = served.prefix.get_seq_length() if served.prefix is not None else 0
     context = pool.context
@@ -226,8 +261,16 @@ async def _respond(pool, messages: list[dict], budget: int, body, http: Request,
     def sink(kind: str, value) -> None:  # called on the engine's thread
         loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
+    # a bad schema is a 400 before any work; compiling a client's schema may take a while, so
+    # that happens off the event loop (in the loop's bounded thread pool)
+    response_format = getattr(body, "response_format", None)
+    if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
+        constraint = await asyncio.to_thread(_constraint, pool, response_format, served)
+    else:
+        constraint = _constraint(pool, response_format, served)
     request = pool.submit(served, ids, budget, sink, temperature=temperature, top_p=body.top_p,
-                          seed=_seed(body.seed), stop=tuple(stops))  # fmt: skip
+                          seed=_seed(body.seed), stop=tuple(stops),
+                          constraint=constraint)  # fmt: skip
     reply = _Reply(chat, served.name, len(ids))
     if body.stream:
         return StreamingResponse(_stream(events, request, reply), media_type="text/event-stream")

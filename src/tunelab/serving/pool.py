@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.errors import TuneLabError
+from tunelab.generation.constraints import Constraint, grammar_problem
 from tunelab.generation.engine import BASE_ADAPTER, Engine, Request, Route
 from tunelab.prompting.render import encode_chat, system_text
 from tunelab.prompting.strategy import PromptStrategy
@@ -31,6 +32,7 @@ class Served:
     model: object = None  # a full fine-tune's own model, or None
     prefix: object = None  # a soft prompt's virtual tokens as a KV cache (batch of one)
     max_new_tokens: int | None = None
+    constraint: Constraint | None = None  # the run's own (its strategy's constrain)
     meta: dict = field(default_factory=dict)
     route: Route | None = None  # how the engine runs it (set once every run is loaded)
 
@@ -65,6 +67,13 @@ class AdapterPool:
         eos = self.base.generation_config.eos_token_id
         eos_ids = {self.tokenizer.eos_token_id} | set(eos if isinstance(eos, list) else [eos])
         self.engine = Engine(self.tokenizer, max_batch=max_batch, eos_ids=eos_ids - {None})
+        vocab = self.base.get_output_embeddings().weight.shape[0]
+        # why constrained decoding (response_format, a run's constrain) is unavailable, if so
+        self.grammar_problem = grammar_problem(self.tokenizer, vocab, self.engine.eos_ids)
+        constrained = [s.name for s in self.models.values() if s.constraint is not None]
+        if self.grammar_problem and constrained:
+            raise TuneLabError(f"{constrained[0]} decodes with a constraint, but "
+                               f"{self.grammar_problem}")  # fmt: skip
 
     def _route_of(self, served: Served) -> Route:
         if served.model is not None:  # a full fine-tune
@@ -86,6 +95,7 @@ class AdapterPool:
             max_new_tokens=meta.get("max_new_tokens"),
             meta=meta,
         )
+        served.constraint = Constraint.of(served.strategy.constrain)
         adapter = run_dir / "adapter"
         if meta["method"] == "full":
             from tunelab.models import load_model

@@ -5,6 +5,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunelab.errors import TuneLabError
+from tunelab.evaluation.metrics import JSON_METRICS
 from tunelab.training.methods import get_method
 
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
@@ -33,14 +34,17 @@ class TrainSettings(BaseModel):
     task_prefix: str | None = None
     report_to: list[str] = Field(default_factory=list)
 
-    def resolved(self, classification: bool) -> "TrainSettings":
-        """Fill method defaults (learning rate, options, metric) so the stored config is exact."""
+    def resolved(self, classification: bool, json_task: bool = False) -> "TrainSettings":
+        """Fill method defaults (learning rate, options, metric) so the stored config is exact.
+        A JSON task keeps the best epoch by field F1 (smoother than whole-answer match)."""
         method = get_method(self.method)
         options = method.parse_options(self.options).model_dump()
-        metric = self.metric or ("accuracy" if classification else "rouge_l")
+        default = "accuracy" if classification else "field_f1" if json_task else "rouge_l"
+        metric = self.metric or default
         allowed = CLASSIFICATION_METRICS if classification else FREE_TEXT_METRICS
+        allowed = JSON_METRICS if json_task else allowed
         if metric not in allowed:
-            kind = "classification" if classification else "free-text"
+            kind = "classification" if classification else "JSON" if json_task else "free-text"
             raise TuneLabError(
                 f"--metric {metric!r} is not a {kind} metric; choose one of {', '.join(allowed)}"
             )
