@@ -47,6 +47,15 @@ def chat_command(
         pool, fixed=pool.models[runs[0].resolve().name] if len(runs) == 1 else None, **override
     )
     console.print(HELP)
+    try:
+        _converse(session, max_tokens, temperature)
+    finally:
+        # the engine's worker may still be inside generate for a moment after an answer's
+        # last token: exiting under it aborts the process ("terminate called ...")
+        pool.close()
+
+
+def _converse(session: "ChatSession", max_tokens: int, temperature: float) -> None:
     while True:
         try:
             line = console.input("[bold green]you>[/] ")
