@@ -340,9 +340,8 @@ def _with_constraints_expanded(experiment: Experiment, path: Path, extra: list[s
         own = [_OWN] if entries is None else entries if isinstance(entries, list) else [entries]
         values = [e if e is _OWN else _stored_constraint(e, schema, experiment.eval, path, where)
                   for e in own]  # fmt: skip
-        if len({json.dumps(v, sort_keys=True) for v in values if v is not _OWN}) < len(
-            [v for v in values if v is not _OWN]
-        ):
+        chosen = [v for v in values if v is not _OWN]
+        if len({json.dumps(v, sort_keys=True) for v in chosen}) < len(chosen):
             raise TuneLabError(f"{where}: the same constraint is listed twice")
         for entry in extra:
             value = _stored_constraint(entry, schema, experiment.eval, path, "--constrain")
@@ -380,14 +379,13 @@ def _stored_constraint(entry, schema, spec: EvalSpec, path: Path, where: str):
     """One ``constrain`` entry as a strategy stores it, compiled once so a bad schema or
     regex fails at load, naming the strategy."""
     from tunelab.generation.constraints import Constraint, constraint_value
-    from tunelab.prompting.strategy import check_constraint_value
 
     try:
         value = constraint_value(
             entry, format_schema=schema, format_regex=spec.format_regex, base=path.parent
         )
-        Constraint.of(check_constraint_value(value))
-    except (TuneLabError, ValueError) as err:
+        Constraint.of(value)  # checks the form too
+    except TuneLabError as err:
         raise TuneLabError(f"{where}: {err}") from None
     return value
 
