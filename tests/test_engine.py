@@ -2,6 +2,7 @@
 soft-prompt methods gives every row the tokens it gets alone; rows stop on their own."""
 
 import threading
+import time
 
 import pytest
 import torch
@@ -155,6 +156,30 @@ def test_the_worker_batches_what_is_waiting_and_cancels_on_request(setup):
     engine.close()
     assert sorted(i for i, _ in finished) == [0, 1, 3, 4, 5]
     assert sizes[0] == 4 and sum(sizes) == 6  # 4 together, then the rest
+
+
+def test_requests_arriving_a_moment_apart_share_one_batch(setup):
+    """Closed-loop clients answered together resubmit milliseconds apart: the worker waits
+    its gather window for them instead of starting a batch of one."""
+    tokenizer, host, prefixes = setup
+    engine = Engine(tokenizer, max_batch=4, gather_seconds=0.5)
+    sizes = []
+    decode = engine._decode
+    engine._decode = lambda batch: (sizes.append(len(batch)), decode(batch))[1]
+    finished = threading.Semaphore(0)
+    ids = encode_chat(tokenizer, [{"role": "user", "content": QUESTIONS[0]}])
+
+    def sink(kind, value):
+        if kind == "done":
+            finished.release()
+
+    for _ in range(3):
+        engine.submit(Request(Route(host, "lora-a"), ids, 2, sink))
+        time.sleep(0.05)
+    for _ in range(3):
+        assert finished.acquire(timeout=30)
+    engine.close()
+    assert sizes == [3]
 
 
 def test_a_stop_string_cuts_the_text_and_ends_the_row(setup):

@@ -19,12 +19,16 @@ A request may carry a grammar (JSON, a JSON schema, a regex): each row has its o
 constrained and free rows share a batch too.
 Every row stops on its own (end of sequence, a stop string, its ``max_tokens``, or its client
 going away); the batch ends when all rows have. Requests that arrive meanwhile wait for the next
-batch (no slot refill mid-batch: ``generate`` cannot add rows).
+batch (no slot refill mid-batch: ``generate`` cannot add rows). Before a batch starts with
+free slots, the worker waits ``gather_seconds`` (50 ms) for more requests: clients answered
+together by the last batch send their next requests a few milliseconds apart, and without the
+wait the first to arrive would start a batch of one while the rest queue behind it.
 """
 
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,15 +86,18 @@ class Request:
 
 class Engine:
     def __init__(
-        self, tokenizer, *, max_batch: int = 8, eos_ids: set[int] | None = None, start=True
-    ):
+        self, tokenizer, *, max_batch: int = 8, eos_ids: set[int] | None = None, start=True,
+        gather_seconds: float = 0.05,
+    ):  # fmt: skip
         self.tokenizer = tokenizer
         self.max_batch = max_batch
+        self.gather_seconds = gather_seconds if max_batch > 1 else 0.0
         self.eos_ids = eos_ids or {tokenizer.eos_token_id}
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.queue: queue.Queue[Request | None] = queue.Queue()
         self.pending: deque[Request] = deque()  # taken off the queue, not yet decoded
         self.busy = 0  # requests being decoded now
+        self.closed = False
         self.worker = threading.Thread(target=self._run, name="tunelab-generation", daemon=True)
         if start:  # start=False: queue requests first, then start() (tests of batching)
             self.worker.start()
@@ -99,6 +106,8 @@ class Engine:
         self.worker.start()
 
     def submit(self, request: Request) -> Request:
+        if self.closed:  # nobody would ever answer it
+            raise RuntimeError("the generation engine is closed")
         self.queue.put(request)
         return request
 
@@ -106,6 +115,7 @@ class Engine:
         return self.queue.qsize() + len(self.pending)
 
     def close(self) -> None:
+        self.closed = True
         self.queue.put(None)
         self.worker.join(timeout=30)
 
@@ -119,15 +129,7 @@ class Engine:
                 if first is None:
                     return
                 pending.append(first)
-            while True:  # everything already waiting joins the choice of the next batch
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-                if item is None:
-                    self.queue.put(None)  # stop after what is pending
-                    break
-                pending.append(item)
+            self._gather(pending)
             batch = self._next_batch(pending)
             self.busy = len(batch)
             try:
@@ -138,6 +140,24 @@ class Engine:
                     request.emit("error", f"generation failed: {type(err).__name__}")
             finally:
                 self.busy = 0
+
+    def _gather(self, pending: deque[Request]) -> None:
+        """Everything already waiting, and what arrives within ``gather_seconds`` while the
+        batch has free slots, joins the choice of the next batch."""
+        deadline = time.monotonic() + self.gather_seconds
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                if left > 0 and len(pending) < self.max_batch:
+                    item = self.queue.get(timeout=left)
+                else:
+                    item = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is None:
+                self.queue.put(None)  # stop after what is pending
+                return
+            pending.append(item)
 
     def _next_batch(self, pending: deque[Request]) -> list[Request]:
         """The oldest request and the waiting ones that can share its batch, oldest first."""

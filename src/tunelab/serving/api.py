@@ -258,7 +258,12 @@ async def _respond(pool, messages: list[dict], budget: int, body, http: Request,
     loop = asyncio.get_running_loop()
     events: asyncio.Queue = asyncio.Queue()
 
+    pieces: list[str] = []
+
     def sink(kind: str, value) -> None:  # called on the engine's thread
+        if kind == "delta" and not body.stream:  # gathered here: no event-loop wake-up per
+            pieces.append(value)  # token, which would contend with decoding for the GIL
+            return
         loop.call_soon_threadsafe(events.put_nowait, (kind, value))
 
     # a bad schema is a 400 before any work; compiling a client's schema may take a while, so
@@ -274,7 +279,6 @@ async def _respond(pool, messages: list[dict], budget: int, body, http: Request,
     reply = _Reply(chat, served.name, len(ids))
     if body.stream:
         return StreamingResponse(_stream(events, request, reply), media_type="text/event-stream")
-    pieces = []
     try:
         while True:
             try:
@@ -284,9 +288,7 @@ async def _respond(pool, messages: list[dict], budget: int, body, http: Request,
                     request.cancel()
                     return Response(status_code=499)
                 continue
-            if kind == "delta":
-                pieces.append(value)
-            elif kind == "error":
+            if kind == "error":
                 raise ApiError(500, value, "server_error")
             else:
                 return reply.whole("".join(pieces), value, request.completion_tokens)
