@@ -28,7 +28,13 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(BIN)/tunelab compare examples/tech_support/experiment.yaml --out runs/tech-support
 
-test: install
+# The tests also cover the optional extras (UI, trackers) and drive the UI in Chromium when
+# /usr/bin/chromium is there (.ci/run installs Debian's chromium; without it that test skips).
+$(VENV)/.test-extras: $(VENV)/.installed
+	$(BIN)/python -m pip install -q -e ".[test,test-extras]"
+	touch $@
+
+test: install $(VENV)/.test-extras
 	$(BIN)/python -m pytest -q
 
 lint: install

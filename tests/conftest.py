@@ -74,3 +74,42 @@ def needs_shared_datasets():
     return pytest.mark.skipif(
         not SHARED_DATASETS.is_dir(), reason="../shared/datasets is not beside this checkout"
     )
+
+
+@pytest.fixture(scope="session")
+def finished_comparison(tmp_path_factory, tiny_model_dir) -> Path:
+    """A finished tiny comparison (a prompt, a prompt search, a LoRA run), tracked to MLflow
+    and TensorBoard where they are installed: the tracking and UI tests read it. The file
+    asks for tensorboard; the command line's --track replaces that."""
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import app
+
+    root = tmp_path_factory.mktemp("comparison")
+    texts = {
+        "billing": ["card charged twice", "refund my fee", "wrong amount billed", "invoice error"],
+        "login": ["cannot sign in", "password reset", "locked out", "two factor broken"],
+    }
+    rows = [{"text": t, "label": label} for label, ts in texts.items() for t in ts]
+    for name, part in (("train.jsonl", rows * 2), ("test.jsonl", rows[::2])):
+        (root / name).write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
+    (root / "experiment.yaml").write_text(
+        f"""name: tracked
+data: {{train: train.jsonl, test: test.jsonl, input: text, output: label, dev_size: 0.25}}
+model: {tiny_model_dir}
+track: tensorboard
+strategies:
+  - {{name: base, prompt: {{}}}}
+  - {{name: refined, optimize: {{budget: 2, operators: [format, persona], dev_rows: 4}}}}
+  - {{name: lora, train: {{method: lora, epochs: 2, batch_size: 4}}}}
+""",
+        encoding="utf-8",
+    )
+    out = root / "runs" / "tracked"
+    tracked = [t for t in ("mlflow", "tensorboard") if importlib.util.find_spec(t) is not None]
+    track = [arg for name in tracked for arg in ("--track", name)] or ["--track", "none"]
+    result = CliRunner().invoke(
+        app, ["compare", str(root / "experiment.yaml"), "--out", str(out), *track]
+    )
+    assert result.exit_code == 0, result.output
+    return out

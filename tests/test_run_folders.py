@@ -315,8 +315,8 @@ def test_compare_restarts_an_edited_training_strategy_whose_run_was_interrupted(
     out = tmp_path / "out"
     original = run_module.train_run
 
-    def interrupted(*args, **kwargs):
-        return original(*args, callbacks=(Interrupt(at_step=2),), **kwargs)
+    def interrupted(*args, callbacks=(), **kwargs):
+        return original(*args, callbacks=(*callbacks, Interrupt(at_step=2)), **kwargs)
 
     monkeypatch.setattr(run_module, "train_run", interrupted)
     assert run("compare", experiment, "--out", out, "--no-estimate").exit_code == 130

@@ -113,7 +113,7 @@ def remove_leftovers(target: Path) -> None:
     for prefix, rest in patterns.items():
         for leftover in target.parent.glob(f"{glob.escape(prefix)}*"):
             match = re.fullmatch(rest, leftover.name[len(prefix) :])
-            if match is None or _alive(int(match.group(1))):
+            if match is None or process_alive(int(match.group(1))):
                 continue
             if leftover.is_dir() and not leftover.is_symlink():
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -121,7 +121,8 @@ def remove_leftovers(target: Path) -> None:
                 leftover.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this machine (signal 0 probes, sends nothing)."""
     if pid == os.getpid():
         return True
     try:

@@ -1,4 +1,8 @@
-"""Option parsing shared by the commands that read a dataset or load a model."""
+"""Option parsing shared by the commands that read a dataset or load a model, and the
+listening socket of the commands that serve (serve, ui)."""
+
+import ipaddress
+import socket
 
 import typer
 
@@ -34,3 +38,24 @@ def device_option(default: str = "auto"):
 
 def dtype_option(default: str = "auto"):
     return typer.Option(default, help=DTYPE_HELP + " | float32 | bfloat16 | float16")
+
+
+def listen(host: str, port: int) -> socket.socket:
+    try:
+        return socket.create_server((host, port), family=_family(host))
+    except OSError as err:
+        reason = err.strerror or err
+        raise TuneLabError(f"--host {host} --port {port}: cannot listen ({reason})") from None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET

@@ -18,6 +18,7 @@ from tunelab.compare.leaderboard import (
     rows_of,
     size_text,
 )
+from tunelab.compare.progress import ProgressFile
 from tunelab.compare.report import read_predictions
 from tunelab.compare.runner import (
     ExperimentData,
@@ -33,6 +34,7 @@ from tunelab.errors import TuneLabError
 from tunelab.models.device import resolve_placement
 from tunelab.paths import write_json_atomic, write_text_atomic
 from tunelab.runs import check_out, claim
+from tunelab.tracking import Tracking, check_trackers
 
 
 def compare_command(
@@ -55,11 +57,18 @@ def compare_command(
         "(NAME-json ...): json | schema | regex | a schema file | regex:PATTERN | none. "
         "Repeatable; the file's own rows are kept.",
     ),
+    track: list[str] = typer.Option(
+        [],
+        help="Log every strategy and the leaderboard to mlflow | trackio | wandb | tensorboard "
+        "(repeatable; overrides the file's track:; none: no tracking). Offline by default.",
+    ),
 ) -> None:
     """Run every strategy (resumable: finished ones are skipped), then leaderboard + report."""
     experiment = load_experiment(experiment_file, constrain=constrain or None)
     overrides = {k: v for k, v in (("device", device), ("dtype", dtype)) if v is not None}
     experiment = experiment.model_copy(update=overrides)
+    trackers = check_trackers(track or experiment.track,
+                              "--track" if track else f"{experiment_file}: track:")  # fmt: skip
     # An impossible placement fails here, named where it was asked for (option or file field).
     device_name, dtype_name = (
         f"--{key}" if key in overrides else f"{experiment_file}: {key}"
@@ -78,26 +87,52 @@ def compare_command(
     runner = ExperimentRunner(experiment, data, out_dir, console)
     pending = [s for s in specs if runner.finished(s) is None]
     _print_header(experiment, data, out_dir, len(specs) - len(pending))
+    estimates = {}
     if plan or (estimate and pending):
         _print_data_check(runner, data)
-        _print_plan(runner, pending)
+        estimates = _print_plan(runner, pending)
     if plan:
         return
     began = time.perf_counter()
+    cached = {s.name for s in specs if s not in pending}
+    runner.progress = ProgressFile(out_dir, specs, estimates, cached)
+    tracking = None
     results = []
     try:
+        tracking = Tracking(trackers, experiment.name, out_dir, lambda line: warn([line]))
         for index, spec in enumerate(specs, 1):
-            status = "cached" if spec not in pending else spec.kind
-            console.rule(f"[{index}/{len(specs)}] {spec.name} · {status}")
+            status = "cached" if spec.name in cached else spec.kind
+            console.rule(f"[{index}/{len(specs)}] {spec.name} · {status}{_eta(runner.progress)}")
+            runner.progress.start(spec.name)
             results.append(runner.run(spec))
+            runner.progress.finish(spec.name, "cached" if spec.name in cached else "done")
+            tracking.strategy(results[-1], out_dir / spec.name, cached=spec.name in cached)
+        warn([f"{r['name']}: {w}" for r in results
+              for w in inputs_cut_warning(r.get("inputs_cut"))])  # fmt: skip
+        _finish(experiment, data, runner, results, out_dir, time.perf_counter() - began, tracking)
     except KeyboardInterrupt:
+        runner.progress.end("interrupted")
+        if tracking is not None:
+            tracking.close("KILLED")
         console.print(
             f"\n[yellow]interrupted[/]: finished strategies are kept in {out_dir}; run the same "
             "command again to continue"
         )
         raise typer.Exit(130) from None
-    warn([f"{r['name']}: {w}" for r in results for w in inputs_cut_warning(r.get("inputs_cut"))])
-    _finish(experiment, data, runner, results, out_dir, time.perf_counter() - began)
+    except BaseException:
+        runner.progress.end("failed")
+        if tracking is not None:
+            tracking.close("FAILED")
+        raise
+    runner.progress.end("finished")
+    tracking.close("FINISHED")
+    for where in tracking.where:
+        console.print(f"tracked: {where}", highlight=False)
+
+
+def _eta(progress: ProgressFile) -> str:
+    left = progress.seconds_left()
+    return f" · about {_duration(left)} left in all" if left else ""
 
 
 def _selected(experiment: Experiment, only: list[str]):
@@ -138,12 +173,14 @@ def _print_data_check(runner: ExperimentRunner, data: ExperimentData) -> None:
     print_stats(data_check(data, loaded.tokenizer), runner.experiment.model, Path("the test set"))
 
 
-def _print_plan(runner: ExperimentRunner, pending) -> None:
+def _print_plan(runner: ExperimentRunner, pending) -> dict[str, float]:
+    """Print the measured plan; return each pending strategy's estimated seconds."""
     from tunelab.compare.plan import plan_strategy
 
     if not pending:
         console.print("every strategy has finished; nothing to estimate")
-        return
+        return {}
+    estimates = {}
     console.rule("plan (measured on this machine)")
     table = Table(
         "strategy", "kind", "prompt tokens", "train tokens/epoch", "train/search", "test eval"
@@ -153,6 +190,7 @@ def _print_plan(runner: ExperimentRunner, pending) -> None:
         for spec in pending:
             planned = plan_strategy(runner, spec)
             total += planned.total_seconds
+            estimates[spec.name] = planned.total_seconds
             table.add_row(
                 planned.name, planned.kind, f"{planned.prompt_tokens:.0f}",
                 f"{planned.train_tokens:,}" if planned.train_tokens else "-",
@@ -169,9 +207,10 @@ def _print_plan(runner: ExperimentRunner, pending) -> None:
     for note in notes:
         console.print(note)
     console.print(f"estimated total: {_duration(total)} (model loading not included)")
+    return estimates
 
 
-def _finish(experiment, data, runner, results, out_dir: Path, seconds: float) -> None:
+def _finish(experiment, data, runner, results, out_dir: Path, seconds: float, tracking) -> None:
     from tunelab.compare.report import write_report
 
     metric = headline_metric(experiment, data)
@@ -206,6 +245,7 @@ def _finish(experiment, data, runner, results, out_dir: Path, seconds: float) ->
         out_dir / "report.html", f"TuneLab comparison: {experiment.name}", metric, rows,
         recommendation, by_name, {r.name: out_dir / r.name for r in rows}, facts,
     )  # fmt: skip
+    tracking.leaderboard(rows, metric, recommendation, out_dir)
     console.print(table)
     if extra:
         console.print(_extra_metrics_text(rows, by_name, extra))

@@ -79,6 +79,7 @@ def _register_commands() -> None:
         optimize,
         serve,
         train,
+        ui,
     )
 
     app.add_typer(models.app, name="models")
@@ -91,6 +92,7 @@ def _register_commands() -> None:
     app.command("serve")(serve.serve_command)
     app.command("chat")(chat.chat_command)
     app.command("export")(export.export_command)
+    app.command("ui")(ui.ui_command)
 
 
 _register_commands()

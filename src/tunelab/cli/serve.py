@@ -1,14 +1,11 @@
 """``tunelab serve``: trained runs behind an OpenAI-compatible HTTP API."""
 
-import ipaddress
-import socket
 from pathlib import Path
 
 import typer
 
-from tunelab.cli.common import device_option, dtype_option
+from tunelab.cli.common import device_option, dtype_option, is_loopback, listen
 from tunelab.cli.output import console, warn
-from tunelab.errors import TuneLabError
 from tunelab.models.device import resolve_placement
 from tunelab.serving.api import Limits
 
@@ -51,7 +48,7 @@ def serve_command(
     from tunelab.training.artifacts import read_meta
 
     placement = resolve_placement(device, dtype)
-    listener = _listen(host, port)  # a taken port or a bad --host fails before any loading
+    listener = listen(host, port)  # a taken port or a bad --host fails before any loading
     bound = listener.getsockname()[1]
     runs = runs or []
     base = model or (read_meta(runs[0])["base_model"] if runs else DEFAULT_MODEL)
@@ -66,7 +63,7 @@ def serve_command(
         default_max_tokens=min(DEFAULTS.default_max_tokens, max_tokens),
         api_key=api_key or None,
     )
-    if not api_key and not _loopback(host):
+    if not api_key and not is_loopback(host):
         warn([f"listening on {host} without --api-key: anyone who can reach it can use it"])
     shown = f"[{host}]" if ":" in host else host
     console.print(f"OpenAI-compatible API on http://{shown}:{bound}/v1", highlight=False)
@@ -77,24 +74,3 @@ def serve_command(
         server.run(sockets=[listener])
     finally:
         pool.close()
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    try:
-        return socket.create_server((host, port), family=_family(host))
-    except OSError as err:
-        reason = err.strerror or err
-        raise TuneLabError(f"--host {host} --port {port}: cannot listen ({reason})") from None
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _family(host: str) -> socket.AddressFamily:
-    return socket.AF_INET6 if ":" in host else socket.AF_INET

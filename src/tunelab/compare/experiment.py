@@ -27,6 +27,11 @@ from tunelab.prompting.strategy import PromptStrategy
 from tunelab.training.config import TrainSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+# what an experiment folder holds besides its strategies' folders (trackers included)
+RESERVED_NAMES = {
+    "experiment.json", "results.json", "progress.json", "leaderboard.md", "report.html",
+    "tunelab-run.json", "mlflow.db", "mlartifacts", "tensorboard", "wandb",
+}  # fmt: skip
 
 
 class Strict(BaseModel):
@@ -193,7 +198,27 @@ class Experiment(Strict):
         "and prompt tokens per answer) or adaptation (trainable parameters, training time); "
         "default: both readings",
     )
+    track: list[str] = Field(
+        default_factory=list,
+        description="trackers every strategy is logged to: mlflow, trackio, wandb, tensorboard "
+        "(--track overrides)",
+    )
     strategies: list[StrategySpec] = Field(min_length=1)
+
+    @field_validator("track", mode="before")
+    @classmethod
+    def _one_or_many(cls, value):
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("track")
+    @classmethod
+    def _known_trackers(cls, names: list[str]) -> list[str]:
+        from tunelab.tracking import TRACKERS
+
+        unknown = [n for n in names if n not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker {unknown[0]!r}; choose from {', '.join(TRACKERS)}")
+        return names
 
     @field_validator("strategies")
     @classmethod
@@ -202,6 +227,12 @@ class Experiment(Strict):
         repeated = sorted({n for n in names if names.count(n) > 1})
         if repeated:
             raise ValueError(f"strategy names must be unique; repeated: {', '.join(repeated)}")
+        taken = [n for n in names if n.lower() in RESERVED_NAMES]
+        if taken:
+            raise ValueError(
+                f"{taken[0]!r} is a name the experiment folder uses for its own files; "
+                "rename the strategy"
+            )
         for index, strategy in enumerate(strategies):
             for field_name in ("prompt_from", "run_from"):
                 source = getattr(strategy, field_name)

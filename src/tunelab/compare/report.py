@@ -45,11 +45,8 @@ def write_report(
     folders: dict[str, Path],
     facts: dict,
 ) -> Path:
-    import matplotlib
-
     from tunelab.paths import write_text_atomic
 
-    matplotlib.use("Agg")  # files only; never open a window
     predictions = {name: read_predictions(folder) for name, folder in folders.items()}
     sections = [
         f"<h1>{_e(title)}</h1>",
@@ -61,8 +58,8 @@ def write_report(
         "<h2>Leaderboard</h2>",
         _leaderboard_table(rows, metric, recommendation),
         "<h2>Quality and cost</h2>",
-        _img(_quality_plot(rows, metric)),
-        _img(_cost_plot(rows, metric)),
+        _img(quality_plot(rows, metric)),
+        _img(cost_plot(rows, metric)),
     ]
     curves = _training_curves(folders, results)
     if curves:
@@ -117,10 +114,11 @@ def _leaderboard_table(rows: list[Row], metric: str, rec: Recommendation | None)
     return f"<table>{head}{''.join(body)}</table>"
 
 
-def _quality_plot(rows: list[Row], metric: str):
-    import matplotlib.pyplot as plt
+def quality_plot(rows: list[Row], metric: str):
+    from matplotlib.figure import Figure
 
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.2))
+    fig = Figure(figsize=(9, 0.45 * len(rows) + 1.2))
+    ax = fig.subplots()
     ordered = rows[::-1]
     names = [r.name for r in ordered]
     values = [r.value for r in ordered]
@@ -134,10 +132,11 @@ def _quality_plot(rows: list[Row], metric: str):
     return fig
 
 
-def _cost_plot(rows: list[Row], metric: str):
-    import matplotlib.pyplot as plt
+def cost_plot(rows: list[Row], metric: str):
+    from matplotlib.figure import Figure
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, (label, cost) in zip(
         axes,
         (
@@ -163,22 +162,19 @@ def _cost_plot(rows: list[Row], metric: str):
 
 
 def _training_curves(folders: dict[str, Path], results: dict[str, dict]):
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    from tunelab.training.artifacts import read_curves
 
     curves = {}
     for name, folder in folders.items():
-        if results[name]["kind"] != "train" or not (folder / "metrics.jsonl").is_file():
-            continue
-        points = [
-            (r["step"], r["loss"])
-            for r in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())
-            if "loss" in r
-        ]
+        points = read_curves(folder).get("train/loss") if results[name]["kind"] == "train" else None
         if points:
             curves[name] = points
     if not curves:
         return None
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    fig = Figure(figsize=(9, 3.8))
+    ax = fig.subplots()
     for name, points in curves.items():
         ax.plot(*zip(*points, strict=True), marker=".", label=name)
     ax.set_xlabel("optimiser step")
@@ -192,7 +188,7 @@ def _training_curves(folders: dict[str, Path], results: dict[str, dict]):
 
 def _breakdown_plot(rows, predictions, metric, labels):
     """Per-label accuracy (classification) or per-example score (free text), as a heatmap."""
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
 
     names = [r.name for r in rows if predictions.get(r.name)]
     if not names:
@@ -209,7 +205,8 @@ def _breakdown_plot(rows, predictions, metric, labels):
         columns = [f"#{i + 1}" for i in range(min(len(first), 40))]
         grid = [per_example_scores(predictions[n], metric)[: len(columns)] for n in names]
         title = f"Per-example {metric if metric != 'checklist' else 'checklist coverage'}"
-    fig, ax = plt.subplots(figsize=(min(16, 1.5 + 0.35 * len(columns)), 0.5 * len(names) + 1.8))
+    fig = Figure(figsize=(min(16, 1.5 + 0.35 * len(columns)), 0.5 * len(names) + 1.8))
+    ax = fig.subplots()
     image = ax.imshow(grid, aspect="auto", cmap="RdYlGn", vmin=0, vmax=1)
     ax.set_yticks(range(len(names)), names)
     ax.set_xticks(range(len(columns)), columns, rotation=90 if labels else 0, fontsize=7)
@@ -259,11 +256,8 @@ def _color(row: Row) -> str:
 
 
 def _img(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
     data = base64.b64encode(buffer.getvalue()).decode()
     return f"<p><img alt='plot' src='data:image/png;base64,{data}'></p>"
 

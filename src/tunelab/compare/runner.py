@@ -17,6 +17,7 @@ from pathlib import Path
 
 from tunelab.cli.common import resolve_labels
 from tunelab.compare.experiment import Experiment, StrategySpec
+from tunelab.compare.progress import ProgressFile
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
@@ -28,7 +29,7 @@ from tunelab.paths import write_json_atomic
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.provenance import file_record, git_commit, package_versions, sha256_of
 from tunelab.runs import claim, read_marker, remove_run
-from tunelab.training.trainer import peak_memory_mb, reset_peak_memory
+from tunelab.training.trainer import ReportSteps, peak_memory_mb, reset_peak_memory
 
 RESULT_FILE = "result.json"
 LATENCY_ROWS = 8  # test rows answered one at a time per strategy to time one request
@@ -149,6 +150,7 @@ class ExperimentRunner:
         self.settings = eval_settings(experiment)
         self._base = None
         self.prompts: dict[str, PromptStrategy] = {}  # each strategy's final prompt
+        self.progress: ProgressFile | None = None  # progress.json, while a compare runs
 
     def spec_key(self, spec: StrategySpec) -> str:
         """Everything that decides this strategy's result; a finished result with another
@@ -229,7 +231,7 @@ class ExperimentRunner:
             loaded, parts_of(start, setup.space.classification), setup.splits, self.data.labels,
             self.settings, self._search_metric(), setup.settings, setup.space, search_dir,
             writer=make_writer(spec.optimize.search_options(), loaded),
-            on_event=self._search_event(spec.name),
+            on_event=self._search_event(spec.name, spec.optimize.search_options().budget),
         )  # fmt: skip
         search_seconds = time.perf_counter() - began
         best = result.best.parts.to_strategy(spec.name)
@@ -283,6 +285,7 @@ class ExperimentRunner:
             settings, data, strategy, self.experiment.model, folder,
             resume=resume, overwrite=not resume and folder.exists(), console=self.console,
             final_eval=self.settings, placement=self.placement,
+            callbacks=(ReportSteps(self._report),),
         )  # fmt: skip
         summary = outcome.summary
         record = self._record(
@@ -311,7 +314,7 @@ class ExperimentRunner:
         strategy = self._strategy_of(spec, default=self.prompts[spec.run_from])
         trained = load_trained_run(self.out / spec.run_from, **self.placement.record())
         test = with_task_prefix(self.data.test, trained.meta.get("task_prefix"))
-        with _progress(self.console, f"{spec.name}: test", len(test)) as advance:
+        with _progress(self.console, f"{spec.name}: test", len(test), self._report) as advance:
             final = evaluate(
                 trained.model, trained.tokenizer, strategy, test, labels=self.data.labels,
                 settings=self.settings, on_progress=advance,
@@ -356,7 +359,8 @@ class ExperimentRunner:
 
     def _evaluate_base(self, strategy: PromptStrategy, pool=None) -> EvalResult:
         loaded = self._base_model()
-        with _progress(self.console, f"{strategy.name}: test", len(self.data.test)) as advance:
+        label, total = f"{strategy.name}: test", len(self.data.test)
+        with _progress(self.console, label, total, self._report) as advance:
             return evaluate(
                 loaded.model,
                 loaded.tokenizer,
@@ -378,8 +382,18 @@ class ExperimentRunner:
             return "accuracy"
         return "json_match" if json_answers(self.data) else "rouge_l"
 
-    def _search_event(self, name: str):
+    def _report(self, phase: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress.step(phase, done, total)
+
+    def _search_event(self, name: str, budget: int):
+        finished = 0
+
         def on_event(event, candidate):
+            nonlocal finished
+            if event == "finished":
+                finished += 1
+                self._report("prompt search (prompts scored)", finished, budget)
             if event == "finished" and self.console is not None:
                 score = candidate.score["value"] if candidate.score else float("nan")
                 self.console.print(
@@ -445,17 +459,32 @@ def _search_folder(folder: Path, key: str) -> Path:
 
 
 @contextlib.contextmanager
-def _progress(console, label: str, total: int):
-    """A transient bar on the console (nothing without one); yields the advance function."""
+def _progress(console, label: str, total: int, report=None):
+    """A transient bar on the console (nothing without one) that also goes to ``report``
+    (phase, done, total); yields the advance function."""
+    done = 0
+    phase = label.rpartition(": ")[2]
+
+    def reported(n: int) -> None:
+        nonlocal done
+        done += n
+        if report is not None:
+            report(phase, done, total)
+
     if console is None:
-        yield lambda n: None
+        yield reported
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     columns = (label, BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task(label, total=total)
-        yield lambda n: progress.advance(task, n)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+            reported(n)
+
+        yield advance
 
 
 def _weights_size(folder: Path) -> int:

@@ -16,6 +16,7 @@ its final evaluation resumes with that evaluation alone).
 """
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ CHECKPOINTS_DIR = "checkpoints"
 SUMMARY_FILE = "summary.json"
 FINAL_METRICS = "metrics.json"
 FORMAT_VERSION = 1
+METRICS_LOG = "metrics.jsonl"
 
 
 @dataclass
@@ -100,3 +102,40 @@ def load_trained_run(run_dir: Path, *, device: str = "cpu", dtype: str = "float3
         loaded = load_model(str(adapter), device=device, dtype=dtype)
         model, tokenizer = loaded.model, loaded.tokenizer
     return TrainedRun(run_dir, meta, inference_view(model), tokenizer)
+
+
+def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """metrics.jsonl as curves by optimiser step: ``train/loss``, ``train/learning_rate``...
+    every few steps, and the dev metrics (``dev/accuracy``...) after each evaluation."""
+    path = run_dir / METRICS_LOG
+    if not path.is_file():
+        return {}
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for record in read_jsonl_records(path):
+        step = record.get("step")
+        if not isinstance(step, int):
+            continue
+        for key, value in record.items():
+            if key in ("step", "epoch", "eval_seconds") or not _finite_number(value):
+                continue
+            name = f"dev/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
+            curves.setdefault(name, []).append((step, float(value)))
+    return curves
+
+
+def read_jsonl_records(path: Path) -> list[dict]:
+    """The JSON objects of a log file, skipping any line that is not one (the last line of
+    a log still being written may be cut short)."""
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def _finite_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -355,7 +355,7 @@ def _build_trainer(
         task_eval=task_eval,
         callbacks=[
             KeepBestAndStopEarly(metric_key, settings.patience),
-            MetricsFile(run_dir / "metrics.jsonl"),
+            MetricsFile(run_dir / artifacts.METRICS_LOG),
         ],
     )
     trainer.remove_callback(PrinterCallback)
@@ -432,9 +432,9 @@ def _start_run_dir(run_dir: Path, config: dict, start: StartPoint) -> None:
         remove_run(run_dir, "train")
     claim(run_dir, "train")
     if start.resume:
-        truncate_metrics_file(run_dir / "metrics.jsonl", _step_of(start.checkpoint))
+        truncate_metrics_file(run_dir / artifacts.METRICS_LOG, _step_of(start.checkpoint))
         return
-    (run_dir / "metrics.jsonl").unlink(missing_ok=True)
+    (run_dir / artifacts.METRICS_LOG).unlink(missing_ok=True)
     write_json_atomic(run_dir / "config.json", config)
 
 

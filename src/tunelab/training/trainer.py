@@ -206,6 +206,17 @@ def truncate_metrics_file(path: Path, last_step: int) -> None:
     write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
+class ReportSteps(TrainerCallback):
+    """Optimiser steps done of planned, to ``report(phase, done, total)`` (a compare's
+    progress.json)."""
+
+    def __init__(self, report):
+        self.report = report
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.report("training (optimiser steps)", state.global_step, state.max_steps)
+
+
 class ProgressDisplay(TrainerCallback):
     """A rich progress bar: step, loss, tokens/s, ETA; the dev metric after each evaluation."""
 
