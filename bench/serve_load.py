@@ -1,6 +1,7 @@
 """`tunelab serve` under load: one request at a time against batched decoding, same workload.
 
-    python bench/serve_load.py [--max-tokens 32] [--work runs/bench-serve]
+    python bench/serve_load.py [--max-tokens 32] [--work runs/bench-serve] [--levels 1,8,32]
+        [--rounds 2]
 
 The workload: the embedded model serving two LoRA runs, one prefix-tuning run and the base
 model; every request names one of the four in turn (so batches mix adapters and prefixes),
@@ -91,6 +92,9 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("runs/bench-serve"))
     parser.add_argument("--levels", default="1,8,32")
     parser.add_argument("--batches", default="1,8", help="engine --max-batch settings")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="requests per client at each level (16 at least)"
+    )
     args = parser.parse_args()
     runs = train_runs(args.work)
     models = [*RUNS, "base"]
@@ -102,7 +106,7 @@ def main() -> None:
             run_level(url, models, 4, 4, args.max_tokens)  # warm-up: every model once
             label = "one at a time" if max_batch == 1 else f"batched (max {max_batch})"
             for clients in map(int, args.levels.split(",")):
-                requests = max(16, 2 * clients)
+                requests = max(16, args.rounds * clients)
                 r = run_level(url, models, clients, requests, args.max_tokens)
                 print(f"| {label} | {clients} | {requests} | {r['rps']:.2f} | {r['p50']:.2f} | "
                       f"{r['p95']:.2f} | {r['tokens_per_second']:.1f} |", flush=True)  # fmt: skip

@@ -229,3 +229,39 @@ def test_a_failing_sink_cancels_its_request_only(setup):
     )
     assert done.wait(30)  # the worker is alive
     engine.close()
+
+
+def test_fused_adapters_give_pefts_mixed_batch_logits(setup):
+    """Every adapter computed at once per layer (a per-row mask) equals PEFT's per-row
+    adapter_names path; the layers' own forward comes back afterwards."""
+    from tunelab.generation.multi_lora import fusable_layers, fused_adapters
+
+    tokenizer, host, prefixes = setup
+    names = ["lora-a", BASE_ADAPTER, "lora-b", "lora-a", "lora-b", BASE_ADAPTER]
+    rows = [encode_chat(tokenizer, [{"role": "user", "content": QUESTIONS[i % 5]}])
+            for i in range(len(names))]  # fmt: skip
+    longest = max(map(len, rows))
+    ids = torch.tensor([[tokenizer.pad_token_id] * (longest - len(r)) + r for r in rows])
+    mask = torch.arange(longest)[None] >= torch.tensor([longest - len(r) for r in rows])[:, None]
+    layers = fusable_layers(host)
+    assert layers and all(set(layer.lora_A) == {"lora-a", "lora-b"} for layer in layers)
+    with torch.inference_mode():
+        expected = host(input_ids=ids, attention_mask=mask.long(), adapter_names=names).logits
+        with fused_adapters(layers, names):
+            fused = host(input_ids=ids, attention_mask=mask.long()).logits
+        host.set_adapter("lora-a")
+        plain = host(input_ids=ids, attention_mask=mask.long()).logits
+    assert torch.allclose(fused, expected, atol=1e-4)
+    assert not torch.allclose(plain, expected, atol=1e-2)  # rows really use other adapters
+    assert all("forward" not in vars(layer) for layer in layers)
+
+
+def test_dora_layers_are_left_to_peft(tiny_tokenizer):
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    from tunelab.generation.multi_lora import fusable_layers
+
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, use_dora=True)
+    model = get_peft_model(make_tiny_model(tiny_tokenizer), config)
+    assert fusable_layers(model) is None
+    assert fusable_layers(make_tiny_model(tiny_tokenizer)) is None  # no LoRA at all

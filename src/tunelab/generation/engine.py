@@ -7,8 +7,9 @@ for one left-padded ``generate`` over the same 8 prompts, and it takes neither P
 adapter batches nor a caller's KV prefix, which is how soft-prompt runs are served. Here one
 batch mixes every kind of run on the shared base:
 
-- LoRA runs share it through PEFT's mixed-adapter batches (``adapter_names``, one per row;
-  ``__base__`` switches LoRA off for a row);
+- LoRA runs share it, each row its own adapter, all adapters computed at once per layer
+  (``generation.multi_lora``; PEFT's mixed-adapter batches, ``adapter_names``, where a layer
+  cannot be fused); ``__base__`` switches LoRA off for a row;
 - soft-prompt runs (prompt, prefix, P-tuning) bring their virtual prefix as KV cache rows,
   stacked and left-padded to the longest (the padding masked out), so each row's real tokens
   sit at the positions they have when run alone; the base model rides along with no prefix;
@@ -25,6 +26,7 @@ together by the last batch send their next requests a few milliseconds apart, an
 wait the first to arrive would start a batch of one while the rest queue behind it.
 """
 
+import contextlib
 import logging
 import queue
 import threading
@@ -36,6 +38,7 @@ from dataclasses import dataclass, field
 import torch
 
 from tunelab.generation.constraints import Constraint, grammar_processors
+from tunelab.generation.multi_lora import fusable_layers, fused_adapters
 
 log = logging.getLogger("tunelab.generation")
 BASE_ADAPTER = "__base__"  # PEFT's name for "no LoRA" in a mixed-adapter batch
@@ -87,7 +90,7 @@ class Request:
 class Engine:
     def __init__(
         self, tokenizer, *, max_batch: int = 8, eos_ids: set[int] | None = None, start=True,
-        gather_seconds: float = 0.05,
+        gather_seconds: float = 0.05, fuse_lora: bool = True,
     ):  # fmt: skip
         self.tokenizer = tokenizer
         self.max_batch = max_batch
@@ -98,6 +101,8 @@ class Engine:
         self.pending: deque[Request] = deque()  # taken off the queue, not yet decoded
         self.busy = 0  # requests being decoded now
         self.closed = False
+        self.fuse_lora = fuse_lora
+        self._fusable: dict[int, list | None] = {}  # id(module) -> its fusable LoRA layers
         self.worker = threading.Thread(target=self._run, name="tunelab-generation", daemon=True)
         if start:  # start=False: queue requests first, then start() (tests of batching)
             self.worker.start()
@@ -185,8 +190,14 @@ class Engine:
         kwargs = {}
         if cache is not None:
             kwargs["past_key_values"] = cache
+        adapters = contextlib.nullcontext()
         if live[0].route.adapter is not None:
-            kwargs["adapter_names"] = [r.route.adapter for r in live]
+            names = [r.route.adapter for r in live]
+            layers = self._lora_layers(module)
+            if layers is not None:  # every row's adapter in two products per layer
+                adapters = fused_adapters(layers, names)
+            else:
+                kwargs["adapter_names"] = names
         if live[0].temperature > 0:
             torch.manual_seed(live[0].seed)
             kwargs.update(do_sample=True, temperature=live[0].temperature, top_p=live[0].top_p)
@@ -197,19 +208,27 @@ class Engine:
             live[0].temperature, live[0].top_p, budgets=[r.max_new_tokens for r in live],
         )  # fmt: skip
         kwargs.update(options, logits_processor=processors)
-        module.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max(r.max_new_tokens for r in live),
-            top_k=None,
-            pad_token_id=self.pad_id,
-            eos_token_id=sorted(self.eos_ids),
-            streamer=rows,
-            stopping_criteria=[rows],
-            use_cache=True,
-            **kwargs,
-        )
+        with adapters:
+            module.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max(r.max_new_tokens for r in live),
+                top_k=None,
+                pad_token_id=self.pad_id,
+                eos_token_id=sorted(self.eos_ids),
+                streamer=rows,
+                stopping_criteria=[rows],
+                use_cache=True,
+                **kwargs,
+            )
         rows.finish_open_rows()
+
+    def _lora_layers(self, module) -> list | None:
+        """The module's LoRA layers when they can be fused (found once per module)."""
+        key = id(module)
+        if key not in self._fusable:
+            self._fusable[key] = fusable_layers(module) if self.fuse_lora else None
+        return self._fusable[key]
 
     def _inputs(self, live: list[Request], device):
         """Input ids and mask laid out ``[virtual prefix][padding][prompt]`` per row, and the

@@ -8,6 +8,7 @@ experiment's own unless the user's environment says so (``MLFLOW_TRACKING_URI``,
 
 import contextlib
 import io
+import logging
 import math
 import os
 import shutil
@@ -28,6 +29,9 @@ class MlflowTracker:
         # MLflow 3 reports usage to its makers unless told not to; a user's own setting wins
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
         from mlflow.tracking import MlflowClient
+
+        for name in ("mlflow", "alembic"):  # their set-up notes would bury TuneLab's output
+            logging.getLogger(name).setLevel(logging.WARNING)
 
         configured = os.environ.get("MLFLOW_TRACKING_URI")
         self.uri = configured or f"sqlite:///{(out_dir / 'mlflow.db').resolve()}"
