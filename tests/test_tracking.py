@@ -44,6 +44,9 @@ def test_every_strategy_is_an_mlflow_run_with_metrics_curves_and_files(finished_
         assert {"result.json", "predictions.jsonl"} <= files
     lora = runs["lora"].info.run_id
     assert runs["lora"].data.params["train.method"] == "lora"
+    context = runs["lora"].data.params  # the experiment's own settings, on every run
+    assert context["experiment.seed"] == "0" and "sha256" in context["experiment.data.train"]
+    assert parents[0].data.params["model"] == context["experiment.model"]
     loss = client.get_metric_history(lora, "train/loss")
     dev = client.get_metric_history(lora, "dev/accuracy")
     assert len(loss) >= 2 and len(dev) == 2  # a dev evaluation per epoch
@@ -138,10 +141,25 @@ def test_a_compare_finishes_when_its_tracker_fails_and_logs_are_cut_short(
     folders = sorted((out / "tensorboard").iterdir())
     assert len(folders) == 2  # this compare's own folder beside the first one's
     assert {p.name for p in folders[-1].iterdir()} == STRATEGIES | {"_leaderboard"}
+    state = json.loads((out / "progress.json").read_text())
+    assert state["state"] == "finished"
 
 
 def test_track_none_turns_off_the_files_trackers(tmp_path):
-    assert check_trackers(["none"]) == [] and check_trackers(["tensorboard", "none"]) == []
+    assert check_trackers(["none"]) == [] and check_trackers(["none", "none"]) == []
+    with pytest.raises(TuneLabError, match="--track none turns tracking off: give it alone"):
+        check_trackers(["tensorboard", "none"])
+
+
+def test_only_one_strategy_keeps_the_others_on_the_leaderboard(finished_comparison, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(finished_comparison, out)
+    experiment = finished_comparison.parents[1] / "experiment.yaml"
+    result = runner.invoke(app, ["compare", str(experiment), "--out", str(out), "--only", "base",
+                                 "--track", "none"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    names = {r["name"] for r in json.loads((out / "results.json").read_text())["results"]}
+    assert names == STRATEGIES
 
 
 def test_strategy_record_reads_the_files_a_strategy_wrote(finished_comparison):

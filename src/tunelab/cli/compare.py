@@ -69,6 +69,7 @@ def compare_command(
     experiment = experiment.model_copy(update=overrides)
     trackers = check_trackers(track or experiment.track,
                               "--track" if track else f"{experiment_file}: track:")  # fmt: skip
+    experiment = experiment.model_copy(update={"track": trackers})  # recorded as used
     # An impossible placement fails here, named where it was asked for (option or file field).
     device_name, dtype_name = (
         f"--{key}" if key in overrides else f"{experiment_file}: {key}"
@@ -98,8 +99,11 @@ def compare_command(
     runner.progress = ProgressFile(out_dir, specs, estimates, cached)
     tracking = None
     results = []
+    stop_on_term = _sigterm_as_interrupt()  # a scheduler's kill ends like Ctrl-C
     try:
-        tracking = Tracking(trackers, experiment.name, out_dir, lambda line: warn([line]))
+        context = _tracked_context(experiment, data)
+        tracking = Tracking(trackers, experiment.name, out_dir, lambda line: warn([line]),
+                            context=context)  # fmt: skip
         for index, spec in enumerate(specs, 1):
             status = "cached" if spec.name in cached else spec.kind
             console.rule(f"[{index}/{len(specs)}] {spec.name} · {status}{_eta(runner.progress)}")
@@ -109,6 +113,8 @@ def compare_command(
             tracking.strategy(results[-1], out_dir / spec.name, cached=spec.name in cached)
         warn([f"{r['name']}: {w}" for r in results
               for w in inputs_cut_warning(r.get("inputs_cut"))])  # fmt: skip
+        # with --only, the strategies not run this time still belong on the leaderboard
+        results = _with_other_finished(experiment, runner, results)
         _finish(experiment, data, runner, results, out_dir, time.perf_counter() - began, tracking)
     except KeyboardInterrupt:
         runner.progress.end("interrupted")
@@ -124,10 +130,52 @@ def compare_command(
         if tracking is not None:
             tracking.close("FAILED")
         raise
+    finally:
+        stop_on_term()
     runner.progress.end("finished")
     tracking.close("FINISHED")
     for where in tracking.where:
         console.print(f"tracked: {where}", highlight=False)
+
+
+def _sigterm_as_interrupt():
+    """Until the returned function is called, SIGTERM raises KeyboardInterrupt (in the main
+    thread only, where signals can be handled)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
+
+
+def _tracked_context(experiment: Experiment, data: ExperimentData) -> dict[str, str]:
+    """What every tracker run records besides the strategy: the model, seed, task prefix and
+    the data files with their hashes (so runs of same-named experiments stay apart)."""
+    from tunelab.provenance import file_record
+
+    context = {"model": experiment.model, "seed": str(experiment.seed),
+               "task_prefix": experiment.task_prefix or ""}  # fmt: skip
+    for role, path in data.files.items():
+        record = file_record(path)
+        context[f"data.{role}"] = f"{path} (sha256 {str(record.get('sha256', ''))[:12]})"
+    return context
+
+
+def _with_other_finished(experiment: Experiment, runner: ExperimentRunner, results: list):
+    """``results`` plus the current results of strategies not selected, in file order."""
+    by_name = {r["name"]: r for r in results}
+    for spec in experiment.strategies:
+        if spec.name not in by_name:
+            done = runner.finished(spec)
+            if done is not None:
+                by_name[spec.name] = done
+    return [by_name[s.name] for s in experiment.strategies if s.name in by_name]
 
 
 def _eta(progress: ProgressFile) -> str:

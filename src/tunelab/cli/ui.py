@@ -29,6 +29,8 @@ def ui_command(
     compare, and a chat with any run. Read-only on the run folders."""
     if importlib.util.find_spec("gradio") is None:
         raise TuneLabError("tunelab ui needs Gradio: pip install 'tunelab[ui]'")
+    if runs_dir.exists() and not runs_dir.is_dir():
+        raise TuneLabError(f"{runs_dir}: is a file; give the folder your runs are in")
     if not runs_dir.is_dir():
         raise TuneLabError(f"{runs_dir}: no such folder (give the folder your runs are in)")
     placement = resolve_placement(device, dtype)

@@ -62,7 +62,7 @@ class ProgressFile:
         """finished | interrupted | failed"""
         self.state = state
         if self.current:
-            self.finish(self.current["name"], "failed" if state == "failed" else "pending")
+            self.finish(self.current["name"], "failed" if state == "failed" else "interrupted")
         self._write()
 
     def seconds_left(self) -> float | None:

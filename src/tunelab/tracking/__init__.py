@@ -28,6 +28,8 @@ NONE = "none"  # --track none: no tracking, whatever the file says
 def check_trackers(names: list[str], where: str = "--track") -> list[str]:
     """The names, each known and installed; else one line naming the extra to install."""
     if NONE in names:
+        if len(set(names)) > 1:
+            raise TuneLabError(f"{where} none turns tracking off: give it alone")
         return []
     for name in names:
         if name not in TRACKERS:
@@ -39,13 +41,14 @@ def check_trackers(names: list[str], where: str = "--track") -> list[str]:
 
 class Tracking:
     def __init__(self, names: list[str], experiment: str, out_dir: Path,
-                 warn: Callable[[str], None]):  # fmt: skip
+                 warn: Callable[[str], None], context: dict[str, str] | None = None):  # fmt: skip
+        """``context``: what every run records besides its strategy (model, seed, data)."""
         from tunelab.tracking.backends import BACKENDS
 
-        self.warn, self.trackers = warn, {}
+        self.warn, self.trackers, self.context = warn, {}, context or {}
         for name in names:
             self._call(name, lambda name=name: self.trackers.__setitem__(
-                name, BACKENDS[name](experiment, out_dir)))  # fmt: skip
+                name, BACKENDS[name](experiment, out_dir, self.context)))  # fmt: skip
 
     @property
     def where(self) -> list[str]:
@@ -56,7 +59,8 @@ class Tracking:
 
         if self.trackers:
             self._each(lambda t, record: t.log_strategy(record),
-                       lambda: strategy_record(result, folder, cached=cached))  # fmt: skip
+                       lambda: strategy_record(result, folder, cached=cached,
+                                               context=self.context))  # fmt: skip
 
     def leaderboard(self, rows, metric: str, recommendation, out_dir: Path) -> None:
         from tunelab.tracking.record import leaderboard_record

@@ -18,6 +18,7 @@ from pathlib import Path
 from tunelab.tracking.record import TrackedLeaderboard, TrackedStrategy
 
 BATCH = 500  # MLflow accepts at most 1,000 metrics and 100 parameters per call
+LEADERBOARD_RUN = "_leaderboard"  # no strategy name starts with "_"
 
 
 class MlflowTracker:
@@ -25,9 +26,11 @@ class MlflowTracker:
     children are the strategies. Store: ``MLFLOW_TRACKING_URI``, else a SQLite file in the
     experiment folder (MLflow 3 no longer takes new plain-folder stores)."""
 
-    def __init__(self, experiment: str, out_dir: Path):
+    def __init__(self, experiment: str, out_dir: Path, context: dict[str, str]):
         # MLflow 3 reports usage to its makers unless told not to; a user's own setting wins
         os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+        # an unreachable server is reported at once, not after minutes of backed-off retries
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         from mlflow.tracking import MlflowClient
 
         for name in ("mlflow", "alembic"):  # their set-up notes would bury TuneLab's output
@@ -48,6 +51,13 @@ class MlflowTracker:
         self.parent = self.client.create_run(
             self.experiment_id, run_name=f"compare {stamp}", tags={"tunelab.role": "compare"}
         ).info.run_id
+        from mlflow.entities import Param
+
+        params = [Param(k, v) for k, v in context.items()]
+        for start in range(0, len(params), 100):
+            self.client.log_batch(self.parent, params=params[start : start + 100])
+        if (out_dir / "experiment.json").is_file():  # the resolved experiment, data hashes
+            self.client.log_artifact(self.parent, str(out_dir / "experiment.json"))
         self.where = f"MLflow {self.uri} (view: mlflow ui --backend-store-uri {self.uri})"
 
     def log_strategy(self, s: TrackedStrategy) -> None:
@@ -97,7 +107,7 @@ class TrackioTracker:
     """One trackio project per experiment, one run per strategy, grouped by compare; stored
     where trackio keeps its local database (``TRACKIO_DIR``)."""
 
-    def __init__(self, experiment: str, out_dir: Path):
+    def __init__(self, experiment: str, out_dir: Path, context: dict[str, str]):
         import trackio
 
         self.trackio, self.project = trackio, experiment
@@ -121,7 +131,7 @@ class TrackioTracker:
         self._finish()
 
     def log_leaderboard(self, board: TrackedLeaderboard) -> None:
-        self._run("leaderboard", {"metric": board.metric})
+        self._run(LEADERBOARD_RUN, {"metric": board.metric})
         columns = list(board.rows[0]) if board.rows else ["strategy"]
         table = self.trackio.Table(columns=columns, data=[list(r.values()) for r in board.rows])
         values = {"leaderboard": table}
@@ -143,7 +153,7 @@ class WandbTracker:
     (files in the experiment folder; ``wandb sync`` uploads them) unless ``WANDB_MODE`` says
     otherwise: stored credentials alone never start an upload."""
 
-    def __init__(self, experiment: str, out_dir: Path):
+    def __init__(self, experiment: str, out_dir: Path, context: dict[str, str]):
         import wandb
 
         self.wandb, self.project, self.dir = wandb, experiment, out_dir.resolve()
@@ -171,7 +181,7 @@ class WandbTracker:
         run.finish()
 
     def log_leaderboard(self, board: TrackedLeaderboard) -> None:
-        run = self._run("leaderboard", {"metric": board.metric})
+        run = self._run(LEADERBOARD_RUN, {"metric": board.metric})
         columns = list(board.rows[0]) if board.rows else ["strategy"]
         table = self.wandb.Table(columns=columns, data=[list(r.values()) for r in board.rows])
         run.log({"leaderboard": table})
@@ -188,7 +198,7 @@ class TensorboardTracker:
     """Event files under ``<experiment>/tensorboard/<strategy>``: scalars by step, the
     settings and the leaderboard as text."""
 
-    def __init__(self, experiment: str, out_dir: Path):
+    def __init__(self, experiment: str, out_dir: Path, context: dict[str, str]):
         from torch.utils.tensorboard import SummaryWriter
 
         # one folder per compare: a rerun's points never land on an earlier compare's curves
@@ -210,7 +220,7 @@ class TensorboardTracker:
             writer.close()
 
     def log_leaderboard(self, board: TrackedLeaderboard) -> None:
-        writer = self.writer_class(log_dir=str(self.root / "_leaderboard"))
+        writer = self.writer_class(log_dir=str(self.root / LEADERBOARD_RUN))
         try:
             board_file = next((p for p in board.files if p.name == "leaderboard.md"), None)
             text = board_file.read_text(encoding="utf-8") if board_file else ""

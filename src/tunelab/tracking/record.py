@@ -63,11 +63,15 @@ class TrackedLeaderboard:
     files: list[Path]
 
 
-def strategy_record(result: dict, folder: Path, *, cached: bool = False) -> TrackedStrategy:
+def strategy_record(
+    result: dict, folder: Path, *, cached: bool = False, context: dict[str, str] | None = None
+) -> TrackedStrategy:
+    """``context``: the experiment's own settings (model, seed, data), as ``experiment.*``."""
+    extra = {f"experiment.{k}": _text(v) for k, v in (context or {}).items()}
     return TrackedStrategy(
         name=result["name"],
         kind=result["kind"],
-        params=_params(result),
+        params=_params(result) | extra,
         metrics=_metrics(result),
         curves=read_curves(folder) | _search_curve(folder),
         artifacts=[folder / name for name in ARTIFACTS if (folder / name).is_file()],

@@ -26,12 +26,14 @@ def build_app(root: Path, rooms: ChatRooms):
 
     def show_experiment(label: str | None):
         if not label:
-            return [], "No comparison here yet.", None, None, "", _pick([]), _pick([], NONE)
+            hint = f"No comparison under {root} yet: run `tunelab compare EXPERIMENT.yaml`."
+            return [], hint, None, None, "", _pick([]), _pick([NONE], NONE)
         folder = root / label
         progress = browse.progress_text(folder)
         experiment = browse.load_experiment(folder)
         if experiment is None:
-            return [], "Not finished yet.", None, None, progress, _pick([]), _pick([], NONE)
+            text = "No leaderboard yet: it appears when the compare finishes."
+            return [], text, None, None, progress, _pick([]), _pick([NONE], NONE)
         from tunelab.compare.report import cost_plot, quality_plot
 
         cells, text, rows = browse.leaderboard(experiment)
@@ -114,16 +116,35 @@ def build_app(root: Path, rooms: ChatRooms):
             message = gr.Textbox(label="message", placeholder="Type and press Enter")
             clear = gr.Button("clear")
         timer = gr.Timer(PROGRESS_EVERY)
+        seen = gr.State(0.0)  # when the leaderboard shown was written
 
         shown = [board, recommendation, quality, cost, progress, first, second]
         answer_inputs = [experiment, first, second, only]
+
+        def stamp(label: str | None) -> float:
+            return browse.results_stamp(root / label) if label else 0.0
+
         # the strategy names may be the same in the next experiment: refresh the answers too
         experiment.change(show_experiment, experiment, shown).then(
             show_answers, answer_inputs, table
-        )
-        app.load(show_experiment, experiment, shown).then(show_answers, answer_inputs, table)
-        timer.tick(lambda label: browse.progress_text(root / label) if label else "",
-                   experiment, progress)  # fmt: skip
+        ).then(stamp, experiment, seen)
+        # a page opened later sees the runs that exist now, not those at start-up
+        app.load(reload, [experiment, run, target], [experiment, run, target]).then(
+            show_experiment, experiment, shown
+        ).then(show_answers, answer_inputs, table).then(stamp, experiment, seen)
+
+        def tick(label: str | None, seen: float):
+            """The progress text; everything when the leaderboard changed since shown."""
+            if not label:
+                return ("", seen) + (gr.skip(),) * 6
+            written = stamp(label)
+            if written == seen:
+                return (browse.progress_text(root / label), seen) + (gr.skip(),) * 6
+            board_, text, q, c, prog, f, sec = show_experiment(label)
+            return (prog, written, board_, text, q, c, f, sec)
+
+        ticked = [progress, seen, board, recommendation, quality, cost, first, second]
+        timer.tick(tick, [experiment, seen], ticked)
         for control in (first, second, only):
             control.change(show_answers, answer_inputs, table)
         run.change(show_curves, run, curves)

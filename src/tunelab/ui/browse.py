@@ -82,6 +82,12 @@ def load_experiment(folder: Path) -> Experiment | None:
     )  # fmt: skip
 
 
+def results_stamp(folder: Path) -> float:
+    """When the comparison's leaderboard was last written (0: not yet)."""
+    path = folder / "results.json"
+    return path.stat().st_mtime if path.is_file() else 0.0
+
+
 def leaderboard(experiment: Experiment):
     """(rows as table cells, the recommendation's text, the Row objects for plots)."""
     predictions = {r["name"]: read_predictions(experiment.folder / r["name"])
@@ -148,8 +154,10 @@ def curves_figure(run_folder: Path):
     dev = {k: v for k, v in curves.items() if k.startswith("dev/")}
     fig = Figure(figsize=(11 if dev else 6, 3.8))
     axes = fig.subplots(1, 2 if dev else 1, squeeze=False)
-    for ax, group, label in ((axes[0][0], loss, "training loss"),
-                             (axes[0][-1], dev, "dev metric")):  # fmt: skip
+    panels = [(axes[0][0], loss, "training loss")] + (
+        [(axes[0][1], dev, "dev metric")] if dev else []
+    )
+    for ax, group, label in panels:
         for name, points in group.items():
             ax.plot(*zip(*points, strict=True), marker=".", label=name)
         ax.set_xlabel("optimiser step")
@@ -164,6 +172,8 @@ def curves_figure(run_folder: Path):
 def progress_text(folder: Path) -> str:
     """A running (or stopped) comparison's progress.json in a few lines of Markdown."""
     path = folder / PROGRESS_FILE
+    if not folder.is_dir():
+        return f"{folder} is gone."
     if not path.is_file():
         return "No progress recorded (started before this TuneLab version, or never run)."
     state = json.loads(path.read_text(encoding="utf-8"))
@@ -190,7 +200,11 @@ def progress_text(folder: Path) -> str:
     if running and left is not None:
         lines.append(f"about {_duration(left)} left (from the plan's measured estimates)")
     lines.append(f"updated {_duration(time.time() - state['updated_at'])} ago")
-    listing = "\n".join(f"- {s['name']} ({s['kind']}): {s['status']}" for s in strategies)
+    listing = "\n".join(
+        f"- {s['name']} ({s['kind']}): "
+        + (s["status"] if running or s["status"] != "running" else "stopped")
+        for s in strategies
+    )
     return "\n\n".join(lines) + "\n\n" + listing
 
 
