@@ -95,7 +95,8 @@ def _alone(tokenizer, host, route_name: str, prefixes, ids: list[int], budget: i
     return new[: new.index(eos)] if eos in new else new
 
 
-def test_one_mixed_batch_gives_each_row_its_own_tokens(setup):
+@pytest.mark.parametrize("fuse_lora", [True, False], ids=["fused", "peft-adapter-names"])
+def test_one_mixed_batch_gives_each_row_its_own_tokens(setup, fuse_lora):
     tokenizer, host, prefixes = setup
     names = ["base", "lora-a", "prompt", "lora-b", "prefix", "p-tuning", "lora-a", "base"]
     routes = {
@@ -104,7 +105,7 @@ def test_one_mixed_batch_gives_each_row_its_own_tokens(setup):
         "lora-b": Route(host, "lora-b"),
         **{n: Route(host, BASE_ADAPTER, prefixes[n]) for n in ("prompt", "prefix", "p-tuning")},
     }
-    engine = Engine(tokenizer, max_batch=8)
+    engine = Engine(tokenizer, max_batch=8, fuse_lora=fuse_lora)
     got: dict[int, list[int]] = {}
     requests = []
     for index, name in enumerate(names):
@@ -251,17 +252,24 @@ def test_fused_adapters_give_pefts_mixed_batch_logits(setup):
             fused = host(input_ids=ids, attention_mask=mask.long()).logits
         host.set_adapter("lora-a")
         plain = host(input_ids=ids, attention_mask=mask.long()).logits
-    assert torch.allclose(fused, expected, atol=1e-4)
+        with host.disable_adapter():
+            base = host(input_ids=ids, attention_mask=mask.long()).logits
+            with fused_adapters(layers, names):  # switched off stays off
+                off = host(input_ids=ids, attention_mask=mask.long()).logits
+    assert torch.allclose(fused, expected, atol=1e-4) and torch.equal(off, base)
     assert not torch.allclose(plain, expected, atol=1e-2)  # rows really use other adapters
     assert all("forward" not in vars(layer) for layer in layers)
 
 
-def test_dora_layers_are_left_to_peft(tiny_tokenizer):
+@pytest.mark.parametrize(
+    "option", [{"use_dora": True}, {"lora_bias": True}, {"modules_to_save": ["lm_head"]}]
+)
+def test_adapters_the_fused_path_cannot_compute_are_left_to_peft(tiny_tokenizer, option):
     from peft import LoraConfig, TaskType, get_peft_model
 
     from tunelab.generation.multi_lora import fusable_layers
 
-    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, use_dora=True)
+    config = LoraConfig(task_type=TaskType.CAUSAL_LM, r=4, **option)
     model = get_peft_model(make_tiny_model(tiny_tokenizer), config)
     assert fusable_layers(model) is None
     assert fusable_layers(make_tiny_model(tiny_tokenizer)) is None  # no LoRA at all
