@@ -101,7 +101,7 @@ def compare_command(
     results = []
     stop_on_term = _sigterm_as_interrupt()  # a scheduler's kill ends like Ctrl-C
     try:
-        context = _tracked_context(experiment, data)
+        context = _tracked_context(experiment, data) if trackers else {}
         tracking = Tracking(trackers, experiment.name, out_dir, lambda line: warn([line]),
                             context=context)  # fmt: skip
         for index, spec in enumerate(specs, 1):
@@ -157,13 +157,12 @@ def _sigterm_as_interrupt():
 def _tracked_context(experiment: Experiment, data: ExperimentData) -> dict[str, str]:
     """What every tracker run records besides the strategy: the model, seed, task prefix and
     the data files with their hashes (so runs of same-named experiments stay apart)."""
-    from tunelab.provenance import file_record
+    from tunelab.provenance import sha256_of
 
     context = {"model": experiment.model, "seed": str(experiment.seed),
                "task_prefix": experiment.task_prefix or ""}  # fmt: skip
     for role, path in data.files.items():
-        record = file_record(path)
-        context[f"data.{role}"] = f"{path} (sha256 {str(record.get('sha256', ''))[:12]})"
+        context[f"data.{role}"] = f"{path} (sha256 {sha256_of(path)[:12]})"
     return context
 
 

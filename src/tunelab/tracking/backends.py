@@ -9,12 +9,12 @@ experiment's own unless the user's environment says so (``MLFLOW_TRACKING_URI``,
 import contextlib
 import io
 import logging
-import math
 import os
 import shutil
 import time
 from pathlib import Path
 
+from tunelab.paths import strict_json
 from tunelab.tracking.record import TrackedLeaderboard, TrackedStrategy
 
 BATCH = 500  # MLflow accepts at most 1,000 metrics and 100 parameters per call
@@ -93,8 +93,7 @@ class MlflowTracker:
         self.client.set_tag(self.parent, "tunelab.metric", board.metric)
         if board.recommendation:
             self.client.set_tag(self.parent, "tunelab.recommendation", board.recommendation[:4000])
-        rows = [{k: _finite_or_none(v) for k, v in row.items()} for row in board.rows]
-        self.client.log_dict(self.parent, {"metric": board.metric, "rows": rows},
+        self.client.log_dict(self.parent, strict_json({"metric": board.metric, "rows": board.rows}),
                              "leaderboard.json")  # fmt: skip
         for path in board.files:
             self.client.log_artifact(self.parent, str(path))
@@ -249,11 +248,6 @@ def _copy_into(run_files: Path, paths: list[Path], folder: Path | None) -> None:
         target = run_files / (path.relative_to(folder) if folder else path.name)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-
-
-def _finite_or_none(value):
-    """Strict JSON has no NaN: a missing measurement is null."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def _cell(text: str) -> str:

@@ -12,7 +12,12 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tunelab.training.artifacts import METRICS_LOG, read_curves, read_jsonl_records
+from tunelab.training.artifacts import (
+    METRICS_LOG,
+    is_finite_number,
+    read_curves,
+    read_jsonl_records,
+)
 
 ARTIFACTS = (
     "result.json", "metrics.json", "predictions.jsonl", "strategy.yaml", "summary.json",
@@ -147,7 +152,7 @@ def _metrics(result: dict) -> dict[str, float]:
     for key in ("candidates", "dev_start", "dev_best"):
         value = search.get(key)
         values[f"search/{key}"] = value.get("value") if isinstance(value, dict) else value
-    return {k: float(v) for k, v in values.items() if _number(v)}
+    return {k: float(v) for k, v in values.items() if is_finite_number(v)}
 
 
 def _search_curve(folder: Path) -> dict[str, Curve]:
@@ -160,13 +165,9 @@ def _search_curve(folder: Path) -> dict[str, Curve]:
         score = (record.get("dev_score") or {}).get("value")
         if (
             record.get("status") == "scored"
-            and _number(score)
+            and is_finite_number(score)
             and isinstance(record.get("id"), int)
         ):
             scored.append((record["id"], float(score)))
             best.append((record["id"], max(float(score), best[-1][1] if best else -math.inf)))
     return {"search/dev_score": scored, "search/best_dev_score": best} if scored else {}
-
-
-def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

@@ -116,7 +116,7 @@ def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
         if not isinstance(step, int):
             continue
         for key, value in record.items():
-            if key in ("step", "epoch", "eval_seconds") or not _finite_number(value):
+            if key in ("step", "epoch", "eval_seconds") or not is_finite_number(value):
                 continue
             name = f"dev/{key[5:]}" if key.startswith("eval_") else f"train/{key}"
             curves.setdefault(name, []).append((step, float(value)))
@@ -137,5 +137,6 @@ def read_jsonl_records(path: Path) -> list[dict]:
     return records
 
 
-def _finite_number(value) -> bool:
+def is_finite_number(value) -> bool:
+    """A real int or float (not a bool), neither NaN nor infinite."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
