@@ -6,6 +6,8 @@ optionally only where they disagree), Training (a trained run's curves) and Chat
 through the same pool as ``tunelab serve``). Nothing here writes to a run folder.
 """
 
+import io
+import threading
 from pathlib import Path
 
 from tunelab.ui import browse
@@ -17,6 +19,21 @@ PROGRESS_EVERY = 2.0  # seconds between refreshes of a running compare's progres
 
 def build_app(root: Path, rooms: ChatRooms):
     import gradio as gr
+
+    # Gradio runs handlers on several threads (a page load and the progress tick can overlap)
+    # and matplotlib's text layout is not thread-safe: figures are drawn to PNG one at a time.
+    drawing = threading.Lock()
+
+    def picture(make, *args):
+        with drawing:
+            fig = make(*args)
+            if fig is None:
+                return None
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=100)
+        from PIL import Image
+
+        return Image.open(buffer)
 
     def experiments() -> list[str]:
         return [browse.label_of(root, f) for f in browse.find_runs(root, "compare")]
@@ -39,7 +56,8 @@ def build_app(root: Path, rooms: ChatRooms):
         cells, text, rows = browse.leaderboard(experiment)
         names = [r.name for r in rows]
         return (
-            cells, text, quality_plot(rows, experiment.metric), cost_plot(rows, experiment.metric),
+            cells, text, picture(quality_plot, rows, experiment.metric),
+            picture(cost_plot, rows, experiment.metric),
             progress, _pick(names), _pick([NONE] + names, NONE),
         )  # fmt: skip
 
@@ -52,7 +70,7 @@ def build_app(root: Path, rooms: ChatRooms):
         return gr.update(value=rows, headers=headers)
 
     def show_curves(label: str | None):
-        return browse.curves_figure(root / label) if label else None
+        return picture(browse.curves_figure, root / label) if label else None
 
     def reload(experiment_label: str | None, run_label: str | None, target_label: str | None):
         """Comparisons and runs that appeared since the page opened."""
@@ -92,8 +110,8 @@ def build_app(root: Path, rooms: ChatRooms):
             board = gr.Dataframe(headers=browse.LEADERBOARD_COLUMNS, label="leaderboard",
                                  interactive=False, wrap=True, elem_id="leaderboard")  # fmt: skip
             with gr.Row():
-                quality = gr.Plot(label="quality")
-                cost = gr.Plot(label="quality against cost")
+                quality = gr.Image(label="quality", type="pil", interactive=False)
+                cost = gr.Image(label="quality against cost", type="pil", interactive=False)
         with gr.Tab("Answers"):
             with gr.Row():
                 first = gr.Dropdown([], label="strategy")
@@ -103,7 +121,7 @@ def build_app(root: Path, rooms: ChatRooms):
         with gr.Tab("Training"):
             runs = trained()
             run = gr.Dropdown(runs, value=next(iter(runs), None), label="trained run")
-            curves = gr.Plot(label="training curves")
+            curves = gr.Image(label="training curves", type="pil", interactive=False)
         with gr.Tab("Chat"):
             with gr.Row():
                 target = gr.Dropdown(rooms.choices, value=rooms.choices[0], label="talk to",
