@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
 from tunelab import distributed
@@ -17,6 +18,7 @@ from tunelab.evaluation.metrics import is_json_task
 from tunelab.models import DEFAULT_MODEL, resolve_model
 from tunelab.models.device import resolve_placement
 from tunelab.prompting import load_strategy
+from tunelab.prompting.strategy import validate_strategy
 from tunelab.training.config import make_settings, parse_option_pairs
 from tunelab.training.methods import all_methods
 
@@ -33,8 +35,18 @@ def train_command(
     output_field: str | None = typer.Option(None, "--output", help="Output field/column."),
     model: str = typer.Option(DEFAULT_MODEL, help="Registered name, local folder or hub id."),
     prompt: Path | None = typer.Option(None, help="Prompt strategy file for the training prompts."),
+    shots: int | None = typer.Option(
+        None,
+        min=0,
+        help="Worked examples in each prompt, from the other training rows "
+        "(overrides the file); the same retrieval runs at inference.",
+    ),
+    selector: str | None = typer.Option(None, help="Shots: similar | random | fixed."),
     labels: str = typer.Option("auto", help="auto | none | comma-separated label list."),
     task_prefix: str | None = typer.Option(None, help='e.g. "[TECH_SUPPORT]", stored with it.'),
+    head: str = typer.Option(
+        "lm", help="lm | classifier: a label head on the last token (label tasks; lora, full)."
+    ),
     option: list[str] = typer.Option(
         [], "--option", "-o", help="Method option KEY=VALUE (repeatable; see tunelab methods)."
     ),
@@ -53,6 +65,15 @@ def train_command(
     save_steps: int = typer.Option(50, help="Checkpoint every N optimiser steps."),
     seed: int = typer.Option(0),
     report_to: list[str] = typer.Option([], help="tensorboard | wandb | mlflow (repeatable)."),
+    search: int = typer.Option(
+        0,
+        min=0,
+        help="Trials of a hyperparameter search (Optuna, scored on dev; extra "
+        "'search'); the other settings are its start.",
+    ),
+    search_space: Path | None = typer.Option(
+        None, help="YAML {setting: {low, high, log} | {choices: [...]}}; default: the method's."
+    ),
     out: Path | None = typer.Option(None, help="Run folder (default runs/train-<method>-<time>)."),
     resume: bool = typer.Option(False, help="Continue the interrupted run in --out."),
     overwrite: bool = typer.Option(
@@ -100,6 +121,7 @@ def train_command(
         patience=patience,
         save_steps=save_steps,
         task_prefix=task_prefix,
+        head=head,
         report_to=report_to,
     )
     if resume and out is None:
@@ -110,8 +132,16 @@ def train_command(
     json_task = train_data.labels is None and is_json_task(held_out)
     settings = settings.resolved(train_data.labels is not None, json_task)
     strategy = load_strategy(prompt) if prompt else default_training_strategy(settings.method)
+    changes = {"shots": shots, "selector": selector}
+    if any(v is not None for v in changes.values()):
+        values = {k: v for k, v in changes.items() if v is not None}
+        strategy = validate_strategy(strategy.model_dump() | values, where="--")
     run_dir = out or default_run_dir(settings.method)
     _print_plan(settings, train_data, run_dir)
+    if search or search_space:
+        _search(settings, train_data, strategy, model, run_dir, search, search_space,
+                resume=resume, overwrite=overwrite, placement=placement)  # fmt: skip
+        return
     try:
         outcome = train_run(
             settings,
@@ -133,6 +163,78 @@ def train_command(
         raise typer.Exit(130) from None
     _print_outcome(outcome)
     warn(inputs_cut_warning(outcome.final.extra.get("inputs_cut", [])))
+
+
+def _search(settings, data, strategy, model, run_dir, trials, space_file, **kwargs) -> None:
+    from tunelab.training.search import SearchSettings, run_search
+
+    if not trials:
+        raise TuneLabError("--search-space needs --search N (the number of trials)")
+    space = _read_space(space_file) if space_file else None
+    try:
+        search = SearchSettings(trials=trials, space=space)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise TuneLabError(f"{space_file}: {where}: {first['msg']}") from None
+    try:
+        outcome = run_search(settings, data, strategy, model, run_dir, search, console=console,
+                             **kwargs)  # fmt: skip
+    except KeyboardInterrupt:
+        console.print(
+            f"\n[yellow]interrupted[/]; continue with the same command plus --out {run_dir} "
+            "--resume (finished trials are kept)"
+        )
+        raise typer.Exit(130) from None
+    _print_search(outcome)
+
+
+def _read_space(path: Path) -> dict:
+    import yaml
+
+    if not path.is_file():
+        raise TuneLabError(f"--search-space {path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise TuneLabError(f"--search-space {path}: not valid YAML ({err})") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        raise TuneLabError(
+            f"--search-space {path}: expected a mapping of setting -> {{low, high, log}} or "
+            "{choices: [...]}"
+        )
+    return raw
+
+
+def _print_search(outcome) -> None:
+    summary = outcome.summary
+    table = Table("trial", "state", "settings", f"dev {summary['metric']}", "train s",
+                  title=f"search ({summary['method']})")  # fmt: skip
+    for trial in summary["trials"]:
+        shown = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                          for k, v in trial["params"].items())  # fmt: skip
+        dev = "" if trial["dev"] is None else f"{trial['dev']:.3f}"
+        by_epoch = " / ".join(f"{v:.3f}" for v in trial["dev_by_epoch"].values())
+        state = trial["state"] + (" (default)" if trial["default"] else "")
+        seconds = trial["train_seconds"]
+        table.add_row(str(trial["number"]), state, shown,
+                      dev or (f"({by_epoch})" if by_epoch else ""),
+                      "" if seconds is None else f"{seconds:.0f}")  # fmt: skip
+    console.print(table)
+    metric = summary["metric"]
+    for role in ("default", "best"):
+        chosen = summary.get(role)
+        if not chosen:
+            continue
+        test = chosen.get("test", {}).get(metric)
+        console.print(
+            f"{role}: trial {chosen['number']} · dev {metric} {chosen['dev']:.3f}"
+            + (f" · test {metric} {test:.3f}" if test is not None else "")
+        )
+    console.print(
+        f"best run (serve, export, eval --adapter): {outcome.best_dir}\n"
+        f"search folder: {outcome.out} (search.json, Optuna storage search.db)"
+    )
 
 
 def default_run_dir(method: str) -> Path:

@@ -272,10 +272,10 @@ class ExperimentRunner:
 
         settings = self.train_settings(spec)
         strategy = self._strategy_of(spec, default=default_training_strategy(spec.name))
-        if strategy.shots or strategy.cot:
+        if strategy.cot:
             raise TuneLabError(
-                f"{spec.name}: a training prompt cannot use few-shot examples or chain of "
-                f"thought (from {spec.prompt_from or 'its prompt'})"
+                f"{spec.name}: a training prompt cannot use chain of thought (from "
+                f"{spec.prompt_from or 'its prompt'}): the training answers hold no reasoning"
             )
         data = self.train_data()
         # An interrupted run with the same settings continues; one whose strategy was edited
@@ -314,10 +314,11 @@ class ExperimentRunner:
         strategy = self._strategy_of(spec, default=self.prompts[spec.run_from])
         trained = load_trained_run(self.out / spec.run_from, **self.placement.record())
         test = with_task_prefix(self.data.test, trained.meta.get("task_prefix"))
+        pool = with_task_prefix(self.data.train, trained.meta.get("task_prefix"))
         with _progress(self.console, f"{spec.name}: test", len(test), self._report) as advance:
             final = evaluate(
-                trained.model, trained.tokenizer, strategy, test, labels=self.data.labels,
-                settings=self.settings, on_progress=advance,
+                trained.model, trained.tokenizer, strategy, test, train=pool,
+                labels=self.data.labels, settings=self.settings, on_progress=advance,
             )  # fmt: skip
         write_run(claim(folder, "eval"), final, {"strategy": strategy.model_dump(),
                                                  "run_from": spec.run_from})  # fmt: skip

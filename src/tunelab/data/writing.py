@@ -7,13 +7,16 @@ from tunelab.data.loading import Example
 from tunelab.paths import write_text_atomic
 
 
-def example_to_record(example: Example) -> dict:
+def example_to_record(example: Example, keep_fields: bool = False) -> dict:
+    """The example as a JSONL record; ``keep_fields`` keeps the record's other text fields
+    (what a prompt template may use)."""
     if example.messages:
         turns = list(example.messages) + [{"role": "assistant", "content": example.output}]
         return {"messages": turns}
-    return {"input": example.input, "output": example.output}
+    fields = dict(example.fields) if keep_fields else {}
+    return fields | {"input": example.input, "output": example.output}
 
 
-def write_examples_jsonl(path: Path, examples: list[Example]) -> None:
-    lines = (json.dumps(example_to_record(e), ensure_ascii=False) for e in examples)
+def write_examples_jsonl(path: Path, examples: list[Example], keep_fields: bool = False) -> None:
+    lines = (json.dumps(example_to_record(e, keep_fields), ensure_ascii=False) for e in examples)
     write_text_atomic(path, "".join(line + "\n" for line in lines))

@@ -15,6 +15,7 @@ from typing import Literal
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
 from tunelab.evaluation import metrics as m
+from tunelab.evaluation.classifier import classifier_labels, classify, is_classifier
 from tunelab.evaluation.embeddings import get_embedder
 from tunelab.evaluation.label_scoring import score_labels
 from tunelab.generation import GenerationConfig, generate
@@ -129,6 +130,7 @@ def evaluate(
     if labels is not None and not labels:
         raise TuneLabError("the label set is empty")
     modes = resolve_modes(settings.mode, labels, strategy.cot)
+    check_classifier(model, labels, modes)
     if strategy.constrain is not None and "generate" not in modes:
         raise TuneLabError(
             "constrained decoding applies to generated answers, and this evaluation scores "
@@ -198,6 +200,23 @@ def evaluate(
         )
     extra["timing"] = clock.seconds
     return EvalResult(rows, scores, time.perf_counter() - started, labels, extra)
+
+
+def check_classifier(model, labels: list[str] | None, modes: list[str]) -> None:
+    """A classification head answers with one of its own labels and generates nothing."""
+    if not is_classifier(model):
+        return
+    if "generate" in modes:
+        raise TuneLabError(
+            "this run answers through a classification head, which generates no text; "
+            "evaluate it with --mode score or auto (mode: score)"
+        )
+    if labels is not None and set(labels) != set(classifier_labels(model)):
+        unknown = sorted(set(labels) - set(classifier_labels(model)))[:3]
+        raise TuneLabError(
+            "the classification head was trained on another label set"
+            + (f"; it cannot answer {', '.join(unknown)}" if unknown else "")
+        )
 
 
 def with_constraint(settings: EvalSettings, strategy: PromptStrategy) -> EvalSettings:
@@ -342,6 +361,11 @@ def checklists(examples: list[Example], field_name: str) -> list[list[str]]:
 
 
 def _predict_by_scoring(model, tokenizer, prompts, labels, settings, on_progress) -> list[str]:
+    """Each prompt's label: a classification head's answer, else the best-scored label."""
+    if is_classifier(model):
+        ids = encode_prompts(tokenizer, prompts)
+        batch = settings.generation.batch_size
+        return classify(model, tokenizer, ids, batch_size=batch, on_batch=on_progress)
     table = score_labels(
         model,
         tokenizer,

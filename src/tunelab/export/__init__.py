@@ -61,6 +61,8 @@ def export_run(
                               dtype)  # fmt: skip
             if system:
                 (scratch / SYSTEM_FILE).write_text(system + "\n", encoding="utf-8")
+            if meta.get("shot_pool"):
+                exported = _with_shot_pool(exported, meta, adapter, scratch)
             record = {**meta, "exported_from": str(run_dir.resolve()), "format": fmt}
             (scratch / META_FILE).write_text(
                 json.dumps(record, indent=2, ensure_ascii=False), encoding="utf-8"
@@ -69,6 +71,23 @@ def export_run(
     except OSError as err:  # --out under a file, in a folder we may not write, a full disk ...
         raise TuneLabError(f"--out {out}: {err.strerror or err}") from None
     return exported
+
+
+def _with_shot_pool(exported: Exported, meta: dict, adapter: Path, folder: Path) -> Exported:
+    """A run trained with retrieved shots expects them in every prompt, and no deployment
+    engine retrieves: the pool travels with the export and the note says what to do."""
+    import shutil
+
+    if not (folder / meta["shot_pool"]).is_file():  # hf/vllm copy the adapter folder whole
+        shutil.copy2(adapter / meta["shot_pool"], folder / meta["shot_pool"])
+    strategy = PromptStrategy.model_validate(meta["strategy"])
+    note = (
+        f"this run was trained and evaluated with {strategy.shots} {strategy.selector} shots "
+        f"from {meta['shot_pool']} (retriever: {meta.get('retriever') or 'none'}) before each "
+        "query; the engine will not add them, so put them in the prompt yourself, or serve "
+        "the run with `tunelab serve`, which does"
+    )
+    return Exported(exported.kind, exported.command, "; ".join(filter(None, [exported.note, note])))
 
 
 def safe_name(run_name: str) -> str:
@@ -108,6 +127,12 @@ def check_request(run_dir: Path, meta: dict, fmt: str, quant: str | None) -> Non
         raise TuneLabError(f"--quant must be one of {', '.join(QUANTS)}, got {quant!r}")
     if quant is not None and fmt not in ("gguf", "ollama"):
         raise TuneLabError(f"--quant applies to --format gguf and ollama, not {fmt}")
+    if fmt != "hf" and meta.get("head") == "classifier":
+        raise TuneLabError(
+            f"{run_dir}: a run with a classification head answers through that head, which "
+            f"the {fmt} export cannot carry; export --format hf (it loads with "
+            f"AutoModelForSequenceClassification) or serve it with `tunelab serve {run_dir}`"
+        )
     if fmt != "hf" and meta["method"] in SOFT_PROMPT_METHODS:
         raise TuneLabError(
             f"{run_dir}: a {meta['method']} run learns virtual tokens, which llama.cpp, Ollama "

@@ -3,7 +3,8 @@
 LoRA is merged into the base weights (no PEFT needed to load it); a full fine-tune is saved
 as it is. A soft prompt cannot be folded into weights, so the folder holds the base model,
 the PEFT adapter in ``soft_prompt/`` and ``load_soft_prompt.py``, which loads both. Either
-way ``AutoModelForCausalLM.from_pretrained(folder)`` loads.
+way ``AutoModelForCausalLM.from_pretrained(folder)`` loads; a run with a classification head
+loads with ``AutoModelForSequenceClassification`` (its labels in the config's ``id2label``).
 """
 
 import json
@@ -54,9 +55,17 @@ def write_hf(
     meta: dict, adapter: Path, folder: Path, device: str, dtype: str, system: str | None
 ) -> str:
     """Write the Hugging Face folder into ``folder``; returns what kind of folder it is."""
+    classifier = meta.get("head") == "classifier"
     if not (adapter / "adapter_config.json").is_file():
         shutil.copytree(adapter, folder, dirs_exist_ok=True)  # full weights already
-        return "full weights"
+        return "full weights" + (" with a classification head" if classifier else "")
+    if classifier:
+        from tunelab.training.artifacts import load_trained_run
+
+        trained = load_trained_run(adapter.parent, device=device, dtype=dtype)
+        trained.model.save_pretrained(folder)
+        trained.tokenizer.save_pretrained(folder)
+        return "LoRA and its classification head merged (AutoModelForSequenceClassification)"
     if meta["method"] == "lora":
         model, tokenizer = merged_lora(meta, adapter, device, dtype)
         model.save_pretrained(folder)

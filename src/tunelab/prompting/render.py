@@ -171,14 +171,19 @@ def build_prompts(
     system = system_text(strategy, labels)
     prompts = []
     for example, chosen in zip(examples, shots, strict=True):
-        worked = [
-            (
-                render_user_turn(template, s, labels),
-                f"Answer: {s.output}" if strategy.cot else s.output,
-            )
-            for s in chosen
-        ]
+        worked = shot_turns(strategy, chosen, labels)
         user_turn = render_user_turn(template, example, labels)
         messages = build_messages(system, user_turn, worked, history=example.messages)
         prompts.append(render_prompt(tokenizer, messages))
     return prompts
+
+
+def shot_turns(
+    strategy: PromptStrategy, shots: list[Example], labels: list[str] | None
+) -> list[tuple[str, str]]:
+    """Each shot as the (user turn, answer) pair placed before the query."""
+    template = strategy.resolved_template()
+    return [
+        (render_user_turn(template, s, labels), f"Answer: {s.output}" if strategy.cot else s.output)
+        for s in shots
+    ]

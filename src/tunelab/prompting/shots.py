@@ -79,6 +79,69 @@ class NearestShots:
         similarity = self.embedder.embed([q.input for q in queries]) @ self.pool.T  # (Q, N)
         for row, query in enumerate(queries):
             similarity[row, self.columns_of.get(normalize_text(query.input), [])] = -torch.inf
-        top = similarity.topk(k, dim=-1).indices
-        # Most similar last: closest to the query, where small models attend most.
-        return [[self.train[i] for i in reversed(row.tolist())] for row in top]
+        top = similarity.topk(min(k, similarity.shape[1]), dim=-1)
+        # Most similar last: closest to the query, where small models attend most. A row
+        # whose input equals the query's (-inf) is never a shot, even in a tiny pool.
+        return [
+            [self.train[i] for i, v in reversed(list(zip(idx.tolist(), val.tolist(), strict=True)))
+             if v != -torch.inf]
+            for idx, val in zip(top.indices, top.values, strict=True)
+        ]  # fmt: skip
+
+
+def training_shots(
+    strategy: PromptStrategy, train: list[Example], *, seed: int = 0, embedder: str = "auto"
+) -> tuple[list[list[Example]], str | None]:
+    """Shots for each training example, drawn from the *other* training rows only.
+
+    The model learns to answer with shots beside the query, as it will be asked at inference
+    (where the same selector runs over the same pool), but an example never sees itself, nor
+    a row with the same input, which would teach it to copy the answer. ``fixed`` and
+    ``random`` keep the shared set of inference; in the prompt of an example whose input is
+    one of that set's, that shot is swapped for another row.
+    """
+    k = strategy.shots
+    if k == 0:
+        return [[] for _ in train], None
+    if k >= len(train):
+        raise TuneLabError(
+            f"shots={k} needs more training examples than {len(train)}: each training "
+            "example's shots come from the other rows"
+        )
+    if strategy.selector == "similar":
+        finder = NearestShots(train, embedder)
+        return finder.select(train, k), finder.name
+    shared = select_shots(strategy, train, train[:1], seed=seed)[0][0]
+    inputs = {normalize_text(s.input) for s in shared}
+    stand_ins = [e for e in train if normalize_text(e.input) not in inputs]
+    if not stand_ins:
+        raise TuneLabError(f"shots={k}: no training row is left to stand in for a shot")
+    chosen = []
+    for index, example in enumerate(train):
+        text = normalize_text(example.input)
+        if text not in inputs:
+            chosen.append(shared)
+            continue
+        draw = random.Random(seed * 1_000_003 + index)
+        chosen.append(
+            [draw.choice(stand_ins) if normalize_text(s.input) == text else s for s in shared]
+        )
+    return chosen, None
+
+
+class ShotSource:
+    """A strategy's shots for one query at a time, from a fixed pool (a served run): the
+    pool is embedded once, on the first query that needs it."""
+
+    def __init__(self, strategy: PromptStrategy, pool: list[Example], seed: int = 0):
+        self.strategy, self.pool, self.seed = strategy, pool, seed
+        self._nearest: NearestShots | None = None
+
+    def for_query(self, text: str) -> list[Example]:
+        query = Example(input=text, output="", line=0)
+        if self.strategy.shots == 0:
+            return []
+        if self.strategy.selector != "similar":
+            return select_shots(self.strategy, self.pool, [query], seed=self.seed)[0][0]
+        self._nearest = self._nearest or NearestShots(self.pool)
+        return self._nearest.select([query], self.strategy.shots)[0]

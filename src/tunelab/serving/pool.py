@@ -14,9 +14,11 @@ from pathlib import Path
 from tunelab.errors import TuneLabError
 from tunelab.generation.constraints import Constraint, grammar_problem
 from tunelab.generation.engine import BASE_ADAPTER, Engine, Request, Route
-from tunelab.prompting.render import encode_chat, system_text
+from tunelab.prompting.render import encode_chat, shot_turns, system_text
+from tunelab.prompting.shots import ShotSource
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import apply_task_prefix
+from tunelab.training.artifacts import read_shot_pool
 
 
 @dataclass
@@ -33,6 +35,8 @@ class Served:
     prefix: object = None  # a soft prompt's virtual tokens as a KV cache (batch of one)
     max_new_tokens: int | None = None
     constraint: Constraint | None = None  # the run's own (its strategy's constrain)
+    shots: ShotSource | None = None  # a run trained with shots retrieves them the same way
+    classifier: object = None  # a classification-head run: answers with a label, no decoding
     meta: dict = field(default_factory=dict)
     route: Route | None = None  # how the engine runs it (set once every run is loaded)
 
@@ -55,6 +59,7 @@ class AdapterPool:
         self.base, self.tokenizer = loaded.model, loaded.tokenizer
         self.models: dict[str, Served] = {"base": Served(self.base_name, "base")}
         self.host = None  # the PEFT model holding every LoRA adapter
+        self._classifier_thread = None  # answers classification-head runs, made on first use
         for run_dir, meta in sorted(metas, key=lambda item: item[1]["method"] == "lora"):
             self._add(run_dir, meta, device)  # soft prompts first: their caches need no LoRA
         prefixes = [s.task_prefix for s in self.models.values() if s.task_prefix]
@@ -96,8 +101,16 @@ class AdapterPool:
             meta=meta,
         )
         served.constraint = Constraint.of(served.strategy.constrain)
+        if served.strategy.shots:
+            pool = read_shot_pool(run_dir, meta)
+            seed = (meta.get("settings") or {}).get("seed", 0)
+            served.shots = ShotSource(served.strategy, pool, seed=seed)
         adapter = run_dir / "adapter"
-        if meta["method"] == "full":
+        if meta.get("head") == "classifier":
+            from tunelab.training.artifacts import load_trained_run
+
+            served.classifier = load_trained_run(run_dir, device=device, dtype=self.dtype).model
+        elif meta["method"] == "full":
             from tunelab.models import load_model
 
             served.model = load_model(str(adapter), device=device, dtype=self.dtype).model
@@ -146,11 +159,11 @@ class AdapterPool:
             system = system_text(served.strategy, served.labels)
             if system:
                 messages.insert(0, {"role": "system", "content": system})
-        if served.task_prefix:
-            for message in reversed(messages):
-                if message["role"] == "user":
-                    message["content"] = apply_task_prefix(message["content"], served.task_prefix)
-                    break
+        last = next((m for m in reversed(messages) if m["role"] == "user"), None)
+        if served.task_prefix and last is not None:
+            last["content"] = apply_task_prefix(last["content"], served.task_prefix)
+        if served.shots is not None and last is not None:
+            messages = _with_shots(messages, served, last["content"])
         return messages
 
     def encode(self, served: Served, messages: list[dict]) -> list[int]:
@@ -163,8 +176,31 @@ class AdapterPool:
     def submit(self, served: Served, ids: list[int], max_new_tokens: int, sink, **sampling):
         """Queue one generation; ``sink(kind, value)`` hears ("delta", text)... then
         ("done", finish_reason) or ("error", message), from the engine's thread."""
+        if served.classifier is not None:
+            return self._classify(served, ids, sink)
         request = Request(served.route, ids, max_new_tokens, sink, **sampling)
         return self.engine.submit(request)
+
+    def _classify(self, served: Served, ids: list[int], sink) -> "Labelled":
+        """A classification head's answer, its label as the whole reply, computed on the
+        pool's own thread (one forward pass; not worth a place in the decoding batch)."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tunelab.evaluation.classifier import classify
+
+        def answer() -> None:
+            try:
+                label = classify(served.classifier, self.tokenizer, [ids])[0]
+            except Exception as err:  # reported to the client, like a failed generation
+                sink("error", f"classification failed: {err}")
+                return
+            sink("delta", label)
+            sink("done", "stop")
+
+        if self._classifier_thread is None:
+            self._classifier_thread = ThreadPoolExecutor(1, thread_name_prefix="classify")
+        self._classifier_thread.submit(answer)
+        return Labelled()
 
     def stream(
         self, served: Served, ids: list[int], max_new_tokens: int, **sampling
@@ -189,6 +225,30 @@ class AdapterPool:
 
     def close(self) -> None:
         self.engine.close()
+        if self._classifier_thread is not None:
+            self._classifier_thread.shutdown(wait=True, cancel_futures=True)
+
+
+class Labelled:
+    """The request handle of a classification head's answer (one label: one token)."""
+
+    completion_tokens = 1
+
+    def cancel(self) -> None:
+        """Nothing to stop: the answer is one forward pass."""
+
+
+def _with_shots(messages: list[dict], served: Served, query: str) -> list[dict]:
+    """The run's retrieved shots, as in training and evaluation: worked turns after the
+    system message, before the conversation."""
+    turns = shot_turns(served.strategy, served.shots.for_query(query), served.labels)
+    worked = [
+        {"role": role, "content": text}
+        for question, answer in turns
+        for role, text in (("user", question), ("assistant", answer))
+    ]
+    system = [m for m in messages if m["role"] == "system"]
+    return system + worked + [m for m in messages if m["role"] != "system"]
 
 
 def _meta(run_dir: Path) -> dict:

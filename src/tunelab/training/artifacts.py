@@ -6,6 +6,7 @@
       checkpoints/         Trainer checkpoints while training (removed at the end)
       summary.json         the cost of training (time, tokens, memory), written before adapter/
       adapter/             the result: PEFT adapter or full weights, tokenizer, tunelab.json
+                           (and shots.jsonl, the shot pool, when its prompts hold shots)
       predictions.jsonl    final evaluation, one row per example
       metrics.json         final metrics and the cost of training: written last
       tunelab-run.json     the run-folder marker (tunelab.runs)
@@ -30,6 +31,7 @@ SUMMARY_FILE = "summary.json"
 FINAL_METRICS = "metrics.json"
 FORMAT_VERSION = 1
 METRICS_LOG = "metrics.jsonl"
+SHOT_POOL = "shots.jsonl"  # in adapter/: the rows a run with shots retrieves them from
 
 
 @dataclass
@@ -53,13 +55,33 @@ def is_finished(run_dir: Path) -> bool:
     return has_adapter(run_dir) and (run_dir / FINAL_METRICS).is_file()
 
 
-def save_adapted_model(run_dir: Path, model, tokenizer, meta: dict) -> Path:
-    """Write weights, tokenizer and metadata into ``RUN_DIR/adapter`` in one atomic step."""
+def save_adapted_model(
+    run_dir: Path, model, tokenizer, meta: dict, shot_pool: list | None = None
+) -> Path:
+    """Write weights, tokenizer and metadata into ``RUN_DIR/adapter`` in one atomic step;
+    ``shot_pool`` (the training rows a run with shots retrieves from) goes beside them, so
+    chat, serve and export find the same shots as evaluation without the training file."""
+    from tunelab.data.writing import write_examples_jsonl
+
     with atomic_directory(run_dir / ADAPTER_DIR) as scratch:  # replaced whole: TuneLab's own
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
+        if shot_pool is not None:
+            write_examples_jsonl(scratch / SHOT_POOL, shot_pool, keep_fields=True)
         write_json_atomic(scratch / META_FILE, {"format": FORMAT_VERSION, **meta})
     return run_dir / ADAPTER_DIR
+
+
+def read_shot_pool(run_dir: Path, meta: dict) -> list:
+    """The shot pool a run was trained with ([] for a run without shots)."""
+    from tunelab.data import load_dataset
+
+    if not meta.get("shot_pool"):
+        return []
+    path = run_dir / ADAPTER_DIR / meta["shot_pool"]
+    if not path.is_file():
+        raise TuneLabError(f"{path}: the run's shot pool is missing; train the run again")
+    return load_dataset(path).examples
 
 
 def read_meta(run_dir: Path) -> dict:
@@ -90,6 +112,9 @@ def load_trained_run(run_dir: Path, *, device: str = "cpu", dtype: str = "float3
 
     meta = read_meta(run_dir)
     adapter = run_dir / ADAPTER_DIR
+    if meta.get("head") == "classifier":
+        model, tokenizer = _load_classifier(meta, adapter, device, dtype)
+        return TrainedRun(run_dir, meta, model, tokenizer)
     if (adapter / "adapter_config.json").is_file():
         from peft import PeftModel
 
@@ -102,6 +127,27 @@ def load_trained_run(run_dir: Path, *, device: str = "cpu", dtype: str = "float3
         loaded = load_model(str(adapter), device=device, dtype=dtype)
         model, tokenizer = loaded.model, loaded.tokenizer
     return TrainedRun(run_dir, meta, inference_view(model), tokenizer)
+
+
+def _load_classifier(meta: dict, adapter: Path, device: str, dtype: str):
+    """A classification-head run: LoRA (and the head) merged into the base model rebuilt as
+    a sequence classifier, or the full fine-tune's own classifier weights."""
+    from tunelab.models import load_model
+    from tunelab.training.classifier import to_classifier
+
+    if not (adapter / "adapter_config.json").is_file():
+        import torch
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(
+            adapter, dtype=getattr(torch, dtype)
+        )
+        return model.to(device).eval(), AutoTokenizer.from_pretrained(adapter)
+    from peft import PeftModel
+
+    base = load_model(meta["base_model"], device=device, dtype=dtype)
+    model = to_classifier(base.model, base.tokenizer, meta["labels"])
+    return PeftModel.from_pretrained(model, adapter).merge_and_unload().eval(), base.tokenizer
 
 
 def read_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:

@@ -32,12 +32,27 @@ class TrainSettings(BaseModel):
     patience: int = Field(2, ge=0, description="evals without improvement before stopping; 0=off")
     save_steps: int = Field(50, gt=0, description="checkpoint every N optimiser steps")
     task_prefix: str | None = None
+    head: Literal["lm", "classifier"] = Field(
+        "lm",
+        description="lm: answer with the language model's words; classifier: a label head on "
+        "the last token (label tasks, lora or full), one forward pass per answer",
+    )
     report_to: list[str] = Field(default_factory=list)
 
     def resolved(self, classification: bool, json_task: bool = False) -> "TrainSettings":
         """Fill method defaults (learning rate, options, metric) so the stored config is exact.
         A JSON task keeps the best epoch by field F1 (smoother than whole-answer match)."""
         method = get_method(self.method)
+        if self.head == "classifier" and not classification:
+            raise TuneLabError(
+                "--head classifier needs a label set (the outputs here are free text); "
+                "train with --head lm"
+            )
+        if self.head == "classifier" and method.name not in ("lora", "full"):
+            raise TuneLabError(
+                f"--head classifier trains with --method lora or full, not {method.name} "
+                "(a soft prompt steers the language model's words, which a head replaces)"
+            )
         options = method.parse_options(self.options).model_dump()
         default = "accuracy" if classification else "field_f1" if json_task else "rouge_l"
         metric = self.metric or default

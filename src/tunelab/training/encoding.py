@@ -18,6 +18,7 @@ IGNORE_INDEX = -100  # positions the loss skips (PyTorch's cross-entropy default
 class Encoded:
     features: list[dict]  # input_ids, attention_mask, labels per example
     skipped: list[int]  # source lines of examples longer than max_length
+    retriever: str | None = None  # the embedder that chose similar shots, if any
 
     @property
     def answer_tokens(self) -> int:
@@ -34,8 +35,11 @@ def encode_examples(
     examples: list[Example],
     labels: list[str] | None,
     max_length: int,
+    shots: list[list[Example]] | None = None,
 ) -> Encoded:
-    prompts = build_prompts(tokenizer, strategy, examples, labels, [[] for _ in examples])
+    """``shots``: the worked examples placed before each example's query (none by default)."""
+    shots = shots if shots is not None else [[] for _ in examples]
+    prompts = build_prompts(tokenizer, strategy, examples, labels, shots)
     prompt_ids = encode_prompts(tokenizer, prompts)
     answers = [e.output for e in examples]  # the dataset's words: special spellings stay text
     answer_ids = tokenizer(answers, add_special_tokens=False, split_special_tokens=True)[
@@ -53,6 +57,30 @@ def encode_examples(
                 "attention_mask": [1] * (len(prompt) + len(answer)),
                 "labels": [IGNORE_INDEX] * len(prompt) + answer,
             }
+        )
+    return Encoded(features, skipped)
+
+
+def encode_labelled(
+    tokenizer,
+    strategy: PromptStrategy,
+    examples: list[Example],
+    labels: list[str],
+    max_length: int,
+    shots: list[list[Example]] | None = None,
+) -> Encoded:
+    """Sequences for a classification head: the prompt alone, its label's index as target."""
+    shots = shots if shots is not None else [[] for _ in examples]
+    prompts = build_prompts(tokenizer, strategy, examples, labels, shots)
+    index = {label: i for i, label in enumerate(labels)}
+    features, skipped = [], []
+    for example, prompt in zip(examples, encode_prompts(tokenizer, prompts), strict=True):
+        if len(prompt) > max_length:
+            skipped.append(example.line)
+            continue
+        ids = prompt
+        features.append(
+            {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": index[example.output]}
         )
     return Encoded(features, skipped)
 

@@ -21,13 +21,15 @@ from tunelab.evaluation.runner import (
 from tunelab.generation import GenerationConfig
 from tunelab.models.device import Placement, resolve_placement
 from tunelab.paths import write_json_atomic
+from tunelab.prompting.shots import training_shots
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import with_task_prefix
 from tunelab.provenance import file_record, git_commit, package_versions
 from tunelab.runs import RunFolder, check_request, claim, remove_run
 from tunelab.training import artifacts
+from tunelab.training.classifier import HEAD, to_classifier
 from tunelab.training.config import TrainSettings
-from tunelab.training.encoding import FeatureList, encode_examples
+from tunelab.training.encoding import FeatureList, encode_examples, encode_labelled
 from tunelab.training.methods import MethodContext, get_method
 from tunelab.training.soft_prompt import inference_view
 from tunelab.training.trainer import (
@@ -88,8 +90,11 @@ def train_run(
     the Trainer's mixed precision for a half ``dtype``; evaluations run in ``dtype``.
     """
     placement = placement or resolve_placement()
-    if strategy.shots or strategy.cot:
-        raise TuneLabError("training prompts cannot use few-shot examples or chain of thought")
+    if strategy.cot:
+        raise TuneLabError(
+            "training prompts cannot use chain of thought: the training answers hold no "
+            "reasoning to learn from"
+        )
     if not data.dev and not data.test:
         raise TuneLabError("training needs a dev or a test split for its final evaluation")
     base_model = _portable_model_name(base_model)
@@ -115,8 +120,9 @@ def train_run(
 
     def task_eval(view) -> EvalResult:
         return evaluate_sharded(
-            view, tokenizer, strategy, dev, labels=data.labels, settings=dev_settings
-        )
+            view, tokenizer, strategy, dev, train=train, labels=data.labels,
+            settings=dev_settings,
+        )  # fmt: skip
 
     metric_key = f"eval_{settings.metric}"
     trainer = _build_trainer(
@@ -160,16 +166,21 @@ def train_run(
         "labels": data.labels,
         "max_new_tokens": generation.max_new_tokens,
         "settings": settings.model_dump(),
+        "shot_pool": artifacts.SHOT_POOL if strategy.shots else None,
+        "head": settings.head,
+        "retriever": encoded.retriever,
     }
     summary = _summary(trainer, model, settings, encoded, best)
     if main:
         write_json_atomic(run_dir / artifacts.SUMMARY_FILE, summary)
-        artifacts.save_adapted_model(run_dir, model, tokenizer, meta)
+        artifacts.save_adapted_model(
+            run_dir, model, tokenizer, meta, shot_pool=train if strategy.shots else None
+        )
     final_settings = final_eval or EvalSettings(generation=generation, seed=settings.seed)
     model.to(getattr(torch, placement.dtype))  # evaluated like every other strategy
     final = evaluate_sharded(
-        inference_view(model), tokenizer, strategy, held_out or dev, labels=data.labels,
-        settings=final_settings,
+        inference_view(model), tokenizer, strategy, held_out or dev, train=train,
+        labels=data.labels, settings=final_settings,
     )  # fmt: skip
     _finish_run(run_dir, final, summary, "test" if held_out else "dev", keep_checkpoints)
     distributed.barrier()
@@ -188,7 +199,8 @@ def _final_evaluation_only(
     generation = GenerationConfig(max_new_tokens=trained.meta["max_new_tokens"], batch_size=8)
     final_settings = final_eval or EvalSettings(generation=generation, seed=settings.seed)
     final = evaluate_sharded(
-        trained.model, trained.tokenizer, strategy, held_out or dev, labels=data.labels,
+        trained.model, trained.tokenizer, strategy, held_out or dev,
+        train=with_task_prefix(data.train, settings.task_prefix), labels=data.labels,
         settings=final_settings,
     )  # fmt: skip
     _finish_run(run_dir, final, summary, "test" if held_out else "dev", keep_checkpoints)
@@ -263,10 +275,13 @@ def _adapted_model(
     tokenizer.padding_side = "right"  # training pads after the answer; inference pads left
     set_seed(settings.seed)
     method = get_method(settings.method)
-    context = MethodContext(tokenizer, labels, settings.task_prefix)
+    context = MethodContext(tokenizer, labels, settings.task_prefix, settings.head)
     options = method.parse_options(settings.options)
     _check_virtual_tokens(getattr(options, "virtual_tokens", 0), loaded.model.config)
-    model = method.apply(loaded.model, options, context)
+    model = loaded.model
+    if settings.head == HEAD:
+        model = to_classifier(model, tokenizer, labels)
+    model = method.apply(model, options, context)
     return model.train(), tokenizer
 
 
@@ -284,7 +299,16 @@ def _check_virtual_tokens(virtual: int, config, longest: int = 1) -> None:
 
 
 def _encode(tokenizer, strategy, train, labels, settings: TrainSettings, console):
-    encoded = encode_examples(tokenizer, strategy, train, labels, settings.max_length)
+    """Training sequences; with ``shots`` in the strategy, each example's shots are retrieved
+    from the other training rows (tunelab.prompting.shots.training_shots)."""
+    shots, retriever = training_shots(strategy, train, seed=settings.seed)
+    if retriever and console:
+        console.print(f"{strategy.shots} shots per training example, retrieved with {retriever}")
+    if settings.head == "classifier":
+        encoded = encode_labelled(tokenizer, strategy, train, labels, settings.max_length, shots)
+    else:
+        encoded = encode_examples(tokenizer, strategy, train, labels, settings.max_length, shots)
+    encoded.retriever = retriever
     if not encoded.features:
         raise TuneLabError(
             f"every training example is longer than --max-length {settings.max_length}"
@@ -308,7 +332,12 @@ def _build_trainer(
 ):
     """Without a dev split (``task_eval`` None) there are no epoch evaluations: the last
     weights are kept, as in a plain fine-tuning recipe on a tiny dataset."""
-    from transformers import DataCollatorForSeq2Seq, PrinterCallback, TrainingArguments
+    from transformers import (
+        DataCollatorForSeq2Seq,
+        DataCollatorWithPadding,
+        PrinterCallback,
+        TrainingArguments,
+    )
 
     placement = placement or resolve_placement()
     gpu = placement.device != "cpu"
@@ -350,7 +379,9 @@ def _build_trainer(
         args=args,
         train_dataset=FeatureList(encoded.features),
         eval_dataset=FeatureList(encoded.features[:1]),  # unused: evaluate() runs the task
-        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        data_collator=DataCollatorWithPadding(tokenizer)  # one label per row
+        if settings.head == HEAD
+        else DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         processing_class=tokenizer,
         task_eval=task_eval,
         callbacks=[

@@ -40,6 +40,7 @@ class MethodContext:
     tokenizer: Any
     labels: list[str] | None = None
     task_prefix: str | None = None
+    head: str = "lm"  # "classifier": the model is a *ForSequenceClassification
 
     def init_text_ids(self, init_text: str | None, n: int) -> list[int]:
         """``n`` token ids of the initialisation text (``init_text``, else the task prefix,

@@ -34,7 +34,8 @@ def apply(model, options: LoraOptions, context: MethodContext):
     if isinstance(targets, list):
         _check_targets_exist(model, targets)
     config = LoraConfig(
-        task_type=TaskType.CAUSAL_LM,
+        # SEQ_CLS also trains (and saves) the classification head in full
+        task_type=TaskType.SEQ_CLS if context.head == "classifier" else TaskType.CAUSAL_LM,
         r=options.r,
         lora_alpha=options.alpha,
         lora_dropout=options.dropout,

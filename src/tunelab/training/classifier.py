@@ -1,0 +1,64 @@
+"""A classification head on the last token: one forward pass per example, one label out.
+
+Label scoring asks the language model how likely each label's tokens are (a trie of 459
+tokens for Banking77's 77 labels); a head reads the label off the hidden state of the
+prompt's last token instead, like a sequence classifier (Transformers'
+``*ForSequenceClassification``, PEFT's SEQ_CLS task). The head starts from the language
+model's own output embeddings of each label's words, so before any training it already
+prefers the label whose name the model would have started to write.
+"""
+
+import torch
+
+from tunelab.errors import TuneLabError
+
+HEAD = "classifier"
+
+
+def to_classifier(lm, tokenizer, labels: list[str]):
+    """A ``*ForSequenceClassification`` model sharing ``lm``'s body (no copy), its head
+    initialised from the label names."""
+    from transformers import AutoModelForSequenceClassification
+
+    config = classifier_config(lm.config, tokenizer, labels)
+    model = AutoModelForSequenceClassification.from_config(config, dtype=lm.dtype)
+    prefix = model.base_model_prefix
+    if not hasattr(lm, prefix):
+        raise TuneLabError(
+            f"{type(lm).__name__} has no sequence-classification counterpart TuneLab can "
+            "build; train it without --head classifier"
+        )
+    setattr(model, prefix, getattr(lm, prefix))
+    head = _head_of(model)
+    with torch.no_grad():
+        head.weight.copy_(_label_rows(lm, tokenizer, labels).to(head.weight))
+    return model.to(lm.device)
+
+
+def classifier_config(lm_config, tokenizer, labels: list[str]):
+    config = lm_config.__class__.from_dict(lm_config.to_dict())
+    config.num_labels = len(labels)
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {label: i for i, label in enumerate(labels)}
+    config.problem_type = "single_label_classification"
+    config.pad_token_id = tokenizer.pad_token_id  # how the model finds each row's last token
+    config.architectures = None
+    return config
+
+
+def _head_of(model) -> torch.nn.Linear:
+    head = getattr(model, "score", None) or getattr(model, "classifier", None)
+    if not isinstance(head, torch.nn.Linear):
+        raise TuneLabError(f"{type(model).__name__}: no linear classification head found")
+    return head
+
+
+def _label_rows(lm, tokenizer, labels: list[str]) -> torch.Tensor:
+    """Each label's row: the mean output embedding of its name's tokens, scaled like the
+    hidden states the final norm produces (so the start logits are in the LM's range)."""
+    out = lm.get_output_embeddings().weight.detach().float()
+    rows = []
+    for label in labels:
+        ids = tokenizer(label, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+        rows.append(out[ids].mean(0))
+    return torch.stack(rows)

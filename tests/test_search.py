@@ -1,0 +1,139 @@
+"""Hyperparameter search (tunelab.training.search): trials scored on dev only, the default
+settings as trial 0, the best kept and evaluated on test, and a killed search resumes
+without repeating finished trials."""
+
+import json
+
+import pytest
+from transformers import TrainerCallback
+
+from tunelab.errors import TuneLabError
+from tunelab.training import run as training_run
+from tunelab.training.config import make_settings
+from tunelab.training.run import TrainData, default_training_strategy
+from tunelab.training.search import (
+    PruneOnDev,
+    SearchSettings,
+    default_params,
+    resolve_space,
+    run_search,
+)
+
+from .test_training import LABELS, examples
+
+pytest.importorskip("optuna")
+
+SPACE = {"learning_rate": {"low": 1e-4, "high": 3e-2, "log": True}, "r": {"choices": [2, 4]}}
+
+
+def settings(**values):
+    base = {"method": "lora", "options": {"r": 4}, "epochs": 2, "batch_size": 4,
+            "save_steps": 1, "patience": 0}  # fmt: skip
+    return make_settings(**(base | values)).resolved(classification=True)
+
+
+def data(tmp_path) -> TrainData:
+    path = tmp_path / "train.jsonl"
+    rows = examples() * 2
+    path.write_text("".join(json.dumps({"input": e.input, "output": e.output}) + "\n"
+                            for e in rows))  # fmt: skip
+    return TrainData(rows, examples(2), examples(1), LABELS, {"train": path})
+
+
+def search(tmp_path, model, trials, **kwargs):
+    return run_search(
+        settings(), data(tmp_path), default_training_strategy("lora"), str(model),
+        tmp_path / "search", SearchSettings(trials=trials, space=SPACE), **kwargs,
+    )  # fmt: skip
+
+
+def test_a_search_scores_on_dev_keeps_the_best_and_tests_default_and_best(tmp_path, tiny_model_dir):
+    outcome = search(tmp_path, tiny_model_dir, 3)
+    summary = json.loads((tmp_path / "search" / "search.json").read_text())
+    assert summary == outcome.summary
+    trials = summary["trials"]
+    assert len(trials) == 3 and [t["state"] for t in trials] == ["complete"] * 3
+    assert trials[0]["default"] and trials[0]["params"] == {"learning_rate": 2e-3, "r": 4}
+    for trial in trials:  # each trial is a train run evaluated on dev: test is hidden
+        metrics = json.loads((tmp_path / "search" / trial["folder"] / "metrics.json").read_text())
+        assert metrics["evaluated_on"] == "dev"
+        assert len(trial["dev_by_epoch"]) == 2
+    best = max(trials, key=lambda t: (t["dev"], -t["number"]))
+    assert summary["best"]["number"] == best["number"]
+    assert outcome.best_dir == tmp_path / "search" / best["folder"]
+    assert "accuracy" in summary["best"]["test"] and "accuracy" in summary["default"]["test"]
+    assert (outcome.best_dir / "test-predictions.jsonl").is_file()
+
+
+def test_a_killed_search_resumes_without_repeating_finished_trials(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    calls: list[str] = []
+    real = training_run.train_run
+
+    class Kill(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:
+                raise KeyboardInterrupt
+
+    def counting(settings, data, strategy, model, folder, **kwargs):
+        calls.append(folder.name + (" resumed" if kwargs.get("resume") else ""))
+        if len(calls) == 2:  # the second trial is killed after its third step
+            kwargs["callbacks"] = (*kwargs.get("callbacks", ()), Kill())
+        return real(settings, data, strategy, model, folder, **kwargs)
+
+    monkeypatch.setattr(training_run, "train_run", counting)
+    with pytest.raises(KeyboardInterrupt):
+        search(tmp_path, tiny_model_dir, 3)
+    finished = (tmp_path / "search" / "trials" / "trial-000" / "metrics.json").stat().st_mtime_ns
+    outcome = search(tmp_path, tiny_model_dir, 3, resume=True)
+    assert calls == ["trial-000", "trial-001", "trial-001 resumed", "trial-003"]
+    states = [t["state"] for t in outcome.summary["trials"]]
+    assert states == ["complete", "fail", "complete", "complete"]
+    assert outcome.summary["trials"][2]["folder"] == "trials/trial-001"  # continued in place
+    assert outcome.summary["trials"][2]["params"] == outcome.summary["trials"][1]["params"]
+    after = (tmp_path / "search" / "trials" / "trial-000" / "metrics.json").stat().st_mtime_ns
+    assert after == finished  # the finished trial was not run again
+    calls.clear()
+    search(tmp_path, tiny_model_dir, 3, resume=True)  # nothing left to do
+    assert calls == []
+
+
+class FakeTrial:
+    def __init__(self, prune: bool):
+        self.prune, self.reports = prune, []
+
+    def report(self, value, step):
+        self.reports.append((step, value))
+
+    def should_prune(self):
+        return self.prune
+
+
+class State:
+    epoch = 1.0
+
+
+def test_the_dev_metric_of_each_epoch_feeds_the_pruner():
+    import optuna
+
+    keep = FakeTrial(prune=False)
+    PruneOnDev(keep, "eval_accuracy").on_evaluate(None, State(), None, {"eval_accuracy": 0.5})
+    assert keep.reports == [(1, 0.5)]
+    with pytest.raises(optuna.TrialPruned):
+        PruneOnDev(FakeTrial(prune=True), "eval_accuracy").on_evaluate(
+            None, State(), None, {"eval_accuracy": 0.1}
+        )
+
+
+def test_default_spaces_start_from_the_method_defaults():
+    for method in ("lora", "full", "prompt-tuning", "prefix-tuning", "p-tuning"):
+        resolved = make_settings(method=method).resolved(classification=True)
+        space = resolve_space(resolved, SearchSettings(trials=2))
+        assert default_params(resolved, space).keys() == space.keys(), method
+
+
+def test_a_space_key_that_is_no_setting_is_one_clear_error():
+    with pytest.raises(TuneLabError, match="'virtual_tokens' is not a setting of lora"):
+        space = {"virtual_tokens": {"choices": [4]}}
+        resolve_space(settings(), SearchSettings(trials=2, space=space))

@@ -1,0 +1,156 @@
+"""Retrieval-augmented training: shots for a training example come from the other training
+rows (never itself, never a test row), and the run keeps its shot pool, so evaluation,
+serving and export retrieve the same way."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tunelab.cli.main import app
+from tunelab.data.loading import Example
+from tunelab.data.stats import normalize_text
+from tunelab.prompting import PromptStrategy
+from tunelab.prompting.shots import training_shots
+from tunelab.serving.pool import AdapterPool
+from tunelab.training import artifacts
+from tunelab.training import run as training_run
+
+TRAIN = [
+    Example(text, label, i + 1)
+    for i, (text, label) in enumerate(
+        [
+            ("my card was charged twice", "billing"),
+            ("where is my parcel", "shipping"),
+            ("I cannot log in", "login"),
+            ("the parcel arrived late", "shipping"),
+            ("refund the double charge on my card", "billing"),
+            ("password reset does not work", "login"),
+            ("where is my parcel", "shipping"),  # the same input twice
+            ("I was charged a fee", "billing"),
+        ]
+    )
+]
+
+
+@pytest.mark.parametrize("selector", ["similar", "random", "fixed"])
+def test_training_shots_never_hold_the_example_or_its_input(selector):
+    strategy = PromptStrategy(shots=3, selector=selector, shot_ids=[1, 2, 6])
+    for seed in range(4):
+        shots, _ = training_shots(strategy, TRAIN, seed=seed, embedder="tfidf")
+        assert len(shots) == len(TRAIN)
+        for example, chosen in zip(TRAIN, shots, strict=True):
+            assert len(chosen) == 3
+            assert all(s is not example for s in chosen)
+            assert all(normalize_text(s.input) != normalize_text(example.input) for s in chosen)
+            assert all(any(s is t for t in TRAIN) for s in chosen)  # from the pool only
+
+
+def test_too_many_shots_for_the_training_rows_is_refused():
+    from tunelab.errors import TuneLabError
+
+    with pytest.raises(TuneLabError, match="shots=8 needs more training examples"):
+        training_shots(PromptStrategy(shots=8, selector="similar"), TRAIN)
+
+
+TEXTS = {
+    "billing": ["card charged twice", "refund my fee", "wrong amount", "invoice error"],
+    "login": ["cannot sign in", "password reset", "locked out", "two factor broken"],
+}
+TEST_ROWS = [("charged twice on my card", "billing"), ("cannot reset my password", "login")]
+
+
+@pytest.fixture(scope="module")
+def shot_run(tmp_path_factory, tiny_model_dir):
+    folder = tmp_path_factory.mktemp("shot-run")
+    train = folder / "train.jsonl"
+    rows = [{"text": t, "label": label} for label, ts in TEXTS.items() for t in ts]
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    test = folder / "test.jsonl"
+    test.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in TEST_ROWS))
+    seen: list[tuple[Example, list[Example]]] = []
+    encode = training_run.encode_examples
+
+    def spy(tokenizer, strategy, examples, labels, max_length, shots=None):
+        seen.extend(zip(examples, shots, strict=True))
+        return encode(tokenizer, strategy, examples, labels, max_length, shots)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training_run, "encode_examples", spy)
+        result = CliRunner().invoke(app, [
+            "train", "--data", str(train), "--test", str(test), "--input", "text",
+            "--output", "label", "--model", str(tiny_model_dir), "--method", "lora",
+            "-o", "r=4", "--epochs", "1", "--batch-size", "4", "--shots", "2",
+            "--selector", "similar", "--dev-size", "0.25", "--task-prefix", "[BANK]",
+            "--out", str(folder / "run"),
+        ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return folder / "run", seen, rows
+
+
+def test_training_prompts_hold_shots_from_other_training_rows_only(shot_run):
+    run_dir, seen, rows = shot_run
+    assert seen, "the training examples were not encoded"
+    test_inputs = {normalize_text(t) for t, _ in TEST_ROWS}
+    for example, shots in seen:
+        assert len(shots) == 2
+        assert all(normalize_text(s.input) != normalize_text(example.input) for s in shots)
+        assert not {normalize_text(s.input.removeprefix("[BANK] ")) for s in shots} & test_inputs
+    pool = artifacts.read_shot_pool(run_dir, artifacts.read_meta(run_dir))
+    trained = {e.input for e, _ in seen}
+    assert {e.input for e in pool} == trained  # the pool is exactly the training rows
+
+
+def test_the_final_evaluation_prompts_with_retrieved_shots(shot_run):
+    run_dir, _, _ = shot_run
+    meta = artifacts.read_meta(run_dir)
+    assert meta["strategy"]["shots"] == 2 and meta["shot_pool"] == artifacts.SHOT_POOL
+    rows = [json.loads(line) for line in (run_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == len(TEST_ROWS)
+    for row in rows:  # two worked examples, then the query
+        assert row["prompt"].count("[BANK]") == 3, row["prompt"]
+
+
+def test_a_served_run_retrieves_its_shots_from_the_pool(shot_run, tiny_model_dir):
+    run_dir, _, _ = shot_run
+    pool = AdapterPool(str(tiny_model_dir), [run_dir])
+    try:
+        served = pool.models[run_dir.name]
+        query = [{"role": "user", "content": "card charged twice"}]
+        messages = pool.messages(served, query)
+        assert [m["role"] for m in messages] == ["user", "assistant"] * 2 + ["user"]
+        assert messages[-1]["content"] == "[BANK] card charged twice"
+        shots = [m["content"] for m in messages[:-1:2]]
+        assert "[BANK] card charged twice" not in shots  # its own row is never a shot
+        assert all(s.startswith("[BANK] ") for s in shots)
+        answers = {m["content"] for m in messages[1:-1:2]}
+        assert answers <= {"billing", "login"}
+        text = "".join(pool.stream(served, pool.encode(served, query), 4))
+        assert isinstance(text, str)
+    finally:
+        pool.close()
+
+
+def test_an_export_carries_the_shot_pool_and_says_so(shot_run, tmp_path):
+    run_dir, _, _ = shot_run
+    out = tmp_path / "export"
+    result = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / artifacts.SHOT_POOL).read_text() == (
+        run_dir / artifacts.ADAPTER_DIR / artifacts.SHOT_POOL
+    ).read_text()
+    assert "the engine will not add them" in " ".join(result.output.split())
+
+
+def test_eval_of_the_run_uses_its_shots(shot_run, tmp_path):
+    run_dir, _, _ = shot_run
+    data = run_dir.parent / "train.jsonl"
+    test = run_dir.parent / "test.jsonl"
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, [
+        "eval", "--data", str(data), "--test", str(test), "--input", "text", "--output",
+        "label", "--adapter", str(run_dir), "--out", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(row["prompt"].count("[BANK]") == 3 for row in rows)
