@@ -391,3 +391,48 @@ def test_report_renders_in_headless_chromium(tmp_path):
     image = Image.open(shot).convert("L")
     assert image.size == (1200, 1600)
     assert len(set(image.getdata())) > 20  # text and plots, not a blank page
+
+
+def test_a_searched_training_strategy_shows_default_and_tuned_rows(
+    tmp_path, write_jsonl, label_rows, tiny_model_dir
+):
+    pytest.importorskip("optuna")
+    write_jsonl(label_rows * 2, "train.jsonl")
+    write_jsonl(label_rows[::3], "test.jsonl")
+    experiment = write_experiment(
+        tmp_path,
+        f"""name: searched
+data: {{train: train.jsonl, test: test.jsonl, input: text, output: label, dev_size: 0.3}}
+model: {tiny_model_dir}
+strategies:
+  - name: lora
+    train: {{method: lora, epochs: 1, batch_size: 4, options: {{r: 4}}}}
+    search: {{trials: 2, space: {{learning_rate: {{choices: [0.002, 0.02]}}}}}}
+  - name: lora-shots
+    train: {{method: lora, epochs: 1, batch_size: 4, options: {{r: 4}}}}
+    prompt: {{instruction: "", shots: 2, selector: similar}}
+""",
+    )
+    out = tmp_path / "out"
+    result = run_compare(experiment, "--out", out, "--no-estimate")
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((out / "lora" / "result.json").read_text())
+    default = json.loads((out / "lora-default" / "result.json").read_text())
+    summary = json.loads((out / "lora" / "search.json").read_text())
+    assert [t["params"]["learning_rate"] for t in summary["trials"]][0] == 0.002
+    assert tuned["search"]["trials"] == 2 and default["run_from"] == "lora"
+    best = summary["best"]["params"]["learning_rate"]
+    assert tuned["training"]["settings"]["learning_rate"] == best
+    assert tuned["metrics"]["accuracy"]["value"] == summary["best"]["test"]["accuracy"]
+    assert default["metrics"]["accuracy"]["value"] == summary["default"]["test"]["accuracy"]
+    board = (out / "leaderboard.md").read_text()
+    assert "| lora |" in board and "| lora-default |" in board and "| lora-shots |" in board
+    assert "Settings searches" in (out / "report.html").read_text()
+    shots = [
+        json.loads(x)
+        for x in (out / "lora-shots" / "predictions.jsonl").read_text().split("\n")
+        if x
+    ]
+    assert all(row["prompt"].count("user") >= 3 for row in shots)  # two shots and the query
+    again = run_compare(experiment, "--out", out, "--no-estimate")
+    assert again.exit_code == 0 and "3 already finished" in again.output

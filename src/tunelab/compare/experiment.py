@@ -25,6 +25,7 @@ from tunelab.errors import TuneLabError
 from tunelab.models import DEFAULT_MODEL
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.training.config import TrainSettings
+from tunelab.training.search import SearchSettings
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # what an experiment folder holds besides its strategies' folders (trackers included)
@@ -134,6 +135,15 @@ class StrategySpec(Strict):
     run_from: str | None = Field(
         None, description="evaluate another training strategy's run again (e.g. constrained)"
     )
+    search: SearchSettings | None = Field(
+        None,
+        description="tune the training settings first: {trials: N, space: {...}} (Optuna, "
+        "scored on dev; the best trial is the strategy's run, and NAME-default is added to "
+        "show the defaults beside it)",
+    )
+    trial: Literal["default"] | None = Field(
+        None, description="with run_from on a searched strategy: evaluate its default trial"
+    )
     constrain: str | dict | list[str | dict | None] | None = Field(
         None,
         description="constrained decoding: json | schema (eval.format_schema) | regex "
@@ -155,8 +165,13 @@ class StrategySpec(Strict):
     def _one_kind(self) -> "StrategySpec":
         if self.train and self.optimize:
             raise ValueError("a strategy either trains or optimises a prompt, not both")
+        if self.search and not self.train:
+            raise ValueError("search tunes a training strategy's settings; add train: {...}")
+        if self.trial and not self.run_from:
+            raise ValueError("trial picks a trial of run_from's search; give run_from too")
         if self.run_from:
-            others = (self.train, self.optimize, self.prompt, self.prompt_file, self.prompt_from)
+            others = (self.train, self.optimize, self.prompt, self.prompt_file, self.prompt_from,
+                      self.search)  # fmt: skip
             if any(other is not None for other in others):
                 raise ValueError("run_from re-evaluates a trained run; give only constrain")
             return self
@@ -384,6 +399,10 @@ def _with_constraints_expanded(experiment: Experiment, path: Path, extra: list[s
         )  # fmt: skip
         expanded.append(first)
         taken = {s.name for s in experiment.strategies} | {s.name for s in expanded}
+        if strategy.search:  # the defaults' row beside the tuned one
+            default = _free_name(f"{strategy.name}-default", taken)
+            taken.add(default)
+            expanded.append(StrategySpec(name=default, run_from=strategy.name, trial="default"))
         for value in values[1:]:
             variant = _variant(strategy, value, taken)
             taken.add(variant.name)
@@ -427,11 +446,17 @@ def _variant(strategy: StrategySpec, value, taken: set[str]) -> StrategySpec:
     label = "free" if value is None else "json" if value == "json" else (
         "schema" if isinstance(value, dict) else "regex"
     )  # fmt: skip
-    name, number = f"{strategy.name}-{label}", 2
-    while name in taken:
-        name, number = f"{strategy.name}-{label}{number}", number + 1
+    name = _free_name(f"{strategy.name}-{label}", taken)
     if strategy.kind == "train":
         return StrategySpec(name=name, run_from=strategy.name, constrain=[value])
     if strategy.kind == "optimize":
         return StrategySpec(name=name, prompt_from=strategy.name, constrain=[value])
     return strategy.model_copy(update={"name": name, "constrain": [value]})
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    """``name``, or with a number added when it is taken (NAME-schema2)."""
+    candidate, number = name, 2
+    while candidate in taken:
+        candidate, number = f"{name}{number}", number + 1
+    return candidate

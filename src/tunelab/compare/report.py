@@ -64,6 +64,9 @@ def write_report(
     curves = _training_curves(folders, results)
     if curves:
         sections += ["<h2>Training curves</h2>", _img(curves)]
+    searches = search_plot(results)
+    if searches:
+        sections += ["<h2>Settings searches (dev split)</h2>", _img(searches)]
     breakdown = _breakdown_plot(rows, predictions, metric, facts.get("labels"))
     if breakdown:
         sections += [f"<h2>{breakdown[0]}</h2>", _img(breakdown[1])]
@@ -182,6 +185,40 @@ def _training_curves(folders: dict[str, Path], results: dict[str, dict]):
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def search_plot(results: dict[str, dict]):
+    """Each searched strategy's trials: dev score by trial (pruned trials at their last
+    reported epoch, hollow), the default trial and the best one marked."""
+    from matplotlib.figure import Figure
+
+    searched = {n: r["search_trials"] for n, r in results.items() if r.get("search_trials")}
+    if not searched:
+        return None
+    fig = Figure(figsize=(9, 3.8))
+    ax = fig.subplots()
+    for name, trials in searched.items():
+        done = [(t["number"], t["dev"]) for t in trials if t["state"] == "complete"]
+        cut = [(t["number"], list(t["dev_by_epoch"].values())[-1]) for t in trials
+               if t["state"] == "pruned" and t["dev_by_epoch"]]  # fmt: skip
+        line = ax.plot(*zip(*done, strict=True), "o", label=f"{name}") if done else None
+        color = line[0].get_color() if line else None
+        if cut:
+            ax.plot(*zip(*cut, strict=True), "o", mfc="none", color=color,
+                    label=f"{name} (pruned)")  # fmt: skip
+        default = next((t for t in trials if t["default"] and t["dev"] is not None), None)
+        if default:
+            ax.annotate("default", (default["number"], default["dev"]), fontsize=8,
+                        xytext=(4, -10), textcoords="offset points")  # fmt: skip
+        if done:
+            best = max(done, key=lambda point: point[1])
+            ax.annotate("best", best, fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel("trial")
+    ax.set_ylabel("dev score (best epoch)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -159,9 +159,13 @@ class ExperimentRunner:
         hashes = {role: sha256_of(path) for role, path in self.data.files.items()}
         if self.experiment.eval.format_schema is not None:
             hashes["format_schema"] = sha256_of(self.experiment.eval.format_schema)
+        later = ("run_from", "constrain", "search", "trial")
+        dumped = spec.model_dump(mode="json", exclude=_unset(spec, later))
+        if dumped.get("train") and dumped["train"].get("head") == "lm":
+            del dumped["train"]["head"]  # the default, added later
         parts = {
             # settings added later count only when set, so older results stay current
-            "spec": spec.model_dump(mode="json", exclude=_unset(spec, ("run_from", "constrain"))),
+            "spec": dumped,
             "model": self.experiment.model,
             "task_prefix": self.experiment.task_prefix,
             "seed": self.experiment.seed,
@@ -186,7 +190,7 @@ class ExperimentRunner:
         if done is not None:
             self.prompts[spec.name] = PromptStrategy.model_validate(done["prompt"])
             return done
-        _clear_stale(folder, spec.kind)
+        _clear_stale(folder, "search" if spec.search else spec.kind)
         reset_peak_memory()
         began = time.perf_counter()
         kind_runner = {
@@ -278,6 +282,8 @@ class ExperimentRunner:
                 f"{spec.prompt_from or 'its prompt'}): the training answers hold no reasoning"
             )
         data = self.train_data()
+        if spec.search:
+            return self._train_search(spec, folder, settings, strategy, data)
         # An interrupted run with the same settings continues; one whose strategy was edited
         # since starts again.
         resume = can_resume(folder, settings, data, strategy, self.experiment.model)
@@ -302,6 +308,42 @@ class ExperimentRunner:
         record["peak_memory_mb"] = max(record["peak_memory_mb"], summary["peak_memory_mb"])
         return record
 
+    def _train_search(self, spec, folder: Path, settings, strategy, data) -> dict:
+        """Tune the settings on dev (tunelab.training.search), then the best trial is this
+        strategy's run; an interrupted search continues, an edited one starts again."""
+        from tunelab.training.search import run_search, same_search
+
+        resume = same_search(folder, settings, data, strategy, self.experiment.model, spec.search)
+        outcome = run_search(
+            settings, data, strategy, self.experiment.model, folder, spec.search,
+            resume=resume, overwrite=not resume and folder.exists(), console=self.console,
+            final_eval=self.settings, placement=self.placement,
+        )  # fmt: skip
+        best = outcome.summary["best"]
+        trial = json.loads((outcome.best_dir / "metrics.json").read_text(encoding="utf-8"))
+        cost = trial["training"]
+        record = self._record(
+            outcome.best_test, strategy, adapt_seconds=outcome.summary["search_seconds"],
+            trainable=cost["trainable_parameters"], total=cost["total_parameters"],
+            size=_weights_size(outcome.best_dir / "adapter"),
+        )  # fmt: skip
+        record["training"] = {
+            "method": settings.method,
+            "settings": json.loads((outcome.best_dir / "config.json").read_text())["settings"],
+            "steps": cost["steps"],
+            "tokens_per_second": cost["tokens_per_second"],
+        }
+        record["peak_memory_mb"] = max(record["peak_memory_mb"], cost["peak_memory_mb"])
+        record["search_trials"] = outcome.summary["trials"]
+        record["search"] = {
+            "trials": len(outcome.summary["trials"]),
+            "best_trial": best["number"],
+            "best_params": best["params"],
+            "dev_best": best["dev"],
+            "dev_default": (outcome.summary.get("default") or {}).get("dev"),
+        }
+        return record
+
     def _rerun(self, spec: StrategySpec, folder: Path) -> dict:
         """Another training strategy's run evaluated again (say, with constrained decoding):
         its adaptation costs are the source's, its evaluation is its own."""
@@ -312,7 +354,8 @@ class ExperimentRunner:
         if source is None:
             raise TuneLabError(f"{spec.name}: {spec.run_from} has no finished run to evaluate")
         strategy = self._strategy_of(spec, default=self.prompts[spec.run_from])
-        trained = load_trained_run(self.out / spec.run_from, **self.placement.record())
+        run_dir, source = _trained_run_of(self.out / spec.run_from, source, spec.trial)
+        trained = load_trained_run(run_dir, **self.placement.record())
         test = with_task_prefix(self.data.test, trained.meta.get("task_prefix"))
         pool = with_task_prefix(self.data.train, trained.meta.get("task_prefix"))
         with _progress(self.console, f"{spec.name}: test", len(test), self._report) as advance:
@@ -428,6 +471,30 @@ class ExperimentRunner:
         }
 
 
+def _trained_run_of(folder: Path, source: dict, trial: str | None) -> tuple[Path, dict]:
+    """The train run behind a training strategy's folder, and its adaptation costs: the
+    folder itself, or for a searched strategy its best trial (or, asked, its default one,
+    with that trial's own costs)."""
+    summary_path = folder / "search.json"
+    if not summary_path.is_file():
+        return folder, source
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    chosen = summary.get(trial or "best")
+    if chosen is None:
+        raise TuneLabError(f"{folder}: the search has no finished {trial or 'best'} trial")
+    run_dir = folder / chosen["folder"]
+    if trial is None:
+        return run_dir, source
+    cost = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["training"]
+    own = source | {
+        "adapt_seconds": cost["train_seconds"],
+        "trainable_parameters": cost["trainable_parameters"],
+        "total_parameters": cost["total_parameters"],
+        "size_bytes": _weights_size(run_dir / "adapter"),
+    }
+    return run_dir, own
+
+
 def _unset(model, names: tuple[str, ...]) -> set[str]:
     return {name for name in names if getattr(model, name) is None}
 
@@ -440,7 +507,8 @@ def _clear_stale(folder: Path, kind: str) -> None:
     marker = read_marker(folder)
     if marker is None:
         return
-    wanted = {"prompt": "eval", "optimize": "optimize", "train": "train", "rerun": "eval"}[kind]
+    wanted = {"prompt": "eval", "optimize": "optimize", "train": "train", "rerun": "eval",
+              "search": "search"}[kind]  # fmt: skip
     if marker["kind"] != wanted:
         remove_run(folder, marker["kind"])
     else:

@@ -149,14 +149,20 @@ def _metrics(result: dict) -> dict[str, float]:
     for key, name in COSTS.items():
         values[name] = result.get(key)
     search = result.get("search") or {}
-    for key in ("candidates", "dev_start", "dev_best"):
+    for key in ("candidates", "dev_start", "dev_best", "trials", "dev_default"):
         value = search.get(key)
         values[f"search/{key}"] = value.get("value") if isinstance(value, dict) else value
     return {k: float(v) for k, v in values.items() if is_finite_number(v)}
 
 
 def _search_curve(folder: Path) -> dict[str, Curve]:
-    """The prompt search: each scored candidate's dev score, and the best so far."""
+    """The prompt search: each scored candidate's dev score, and the best so far; a
+    settings search: each finished trial's dev score by trial number."""
+    trials = folder / "search.json"
+    if trials.is_file():
+        ended = [(t.get("number"), t.get("dev")) for t in _json(trials).get("trials", [])]
+        points = [(n, float(v)) for n, v in ended if isinstance(n, int) and is_finite_number(v)]
+        return {"search/trial_dev": points} if points else {}
     path = folder / "search" / "trajectory.jsonl"
     if not path.is_file():
         return {}
@@ -171,3 +177,12 @@ def _search_curve(folder: Path) -> dict[str, Curve]:
             scored.append((record["id"], float(score)))
             best.append((record["id"], max(float(score), best[-1][1] if best else -math.inf)))
     return {"search/dev_score": scored, "search/best_dev_score": best} if scored else {}
+
+
+def _json(path: Path) -> dict:
+    """A JSON object from ``path`` ({} when unreadable: tracking never stops a compare)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}

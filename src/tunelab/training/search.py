@@ -409,6 +409,18 @@ def _config(settings, data, strategy, base_model, search, space) -> dict:
     }
 
 
+def same_search(out: Path, settings, data, strategy, base_model, search) -> bool:
+    """True when ``out`` holds a search set up exactly like this one (what --resume takes)."""
+    from tunelab.runs import is_run
+
+    stored = out / CONFIG
+    if not is_run(out, "search") or not stored.is_file():
+        return False
+    config = _config(settings, data, strategy, base_model, search, resolve_space(settings, search))
+    before = json.loads(stored.read_text(encoding="utf-8"))
+    return all(before.get(k) == v for k, v in config.items() if k != "search")
+
+
 def _check_folder(out: Path, config: dict, *, resume: bool, overwrite: bool) -> None:
     """New, or the same search to continue (more trials may be asked), or --overwrite."""
     folder = check_request(out, "search", resume=resume, overwrite=overwrite)
