@@ -137,3 +137,41 @@ def test_a_space_key_that_is_no_setting_is_one_clear_error():
     with pytest.raises(TuneLabError, match="'virtual_tokens' is not a setting of lora"):
         space = {"virtual_tokens": {"choices": [4]}}
         resolve_space(settings(), SearchSettings(trials=2, space=space))
+
+
+@pytest.mark.parametrize(
+    ("space", "args", "message"),
+    [
+        (None, ["--search-space", "SPACE"], "--search-space needs --search N"),
+        ("r: [1, 2]\n", ["--search", "2", "--search-space", "SPACE"], "expected a mapping"),
+        (
+            "r: {low: 4, high: 2}\n",
+            ["--search", "2", "--search-space", "SPACE"],
+            "r: Value error, a range needs low < high",
+        ),
+        (
+            "alpha2: {choices: [1]}\n",
+            ["--search", "2", "--search-space", "SPACE"],
+            "'alpha2' is not a setting of lora",
+        ),
+        (None, ["--search", "2", "--dev-size", "0"], "a search needs a dev split"),
+    ],
+)
+def test_bad_search_requests_are_one_line_errors(
+    tmp_path, tiny_model_dir, support_train_file, space, args, message
+):
+    from typer.testing import CliRunner
+
+    from tunelab.cli.main import app
+
+    path = tmp_path / "space.yaml"
+    if space is not None:
+        path.write_text(space)
+    args = [str(path) if a == "SPACE" else a for a in args]
+    result = CliRunner().invoke(app, [
+        "train", "--data", str(support_train_file), "--input", "text", "--output", "label",
+        "--model", str(tiny_model_dir), "--method", "lora", "--out", str(tmp_path / "s"), *args,
+    ])  # fmt: skip
+    assert result.exit_code != 0
+    assert message in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "s").exists()  # refused before anything was written
