@@ -12,11 +12,12 @@ from tunelab.training import run as training_run
 from tunelab.training.config import make_settings
 from tunelab.training.run import TrainData, default_training_strategy
 from tunelab.training.search import (
-    PruneOnDev,
     SearchSettings,
     default_params,
+    prune_on_dev,
     resolve_space,
     run_search,
+    with_start,
 )
 
 from .test_training import LABELS, examples
@@ -99,6 +100,26 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(
     assert calls == []
 
 
+def test_a_failing_trial_is_recorded_and_the_search_goes_on(tmp_path, tiny_model_dir, monkeypatch):
+    calls: list[str] = []
+    real = training_run.train_run
+
+    def failing(settings, data, strategy, model, folder, **kwargs):
+        calls.append(folder.name)
+        if len(calls) == 2:
+            raise TuneLabError("training diverged at step 3: loss is nan; lower --lr")
+        return real(settings, data, strategy, model, folder, **kwargs)
+
+    monkeypatch.setattr(training_run, "train_run", failing)
+    outcome = search(tmp_path, tiny_model_dir, 3)
+    trials = outcome.summary["trials"]
+    assert [t["state"] for t in trials] == ["complete", "fail", "complete"]
+    assert trials[1]["error"].startswith("training diverged")
+    calls.clear()
+    search(tmp_path, tiny_model_dir, 3, resume=True)
+    assert calls == []  # a trial that failed on its own counts, and is not run again
+
+
 class FakeTrial:
     def __init__(self, prune: bool):
         self.prune, self.reports = prune, []
@@ -118,10 +139,10 @@ def test_the_dev_metric_of_each_epoch_feeds_the_pruner():
     import optuna
 
     keep = FakeTrial(prune=False)
-    PruneOnDev(keep, "eval_accuracy").on_evaluate(None, State(), None, {"eval_accuracy": 0.5})
+    prune_on_dev(keep, "eval_accuracy").on_evaluate(None, State(), None, {"eval_accuracy": 0.5})
     assert keep.reports == [(1, 0.5)]
     with pytest.raises(optuna.TrialPruned):
-        PruneOnDev(FakeTrial(prune=True), "eval_accuracy").on_evaluate(
+        prune_on_dev(FakeTrial(prune=True), "eval_accuracy").on_evaluate(
             None, State(), None, {"eval_accuracy": 0.1}
         )
 
@@ -131,6 +152,10 @@ def test_default_spaces_start_from_the_method_defaults():
         resolved = make_settings(method=method).resolved(classification=True)
         space = resolve_space(resolved, SearchSettings(trials=2))
         assert default_params(resolved, space).keys() == space.keys(), method
+    start = settings(epochs=6, learning_rate=1e-5)  # outside lora's space: the space grows
+    space = with_start(start, resolve_space(start, SearchSettings(trials=2)))
+    assert default_params(start, space)["epochs"] == 6
+    assert default_params(start, space)["learning_rate"] == 1e-5
 
 
 def test_a_space_key_that_is_no_setting_is_one_clear_error():

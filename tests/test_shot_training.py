@@ -98,6 +98,8 @@ def test_training_prompts_hold_shots_from_other_training_rows_only(shot_run):
         assert not {normalize_text(s.input.removeprefix("[BANK] ")) for s in shots} & test_inputs
     pool = artifacts.read_shot_pool(run_dir, artifacts.read_meta(run_dir))
     trained = {e.input for e, _ in seen}
+    assert len(trained) == len(rows) - 2  # --dev-size 0.25 kept 2 rows for dev
+    assert {s.input for _, shots in seen for s in shots} <= trained  # never a dev row
     assert {e.input for e in pool} == trained  # the pool is exactly the training rows
 
 
@@ -125,8 +127,6 @@ def test_a_served_run_retrieves_its_shots_from_the_pool(shot_run, tiny_model_dir
         assert all(s.startswith("[BANK] ") for s in shots)
         answers = {m["content"] for m in messages[1:-1:2]}
         assert answers <= {"billing", "login"}
-        text = "".join(pool.stream(served, pool.encode(served, query), 4))
-        assert isinstance(text, str)
     finally:
         pool.close()
 
@@ -142,15 +142,17 @@ def test_an_export_carries_the_shot_pool_and_says_so(shot_run, tmp_path):
     assert "the engine will not add them" in " ".join(result.output.split())
 
 
-def test_eval_of_the_run_uses_its_shots(shot_run, tmp_path):
-    run_dir, _, _ = shot_run
-    data = run_dir.parent / "train.jsonl"
+def test_eval_of_the_run_retrieves_from_its_stored_pool(shot_run, tmp_path):
+    run_dir, seen, _ = shot_run
     test = run_dir.parent / "test.jsonl"
     out = tmp_path / "eval"
-    result = CliRunner().invoke(app, [
-        "eval", "--data", str(data), "--test", str(test), "--input", "text", "--output",
+    result = CliRunner().invoke(app, [  # --data is not the training file: the pool is stored
+        "eval", "--data", str(test), "--test", str(test), "--input", "text", "--output",
         "label", "--adapter", str(run_dir), "--out", str(out),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
-    assert all(row["prompt"].count("[BANK]") == 3 for row in rows)
+    trained = {e.input for e, _ in seen}
+    for row in rows:
+        assert row["prompt"].count("[BANK]") == 3
+        assert sum(text in row["prompt"] for text in trained) == 2  # two training rows

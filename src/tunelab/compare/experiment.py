@@ -167,6 +167,13 @@ class StrategySpec(Strict):
             raise ValueError("a strategy either trains or optimises a prompt, not both")
         if self.search and not self.train:
             raise ValueError("search tunes a training strategy's settings; add train: {...}")
+        if self.search:
+            from tunelab.training.search import resolve_space
+
+            try:
+                resolve_space(self.train, self.search)
+            except TuneLabError as err:
+                raise ValueError(str(err)) from None
         if self.trial and not self.run_from:
             raise ValueError("trial picks a trial of run_from's search; give run_from too")
         if self.run_from:
@@ -260,7 +267,22 @@ class Experiment(Strict):
                 raise ValueError(
                     f"{strategy.name}: run_from {strategy.run_from!r} must name a training strategy"
                 )
+            if strategy.trial and not strategies[names.index(strategy.run_from)].search:
+                raise ValueError(
+                    f"{strategy.name}: trial picks a trial of a search, and "
+                    f"{strategy.run_from!r} has no search"
+                )
         return strategies
+
+    @model_validator(mode="after")
+    def _searches_have_a_dev_split(self) -> "Experiment":
+        searched = [s.name for s in self.strategies if s.search]
+        if searched and self.data.dev is None and not self.data.dev_size:
+            raise ValueError(
+                f"{searched[0]}: a search scores its trials on a dev split; set data.dev or "
+                "data.dev_size"
+            )
+        return self
 
     def strategy(self, name: str) -> StrategySpec:
         return next(s for s in self.strategies if s.name == name)

@@ -152,10 +152,10 @@ def _plan_training(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan
         f"{settings.method} at {timing.tokens_per_second:.0f} tok/s (3 steps measured) x "
         f"{math.ceil(timing.steps_per_epoch * epochs)} steps"
     )
-    if spec.search:  # at most every trial at the defaults' cost; pruning cuts it
+    if spec.search:  # every trial at the defaults' cost: pruning cuts it, longer trials add
         trials = spec.search.trials
         train_seconds, dev_seconds = trials * train_seconds, trials * dev_seconds
-        note += f" x {trials} trials at most (search)"
+        note += f" x {trials} trials (search; about)"
     return StrategyPlan(
         spec.name, "train", tokens, timing.tokens_per_epoch, train_seconds + dev_seconds,
         per_example * len(data.test), note,

@@ -318,6 +318,7 @@ class ExperimentRunner:
             settings, data, strategy, self.experiment.model, folder, spec.search,
             resume=resume, overwrite=not resume and folder.exists(), console=self.console,
             final_eval=self.settings, placement=self.placement,
+            callbacks=(ReportSteps(self._report),),
         )  # fmt: skip
         best = outcome.summary["best"]
         trial = json.loads((outcome.best_dir / "metrics.json").read_text(encoding="utf-8"))
@@ -477,6 +478,8 @@ def _trained_run_of(folder: Path, source: dict, trial: str | None) -> tuple[Path
     with that trial's own costs)."""
     summary_path = folder / "search.json"
     if not summary_path.is_file():
+        if trial:
+            raise TuneLabError(f"{folder.name} ran no settings search: it has no {trial} trial")
         return folder, source
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
     chosen = summary.get(trial or "best")

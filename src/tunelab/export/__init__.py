@@ -22,7 +22,7 @@ from tunelab.paths import atomic_directory
 from tunelab.prompting.render import system_text
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.runs import check_out, claim, user_entries
-from tunelab.training.artifacts import ADAPTER_DIR, META_FILE, read_meta
+from tunelab.training.artifacts import ADAPTER_DIR, META_FILE, read_meta, read_shot_pool
 
 FORMATS = ("hf", "gguf", "ollama", "vllm")
 SYSTEM_FILE = "system_prompt.txt"
@@ -79,6 +79,7 @@ def _with_shot_pool(exported: Exported, meta: dict, adapter: Path, folder: Path)
     import shutil
 
     if not (folder / meta["shot_pool"]).is_file():  # hf/vllm copy the adapter folder whole
+        read_shot_pool(adapter.parent, meta)  # a missing or unreadable pool: a clear error
         shutil.copy2(adapter / meta["shot_pool"], folder / meta["shot_pool"])
     strategy = PromptStrategy.model_validate(meta["strategy"])
     note = (

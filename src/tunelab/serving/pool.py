@@ -106,6 +106,11 @@ class AdapterPool:
             seed = (meta.get("settings") or {}).get("seed", 0)
             served.shots = ShotSource(served.strategy, pool, seed=seed)
         adapter = run_dir / "adapter"
+        if meta["method"] != "full" and meta["base_model"] != self.base_name:
+            raise TuneLabError(
+                f"{run_dir}: trained on {meta['base_model']}, but this server's base model "
+                f"is {self.base_name}; serve it with --model {meta['base_model']}"
+            )
         if meta.get("head") == "classifier":
             from tunelab.training.artifacts import load_trained_run
 
@@ -115,11 +120,6 @@ class AdapterPool:
 
             served.model = load_model(str(adapter), device=device, dtype=self.dtype).model
         else:
-            if meta["base_model"] != self.base_name:
-                raise TuneLabError(
-                    f"{run_dir}: trained on {meta['base_model']}, but this server's base model "
-                    f"is {self.base_name}; serve it with --model {meta['base_model']}"
-                )
             if meta["method"] == "lora":
                 served.lora_name = name
                 self._load_lora(adapter, name)

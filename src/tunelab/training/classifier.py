@@ -21,7 +21,8 @@ def to_classifier(lm, tokenizer, labels: list[str]):
     from transformers import AutoModelForSequenceClassification
 
     config = classifier_config(lm.config, tokenizer, labels)
-    model = AutoModelForSequenceClassification.from_config(config, dtype=lm.dtype)
+    with torch.device("meta"):  # no second body in memory: the LM's own is put in below
+        model = AutoModelForSequenceClassification.from_config(config, dtype=lm.dtype)
     prefix = model.base_model_prefix
     if not hasattr(lm, prefix):
         raise TuneLabError(
@@ -29,10 +30,18 @@ def to_classifier(lm, tokenizer, labels: list[str]):
             "build; train it without --head classifier"
         )
     setattr(model, prefix, getattr(lm, prefix))
-    head = _head_of(model)
+    name, head = _head_of(model)
+    real = torch.nn.Linear(head.in_features, head.out_features, bias=head.bias is not None,
+                           dtype=lm.dtype, device=lm.device)  # fmt: skip
     with torch.no_grad():
-        head.weight.copy_(_label_rows(lm, tokenizer, labels).to(head.weight))
-    return model.to(lm.device)
+        real.weight.copy_(_label_rows(lm, tokenizer, labels).to(real.weight))
+        if real.bias is not None:
+            real.bias.zero_()
+    setattr(model, name, real)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise TuneLabError(f"{type(model).__name__}: {left[0]} was not built; no head here")
+    return model
 
 
 def classifier_config(lm_config, tokenizer, labels: list[str]):
@@ -46,16 +55,17 @@ def classifier_config(lm_config, tokenizer, labels: list[str]):
     return config
 
 
-def _head_of(model) -> torch.nn.Linear:
-    head = getattr(model, "score", None) or getattr(model, "classifier", None)
-    if not isinstance(head, torch.nn.Linear):
-        raise TuneLabError(f"{type(model).__name__}: no linear classification head found")
-    return head
+def _head_of(model) -> tuple[str, torch.nn.Linear]:
+    for name in ("score", "classifier"):
+        head = getattr(model, name, None)
+        if isinstance(head, torch.nn.Linear):
+            return name, head
+    raise TuneLabError(f"{type(model).__name__}: no linear classification head found")
 
 
 def _label_rows(lm, tokenizer, labels: list[str]) -> torch.Tensor:
-    """Each label's row: the mean output embedding of its name's tokens, scaled like the
-    hidden states the final norm produces (so the start logits are in the LM's range)."""
+    """Each label's row: the mean output embedding of its name's tokens, so the head's
+    start logits are the LM's own logits for (the average token of) each label name."""
     out = lm.get_output_embeddings().weight.detach().float()
     rows = []
     for label in labels:

@@ -97,6 +97,8 @@ def train_run(
         )
     if not data.dev and not data.test:
         raise TuneLabError("training needs a dev or a test split for its final evaluation")
+    if settings.head == HEAD:
+        _check_head_evaluation(strategy, final_eval)
     base_model = _portable_model_name(base_model)
     config = _run_config(settings, data, strategy, base_model) | {"placement": placement.record()}
     main = distributed.is_main()  # under torchrun/accelerate only rank 0 writes
@@ -185,6 +187,20 @@ def train_run(
     _finish_run(run_dir, final, summary, "test" if held_out else "dev", keep_checkpoints)
     distributed.barrier()
     return TrainOutcome(run_dir, final, summary)
+
+
+def _check_head_evaluation(strategy: PromptStrategy, final_eval: EvalSettings | None) -> None:
+    """A classification head answers with a label and generates nothing: what asks for
+    generated answers is refused before training, not at the final evaluation."""
+    if strategy.constrain is not None:
+        raise TuneLabError(
+            "a classification head answers with one of its labels; it takes no constrain"
+        )
+    if final_eval is not None and final_eval.mode in ("generate", "both"):
+        raise TuneLabError(
+            f"a classification head generates no text, so it cannot be evaluated with mode "
+            f"{final_eval.mode}; use mode auto or score"
+        )
 
 
 def _final_evaluation_only(

@@ -17,6 +17,7 @@ running continues from its last checkpoint.
 
 import json
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,19 +61,18 @@ class ParamRange(BaseModel):
             raise ValueError("a log range needs low > 0")
         return self
 
-    @property
-    def integer(self) -> bool:
-        return (
-            self.choices is None
-            and float(self.low).is_integer()
-            and not self.log
-            and (float(self.high).is_integer())
-        )
-
     def admits(self, value) -> bool:
         if self.choices is not None:
             return value in self.choices
         return value is not None and self.low <= value <= self.high
+
+    def including(self, value) -> "ParamRange":
+        """This range widened (or these choices extended) to hold ``value``."""
+        if value is None or self.admits(value):
+            return self
+        if self.choices is not None:
+            return self.model_copy(update={"choices": [value, *self.choices]})
+        return self.model_copy(update={"low": min(self.low, value), "high": max(self.high, value)})
 
 
 class SearchSettings(BaseModel):
@@ -126,7 +126,9 @@ DEFAULT_SPACES: dict[str, dict[str, dict]] = {
 
 
 def resolve_space(settings: TrainSettings, search: SearchSettings) -> dict[str, ParamRange]:
-    """The space to search, every key checked against the settings and the method's options."""
+    """The space to search, every key checked against the settings and the method's options,
+    and every end of a range and every choice checked as a value of its setting (a bad
+    space fails here, not hours into the search)."""
     from tunelab.training.methods import get_method
 
     method = get_method(settings.method)
@@ -141,34 +143,71 @@ def resolve_space(settings: TrainSettings, search: SearchSettings) -> dict[str, 
         )
     if not space:
         raise TuneLabError(f"search space: nothing to search for {method.name}")
+    for key, spec in space.items():
+        if spec.choices is None and is_integer(settings, key) and spec.log:
+            raise TuneLabError(f"search space: {key}: a whole-number setting takes no log scale")
+        for value in spec.choices if spec.choices is not None else (spec.low, spec.high):
+            try:
+                with_params(settings, {key: _typed(settings, key, value)})
+            except TuneLabError as err:
+                raise TuneLabError(f"search space: {key}={value!r}: {err}") from None
     return space
 
 
+def is_integer(settings: TrainSettings, key: str) -> bool:
+    """Whether a setting (or method option) takes whole numbers, from its declared type."""
+    from tunelab.training.methods import get_method
+
+    fields = TrainSettings.model_fields
+    field = fields[key] if key in SETTINGS_KEYS else (
+        get_method(settings.method).options.model_fields[key]
+    )  # fmt: skip
+    return field.annotation in (int, int | None)
+
+
+def _typed(settings: TrainSettings, key: str, value):
+    return int(value) if is_integer(settings, key) and isinstance(value, float) else value
+
+
 def with_params(settings: TrainSettings, params: dict) -> TrainSettings:
-    """``settings`` with a trial's values: settings keys replaced, the rest method options."""
+    """``settings`` with a trial's values (settings keys replaced, the rest method options),
+    validated like any other settings: a value out of bounds is one line naming it."""
+    from pydantic import ValidationError
+
     from tunelab.training.methods import get_method
 
     options = dict(settings.options)
-    update = {}
+    values = settings.model_dump()
     for key, value in params.items():
         if key in SETTINGS_KEYS:
-            update[key] = value
+            values[key] = value
         else:
             options[key] = value
-    update["options"] = get_method(settings.method).parse_options(options).model_dump()
-    return settings.model_copy(update=update)
+    values["options"] = get_method(settings.method).parse_options(options).model_dump()
+    try:
+        return TrainSettings.model_validate(values)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise TuneLabError(f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+
+
+def with_start(settings: TrainSettings, space: dict[str, ParamRange]) -> dict[str, ParamRange]:
+    """The space holding the start settings, so that trial 0 really is them (a choice list
+    gets the start value; a range is widened to it)."""
+    return {key: spec.including(_start_value(settings, key)) for key, spec in space.items()}
+
+
+def _start_value(settings: TrainSettings, key: str):
+    value = getattr(settings, key) if key in SETTINGS_KEYS else settings.options.get(key)
+    if isinstance(value, float) and value.is_integer() and not isinstance(value, bool):
+        return int(value)
+    return value
 
 
 def default_params(settings: TrainSettings, space: dict[str, ParamRange]) -> dict:
-    """The resolved defaults of the searched keys that the space admits (trial 0)."""
-    values = {}
-    for key, spec in space.items():
-        value = getattr(settings, key) if key in SETTINGS_KEYS else settings.options.get(key)
-        if isinstance(value, float) and value.is_integer() and spec.choices is not None:
-            value = int(value)
-        if spec.admits(value):
-            values[key] = value
-    return values
+    """The start settings of the searched keys (trial 0), from a space that holds them."""
+    values = {key: _start_value(settings, key) for key in space}
+    return {key: value for key, value in values.items() if space[key].admits(value)}
 
 
 @dataclass
@@ -193,13 +232,24 @@ def run_search(
     console=None,
     final_eval=None,
     placement=None,
+    callbacks: tuple = (),
 ) -> SearchOutcome:
     """Run (or continue) the search in ``out``; return the trials and the test scores of the
     best and the default trial."""
+    from tunelab import distributed
+
     optuna = _optuna()
+    if distributed.launched():
+        raise TuneLabError(
+            "a settings search runs its trials one after another in one process; start it "
+            "without a distributed launcher (each trial can still use a GPU)"
+        )
     if not data.dev:
-        raise TuneLabError("a search needs a dev split to score trials on (--dev or --dev-size)")
-    space = resolve_space(settings, search)
+        raise TuneLabError(
+            "a search needs a dev split to score trials on (tunelab train: --dev or "
+            "--dev-size; an experiment: data.dev or data.dev_size)"
+        )
+    space = with_start(settings, resolve_space(settings, search))
     config = _config(settings, data, strategy, base_model, search, space)
     _check_folder(out, config, resume=resume, overwrite=overwrite)
     claim(out, "search")
@@ -219,27 +269,36 @@ def run_search(
     if not study.trials:
         study.enqueue_trial(default_params(settings, space), user_attrs={"default": True})
     todo = search.trials - len(_ended(study, optuna))
-    objective = _Objective(settings, data, strategy, base_model, out, space, console, placement)
+    objective = _Objective(settings, data, strategy, base_model, out, space, console, placement,
+                           callbacks)  # fmt: skip
     if todo > 0:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study.optimize(objective, n_trials=todo)
+        import torch
+
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+        # a trial that fails (diverged, out of memory) is recorded and the search goes on
+        study.optimize(objective, n_trials=todo, catch=(TuneLabError, torch.OutOfMemoryError))
     return _finish(study, optuna, settings, data, strategy, out, final_eval, placement, began)
 
 
 class _Objective:
     """One trial: train with the sampled settings (dev only), return the best dev metric."""
 
-    def __init__(self, settings, data, strategy, base_model, out, space, console, placement):
+    def __init__(self, settings, data, strategy, base_model, out, space, console, placement,
+                 callbacks=()):  # fmt: skip
         from tunelab.training.run import TrainData
 
         self.settings, self.strategy, self.base_model = settings, strategy, base_model
         self.out, self.space, self.console, self.placement = out, space, console, placement
+        self.callbacks = callbacks
         self.data = TrainData(data.train, data.dev, None, data.labels, data.files)
 
     def __call__(self, trial) -> float:
         from tunelab.training.run import can_resume, train_run
 
-        params = {key: _suggest(trial, key, spec) for key, spec in self.space.items()}
+        params = {
+            key: _suggest(trial, key, spec, is_integer(self.settings, key))
+            for key, spec in self.space.items()
+        }
         settings = with_params(self.settings, params)
         folder = self.out / TRIALS_DIR / f"trial-{trial.number:03d}"
         earlier = trial.user_attrs.get("continues")  # the folder of an interrupted trial
@@ -251,12 +310,26 @@ class _Objective:
         if self.console:
             shown = ", ".join(f"{k}={_show(v)}" for k, v in params.items())
             self.console.print(f"[bold]trial {trial.number}[/] {shown}")
-        pruning = PruneOnDev(trial, f"eval_{settings.metric}")
-        outcome = train_run(
-            settings, self.data, self.strategy, self.base_model, folder, resume=resume,
-            overwrite=not resume and folder.exists(), console=self.console,
-            callbacks=(pruning,), placement=self.placement,
-        )  # fmt: skip
+        pruning = prune_on_dev(trial, f"eval_{settings.metric}")
+        try:
+            outcome = train_run(
+                settings, self.data, self.strategy, self.base_model, folder, resume=resume,
+                overwrite=not resume and folder.exists(), console=self.console,
+                callbacks=(pruning, *self.callbacks), placement=self.placement,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)  # to continue on --resume, not to skip
+            raise
+        except Exception as err:
+            import optuna
+
+            if not isinstance(err, optuna.TrialPruned):
+                trial.set_user_attr("error", str(err).splitlines()[0][:300])
+            if self.console and isinstance(err, optuna.TrialPruned):
+                self.console.print(f"[yellow]trial {trial.number} pruned[/]: {err}")
+            if isinstance(err, optuna.TrialPruned):  # its weights will never be used
+                shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+            raise
         summary = outcome.summary
         trial.set_user_attr("train_seconds", summary["train_seconds"])
         best = summary.get("best_dev_metric")
@@ -265,53 +338,56 @@ class _Objective:
         return float(best)
 
 
-class PruneOnDev:
-    """A Trainer callback feeding each epoch's dev metric to the trial, stopping it when
-    Optuna's pruner says it trails the trials before it."""
+def prune_on_dev(trial, metric_key: str):
+    """A Trainer callback feeding each epoch's dev metric to the trial and stopping the trial
+    (raising optuna.TrialPruned) when the pruner says it trails the trials before it."""
+    import optuna
+    from transformers import TrainerCallback
 
-    def __init__(self, trial, metric_key: str):
-        self.trial, self.metric_key = trial, metric_key
+    class PruneOnDev(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            value = (metrics or {}).get(metric_key)
+            if value is None or not math.isfinite(value):
+                return
+            trial.report(float(value), step=max(1, round(state.epoch or 0)))
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"dev {value:.3f} after epoch {state.epoch:.0f}")
 
-    def __getattr__(self, name):  # every other Trainer event: nothing to do
-        if name.startswith("on_"):
-            return lambda *args, **kwargs: None
-        raise AttributeError(name)
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        value = (metrics or {}).get(self.metric_key)
-        if value is None or not math.isfinite(value):
-            return
-        self.trial.report(float(value), step=max(1, round(state.epoch or 0)))
-        if self.trial.should_prune():
-            import optuna
-
-            raise optuna.TrialPruned(f"dev {value:.3f} at epoch {state.epoch:.0f}")
+    return PruneOnDev()
 
 
-def _suggest(trial, key: str, spec: ParamRange):
+def _suggest(trial, key: str, spec: ParamRange, integer: bool):
     if spec.choices is not None:
         return trial.suggest_categorical(key, spec.choices)
-    if spec.integer:
-        return trial.suggest_int(key, int(spec.low), int(spec.high))
+    if integer:
+        return trial.suggest_int(key, math.ceil(spec.low), math.floor(spec.high))
     return trial.suggest_float(key, spec.low, spec.high, log=spec.log)
 
 
 def _ended(study, optuna) -> list:
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    return [t for t in study.trials if t.state in states]
+    """Trials that count toward the budget: finished, pruned, or failed on their own (an
+    interrupted one is run again instead)."""
+    state = optuna.trial.TrialState
+    return [
+        t
+        for t in study.trials
+        if t.state in (state.COMPLETE, state.PRUNED)
+        or (t.state == state.FAIL and not t.user_attrs.get("interrupted"))
+    ]
 
 
 def _requeue_interrupted(study, optuna) -> None:
-    """A trial that was stopped (Ctrl-C: failed; killed: left running, and one search runs
+    """A trial stopped from outside (Ctrl-C, or a kill that left it RUNNING: one search runs
     per folder, so no process owns it) is queued again once with its settings, to continue
-    in its folder from its last checkpoint."""
+    in its folder from its last checkpoint. A trial that failed on its own is not."""
     state = optuna.trial.TrialState
     continued = {t.user_attrs.get("continues") for t in study.trials}
     for trial in study.trials:
-        if trial.state not in (state.RUNNING, state.FAIL):
+        killed = trial.state == state.RUNNING
+        if not killed and not (trial.state == state.FAIL and trial.user_attrs.get("interrupted")):
             continue
-        if trial.state == state.RUNNING:
-            study._storage.set_trial_state_values(trial._trial_id, state.FAIL)
+        if killed:
+            study.tell(trial.number, state=state.FAIL)
         folder = trial.user_attrs.get("folder")
         if folder in continued:
             continue
@@ -357,6 +433,7 @@ def _finish(study, optuna, settings, data, strategy, out, final_eval, placement,
 
 def _test_eval(run_dir: Path, data, strategy, final_eval, placement):
     from tunelab.evaluation.runner import EvalSettings, evaluate_sharded, write_predictions
+    from tunelab.generation import GenerationConfig
     from tunelab.models.device import resolve_placement
     from tunelab.prompting.task_prefix import with_task_prefix
     from tunelab.training.artifacts import load_trained_run
@@ -364,10 +441,13 @@ def _test_eval(run_dir: Path, data, strategy, final_eval, placement):
     placement = placement or resolve_placement()
     trained = load_trained_run(run_dir, **placement.record())
     prefix = trained.task_prefix
+    seed = trained.meta["settings"]["seed"]
+    # as `tunelab train` evaluates a run: answers as long as the training answers allow
+    generation = GenerationConfig(max_new_tokens=trained.meta["max_new_tokens"], batch_size=8)
     result = evaluate_sharded(
         trained.model, trained.tokenizer, strategy, with_task_prefix(data.test, prefix),
         train=with_task_prefix(data.train, prefix), labels=data.labels,
-        settings=final_eval or EvalSettings(seed=0),
+        settings=final_eval or EvalSettings(generation=generation, seed=seed),
     )  # fmt: skip
     write_predictions(run_dir / "test-predictions.jsonl", result.predictions)
     write_json_atomic(run_dir / "test-metrics.json", {"metrics": result.metrics})
@@ -384,6 +464,8 @@ def _trial_record(trial) -> dict:
         "train_seconds": trial.user_attrs.get("train_seconds"),
         "default": bool(trial.user_attrs.get("default")),
         "folder": trial.user_attrs.get("folder"),
+        "error": trial.user_attrs.get("error"),
+        "interrupted": bool(trial.user_attrs.get("interrupted")),
     }
 
 
