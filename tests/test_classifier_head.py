@@ -95,6 +95,25 @@ def test_a_served_head_run_replies_with_its_label(head_runs, tiny_model_dir):
         pool.close()
 
 
+def test_the_api_refuses_a_response_format_for_a_head_run(head_runs, tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from tunelab.serving.api import create_app
+
+    pool = AdapterPool(str(tiny_model_dir), [head_runs["lora"]])
+    try:
+        client = TestClient(create_app(pool))
+        body = {"model": "lora", "messages": [{"role": "user", "content": "refund my fee"}]}
+        plain = client.post("/v1/chat/completions", json=body)
+        assert plain.status_code == 200
+        assert plain.json()["choices"][0]["message"]["content"] in ("billing", "login")
+        formatted = body | {"response_format": {"type": "json_object"}}
+        refused = client.post("/v1/chat/completions", json=formatted)
+        assert refused.status_code == 400 and "classification head" in refused.text
+    finally:
+        pool.close()
+
+
 def test_a_head_run_exports_to_a_sequence_classifier(head_runs, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

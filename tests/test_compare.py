@@ -109,7 +109,7 @@ strategies:
 def test_bundled_example_is_valid_and_paths_resolve_next_to_it():
     experiment = load_experiment(EXAMPLE)
     assert experiment.data.train == EXAMPLE.parent / "train.jsonl"
-    assert [s.kind for s in experiment.strategies].count("train") == 3
+    assert [s.kind for s in experiment.strategies].count("train") == 4  # + lora-retrieved
     lines = (EXAMPLE.parent / "train.jsonl").read_text().splitlines()
     test_lines = (EXAMPLE.parent / "test.jsonl").read_text().splitlines()
     assert len(lines) == 10 and len(test_lines) == 5
@@ -427,6 +427,8 @@ strategies:
     assert default["metrics"]["accuracy"]["value"] == summary["default"]["test"]["accuracy"]
     board = (out / "leaderboard.md").read_text()
     assert "| lora |" in board and "| lora-default |" in board and "| lora-shots |" in board
+    tuned_rows = (out / "lora" / "predictions.jsonl").read_text().splitlines()
+    assert len(tuned_rows) == len(label_rows[::3])  # paired with the others, in the report
     assert "Settings searches" in (out / "report.html").read_text()
     shots = [
         json.loads(x)

@@ -90,7 +90,7 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(
     outcome = search(tmp_path, tiny_model_dir, 3, resume=True)
     assert calls == ["trial-000", "trial-001", "trial-001 resumed", "trial-003"]
     states = [t["state"] for t in outcome.summary["trials"]]
-    assert states == ["complete", "fail", "complete", "complete"]
+    assert states == ["complete", "interrupted", "complete", "complete"]
     assert outcome.summary["trials"][2]["folder"] == "trials/trial-001"  # continued in place
     assert outcome.summary["trials"][2]["params"] == outcome.summary["trials"][1]["params"]
     after = (tmp_path / "search" / "trials" / "trial-000" / "metrics.json").stat().st_mtime_ns
@@ -168,7 +168,8 @@ def test_a_space_key_that_is_no_setting_is_one_clear_error():
     ("space", "args", "message"),
     [
         (None, ["--search-space", "SPACE"], "--search-space needs --search N"),
-        ("r: [1, 2]\n", ["--search", "2", "--search-space", "SPACE"], "expected a mapping"),
+        ("r: [1, 2]\n", ["--search", "2", "--search-space", "SPACE"], "r: expected {low, high"),
+        ("r: {low: 1\n", ["--search", "2", "--search-space", "SPACE"], "space.yaml:2:1:"),
         (
             "r: {low: 4, high: 2}\n",
             ["--search", "2", "--search-space", "SPACE"],

@@ -177,6 +177,13 @@ def _search(settings, data, strategy, model, run_dir, trials, space_file, **kwar
         first = err.errors()[0]
         where = ".".join(map(str, first["loc"]))
         raise TuneLabError(f"{space_file}: {where}: {first['msg']}") from None
+    if space_file:
+        from tunelab.training.search import resolve_space
+
+        try:
+            resolve_space(settings, search)
+        except TuneLabError as err:
+            raise TuneLabError(f"--search-space {space_file}: {err}") from None
     try:
         outcome = run_search(settings, data, strategy, model, run_dir, search, console=console,
                              **kwargs)  # fmt: skip
@@ -197,12 +204,21 @@ def _read_space(path: Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
-        raise TuneLabError(f"--search-space {path}: not valid YAML ({err})") from None
-    if not isinstance(raw, dict) or not all(isinstance(v, dict) for v in raw.values()):
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
+        problem = getattr(err, "problem", None) or "not valid YAML"
+        raise TuneLabError(f"--search-space {where}: {problem}") from None
+    if not isinstance(raw, dict):
         raise TuneLabError(
             f"--search-space {path}: expected a mapping of setting -> {{low, high, log}} or "
             "{choices: [...]}"
         )
+    for key, value in raw.items():
+        if not isinstance(value, dict):
+            raise TuneLabError(
+                f"--search-space {path}: {key}: expected {{low, high, log}} or "
+                f"{{choices: [...]}}, got {value!r}"
+            )
     return raw
 
 
@@ -216,6 +232,8 @@ def _print_search(outcome) -> None:
         dev = "" if trial["dev"] is None else f"{trial['dev']:.3f}"
         by_epoch = " / ".join(f"{v:.3f}" for v in trial["dev_by_epoch"].values())
         state = trial["state"] + (" (default)" if trial["default"] else "")
+        if trial["state"] == "interrupted":
+            state += " (continued)"
         seconds = trial["train_seconds"]
         table.add_row(str(trial["number"]), state, shown,
                       dev or (f"({by_epoch})" if by_epoch else ""),

@@ -85,9 +85,12 @@ class TrainSpec(TrainSettings):
         from tunelab.training.methods import get_method
 
         try:
-            get_method(self.method).parse_options(self.options)
+            method = get_method(self.method)
+            method.parse_options(self.options)
         except TuneLabError as err:
             raise ValueError(str(err).replace("--option ", "options.")) from None
+        if self.head == "classifier" and method.name not in ("lora", "full"):
+            raise ValueError(f"head classifier trains with method lora or full, not {method.name}")
         return self
 
 

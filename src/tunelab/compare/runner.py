@@ -22,7 +22,13 @@ from tunelab.data import load_dataset, split_examples
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import JSON_METRICS, is_json_task
-from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate, write_run
+from tunelab.evaluation.runner import (
+    EvalResult,
+    EvalSettings,
+    evaluate,
+    write_predictions,
+    write_run,
+)
 from tunelab.generation import GenerationConfig
 from tunelab.models.device import resolve_placement
 from tunelab.paths import write_json_atomic
@@ -321,6 +327,8 @@ class ExperimentRunner:
             callbacks=(ReportSteps(self._report),),
         )  # fmt: skip
         best = outcome.summary["best"]
+        # the tuned row's answers where every strategy keeps them (paired tests, the report)
+        write_predictions(folder / "predictions.jsonl", outcome.best_test.predictions)
         trial = json.loads((outcome.best_dir / "metrics.json").read_text(encoding="utf-8"))
         cost = trial["training"]
         record = self._record(

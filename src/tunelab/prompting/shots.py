@@ -42,7 +42,8 @@ def _fixed(strategy: PromptStrategy, train: list[Example]) -> list[Example]:
     ids = strategy.shot_ids
     if len(ids) != strategy.shots:
         raise TuneLabError(
-            f"selector=fixed needs shot_ids with {strategy.shots} row indices, got {len(ids)}"
+            f"selector=fixed needs shot_ids with {strategy.shots} row indices, got {len(ids)} "
+            "(set shot_ids in a prompt strategy file)"
         )
     bad = [i for i in ids if not 0 <= i < len(train)]
     if bad:

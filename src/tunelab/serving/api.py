@@ -269,6 +269,12 @@ async def _respond(pool, messages: list[dict], budget: int, body, http: Request,
     # a bad schema is a 400 before any work; compiling a client's schema may take a while, so
     # that happens off the event loop (in the loop's bounded thread pool)
     response_format = getattr(body, "response_format", None)
+    if served.classifier is not None and response_format and response_format.get("type") != "text":
+        raise _invalid(
+            f"response_format: {served.name} answers with one of its labels through a "
+            "classification head; it cannot follow a format",
+            param="response_format",
+        )
     if isinstance(response_format, dict) and response_format.get("type") == "json_schema":
         constraint = await asyncio.to_thread(_constraint, pool, response_format, served)
     else:

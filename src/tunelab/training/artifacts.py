@@ -89,6 +89,12 @@ def read_meta(run_dir: Path) -> dict:
 
     path = run_dir / ADAPTER_DIR / META_FILE
     if not path.is_file():
+        if is_run(run_dir, "search"):
+            best = _best_trial_folder(run_dir)
+            raise TuneLabError(
+                f"{run_dir}: a settings search, not one run; "
+                + (f"its best run is {best}" if best else "no trial has finished yet")
+            )
         if is_run(run_dir, "train"):
             raise TuneLabError(
                 f"{run_dir}: training did not finish; continue it with "
@@ -103,6 +109,14 @@ def read_meta(run_dir: Path) -> dict:
     if missing:
         raise TuneLabError(f"{path}: field '{missing[0]}' is missing; train the run again")
     return meta
+
+
+def _best_trial_folder(search_dir: Path) -> Path | None:
+    try:
+        summary = json.loads((search_dir / "search.json").read_text(encoding="utf-8"))
+        return search_dir / summary["best"]["folder"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def load_trained_run(run_dir: Path, *, device: str = "cpu", dtype: str = "float32") -> TrainedRun:

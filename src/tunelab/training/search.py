@@ -249,12 +249,19 @@ def run_search(
             "a search needs a dev split to score trials on (tunelab train: --dev or "
             "--dev-size; an experiment: data.dev or data.dev_size)"
         )
-    space = with_start(settings, resolve_space(settings, search))
+    asked = resolve_space(settings, search)
+    space = with_start(settings, asked)
+    for key in (k for k in space if space[k] != asked[k]) if console else ():
+        console.print(
+            f"[yellow]search space: {key} widened to hold the start value "
+            f"{_start_value(settings, key)!r}, so that trial 0 is the start settings[/]"
+        )
     config = _config(settings, data, strategy, base_model, search, space)
     _check_folder(out, config, resume=resume, overwrite=overwrite)
     claim(out, "search")
     write_json_atomic(out / CONFIG, config)
     began = time.perf_counter()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # TuneLab prints the trials itself
     study = optuna.create_study(
         study_name=STUDY,
         storage=f"sqlite:///{(out / STORAGE).resolve()}",
@@ -274,7 +281,6 @@ def run_search(
     if todo > 0:
         import torch
 
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
         # a trial that fails (diverged, out of memory) is recorded and the search goes on
         study.optimize(objective, n_trials=todo, catch=(TuneLabError, torch.OutOfMemoryError))
     return _finish(study, optuna, settings, data, strategy, out, final_eval, placement, began)
@@ -372,8 +378,16 @@ def _ended(study, optuna) -> list:
         t
         for t in study.trials
         if t.state in (state.COMPLETE, state.PRUNED)
-        or (t.state == state.FAIL and not t.user_attrs.get("interrupted"))
+        or (t.state == state.FAIL and not _interrupted(t))
     ]
+
+
+def _interrupted(trial) -> bool:
+    """Stopped from outside: Ctrl-C (marked), or killed (a failure without an error of its
+    own: every trial that fails by itself records its error)."""
+    return bool(trial.user_attrs.get("interrupted")) or (
+        trial.state.name in ("FAIL", "RUNNING") and "error" not in trial.user_attrs
+    )
 
 
 def _requeue_interrupted(study, optuna) -> None:
@@ -384,7 +398,7 @@ def _requeue_interrupted(study, optuna) -> None:
     continued = {t.user_attrs.get("continues") for t in study.trials}
     for trial in study.trials:
         killed = trial.state == state.RUNNING
-        if not killed and not (trial.state == state.FAIL and trial.user_attrs.get("interrupted")):
+        if not killed and not (trial.state == state.FAIL and _interrupted(trial)):
             continue
         if killed:
             study.tell(trial.number, state=state.FAIL)
@@ -455,17 +469,17 @@ def _test_eval(run_dir: Path, data, strategy, final_eval, placement):
 
 
 def _trial_record(trial) -> dict:
+    interrupted = _interrupted(trial)
     return {
         "number": trial.number,
-        "state": trial.state.name.lower(),
+        "state": "interrupted" if interrupted else trial.state.name.lower(),
         "params": trial.params,
         "dev": trial.value,
         "dev_by_epoch": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
         "train_seconds": trial.user_attrs.get("train_seconds"),
-        "default": bool(trial.user_attrs.get("default")),
+        "default": bool(trial.user_attrs.get("default")) and not interrupted,
         "folder": trial.user_attrs.get("folder"),
         "error": trial.user_attrs.get("error"),
-        "interrupted": bool(trial.user_attrs.get("interrupted")),
     }
 
 
