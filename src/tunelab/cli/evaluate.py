@@ -4,7 +4,6 @@ import time
 from pathlib import Path
 
 import typer
-import yaml
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -35,6 +34,7 @@ from tunelab.prompting.strategy import (
 from tunelab.prompting.task_prefix import with_task_prefix
 from tunelab.runs import check_out, claim
 from tunelab.training.artifacts import load_trained_run
+from tunelab.yaml_files import read_yaml
 
 
 def eval_command(
@@ -217,10 +217,9 @@ def _describe(changes: dict) -> str:
 def _paraphrases(path: Path | None, labels) -> list[str]:
     if path is None:
         return PARAPHRASES_CLASSIFY if labels else PARAPHRASES_FREE
-    try:
-        templates = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as err:
-        raise TuneLabError(f"{path}: cannot read paraphrases ({err})") from None
+    if not path.is_file():
+        raise TuneLabError(f"{path}: no such paraphrase file")
+    templates = read_yaml(path)
     if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
         raise TuneLabError(f"{path}: expected a YAML list of template strings")
     return templates

@@ -197,17 +197,11 @@ def _search(settings, data, strategy, model, run_dir, trials, space_file, **kwar
 
 
 def _read_space(path: Path) -> dict:
-    import yaml
+    from tunelab.yaml_files import read_yaml
 
     if not path.is_file():
         raise TuneLabError(f"--search-space {path}: no such file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or "not valid YAML"
-        raise TuneLabError(f"--search-space {where}: {problem}") from None
+    raw = read_yaml(path, "--search-space ")
     if not isinstance(raw, dict):
         raise TuneLabError(
             f"--search-space {path}: expected a mapping of setting -> {{low, high, log}} or "

@@ -26,6 +26,7 @@ from tunelab.models import DEFAULT_MODEL
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.training.config import TrainSettings
 from tunelab.training.search import SearchSettings
+from tunelab.yaml_files import read_yaml
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 # what an experiment folder holds besides its strategies' folders (trackers included)
@@ -297,14 +298,7 @@ def load_experiment(path: Path, constrain: list[str] | None = None) -> Experimen
     from the same adaptation (``NAME-json`` ...); the file's own rows stay as they are."""
     if not path.is_file():
         raise TuneLabError(f"{path}: no such experiment file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        where = getattr(err, "problem_mark", None)
-        line = f" line {where.line + 1}" if where else ""
-        raise TuneLabError(
-            f"{path}:{line} not valid YAML ({getattr(err, 'problem', err)})"
-        ) from None
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise TuneLabError(f"{path}: expected a mapping with name, data and strategies")
     try:

@@ -329,12 +329,11 @@ class ExperimentRunner:
         best = outcome.summary["best"]
         # the tuned row's answers where every strategy keeps them (paired tests, the report)
         write_predictions(folder / "predictions.jsonl", outcome.best_test.predictions)
-        trial = json.loads((outcome.best_dir / "metrics.json").read_text(encoding="utf-8"))
-        cost = trial["training"]
+        cost = _run_costs(outcome.best_dir)
         record = self._record(
             outcome.best_test, strategy, adapt_seconds=outcome.summary["search_seconds"],
             trainable=cost["trainable_parameters"], total=cost["total_parameters"],
-            size=_weights_size(outcome.best_dir / "adapter"),
+            size=cost["size_bytes"],
         )  # fmt: skip
         record["training"] = {
             "method": settings.method,
@@ -496,14 +495,21 @@ def _trained_run_of(folder: Path, source: dict, trial: str | None) -> tuple[Path
     run_dir = folder / chosen["folder"]
     if trial is None:
         return run_dir, source
-    cost = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["training"]
+    cost = _run_costs(run_dir)
     own = source | {
         "adapt_seconds": cost["train_seconds"],
         "trainable_parameters": cost["trainable_parameters"],
         "total_parameters": cost["total_parameters"],
-        "size_bytes": _weights_size(run_dir / "adapter"),
+        "size_bytes": cost["size_bytes"],
     }
     return run_dir, own
+
+
+def _run_costs(run_dir: Path) -> dict:
+    """A finished train run's adaptation costs (its metrics.json "training" block) and the
+    size of its saved weights: what a leaderboard row takes from a search's trial."""
+    cost = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["training"]
+    return cost | {"size_bytes": _weights_size(run_dir / "adapter")}
 
 
 def _unset(model, names: tuple[str, ...]) -> set[str]:

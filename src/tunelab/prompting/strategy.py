@@ -11,7 +11,6 @@ selector: similar
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -22,6 +21,7 @@ from pydantic import (
 )
 
 from tunelab.errors import TuneLabError
+from tunelab.yaml_files import read_yaml
 
 DEFAULT_TEMPLATE = "{{ input }}"
 # The task instruction goes into the system message once, not into every few-shot turn.
@@ -134,10 +134,7 @@ def load_strategy(path: Path) -> PromptStrategy:
     """Read a strategy from YAML or JSON, naming the file and field of any mistake."""
     if not path.is_file():
         raise TuneLabError(f"{path}: no such prompt strategy file")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise TuneLabError(f"{path}: not valid YAML/JSON ({err})") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise TuneLabError(f"{path}: expected a mapping of strategy fields")
     raw.setdefault("name", path.stem)

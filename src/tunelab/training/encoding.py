@@ -78,10 +78,8 @@ def encode_labelled(
         if len(prompt) > max_length:
             skipped.append(example.line)
             continue
-        ids = prompt
-        features.append(
-            {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": index[example.output]}
-        )
+        label = index[example.output]
+        features.append({"input_ids": prompt, "attention_mask": [1] * len(prompt), "labels": label})
     return Encoded(features, skipped)
 
 

@@ -106,10 +106,10 @@ def train_run(
     # Read-only on every rank, before anything is loaded or written: a refused request
     # leaves the folder as it was.
     start = _check_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
-    held_out = with_task_prefix(data.test, settings.task_prefix) if data.test else None
     if start.adapter_saved:  # killed during the final evaluation: only that is left to do
-        return _final_evaluation_only(run_dir, data, strategy, settings, held_out, final_eval,
-                                      keep_checkpoints, console, placement)  # fmt: skip
+        return _final_evaluation_only(run_dir, data, strategy, final_eval, keep_checkpoints,
+                                      console, placement)  # fmt: skip
+    held_out = with_task_prefix(data.test, settings.task_prefix) if data.test else None
     model, tokenizer = _adapted_model(settings, base_model, data.labels, placement.device)
     train = with_task_prefix(data.train, settings.task_prefix)
     dev = with_task_prefix(data.dev, settings.task_prefix)
@@ -204,24 +204,39 @@ def _check_head_evaluation(strategy: PromptStrategy, final_eval: EvalSettings | 
 
 
 def _final_evaluation_only(
-    run_dir, data, strategy, settings, held_out, final_eval, keep_checkpoints, console, placement
+    run_dir, data, strategy, final_eval, keep_checkpoints, console, placement
 ) -> TrainOutcome:
     """Resume a run whose adapter was saved but whose final evaluation never finished."""
     if console:
         console.print("training had finished; running the final evaluation that was missing")
-    trained = artifacts.load_trained_run(run_dir, **placement.record())
     summary = json.loads((run_dir / artifacts.SUMMARY_FILE).read_text(encoding="utf-8"))
-    dev = with_task_prefix(data.dev, settings.task_prefix)
-    generation = GenerationConfig(max_new_tokens=trained.meta["max_new_tokens"], batch_size=8)
-    final_settings = final_eval or EvalSettings(generation=generation, seed=settings.seed)
-    final = evaluate_sharded(
-        trained.model, trained.tokenizer, strategy, held_out or dev,
-        train=with_task_prefix(data.train, settings.task_prefix), labels=data.labels,
-        settings=final_settings,
-    )  # fmt: skip
-    _finish_run(run_dir, final, summary, "test" if held_out else "dev", keep_checkpoints)
+    rows = data.test or data.dev
+    final = evaluate_saved_run(run_dir, data, strategy, rows, final_eval, placement)
+    _finish_run(run_dir, final, summary, "test" if data.test else "dev", keep_checkpoints)
     distributed.barrier()
     return TrainOutcome(run_dir, final, summary)
+
+
+def evaluate_saved_run(
+    run_dir: Path,
+    data: TrainData,
+    strategy: PromptStrategy,
+    rows: list,
+    final_eval: EvalSettings | None,
+    placement: Placement,
+) -> EvalResult:
+    """Score ``rows`` with the run saved in ``run_dir`` as its own final evaluation does: its
+    task prefix, its training rows as the shot pool, answers as long as its training answers
+    allow, its seed. A resumed run and a search's chosen trials are scored the same way."""
+    trained = artifacts.load_trained_run(run_dir, **placement.record())
+    prefix = trained.task_prefix
+    generation = GenerationConfig(max_new_tokens=trained.meta["max_new_tokens"], batch_size=8)
+    seed = trained.meta["settings"]["seed"]
+    return evaluate_sharded(
+        trained.model, trained.tokenizer, strategy, with_task_prefix(rows, prefix),
+        train=with_task_prefix(data.train, prefix), labels=data.labels,
+        settings=final_eval or EvalSettings(generation=generation, seed=seed),
+    )  # fmt: skip
 
 
 def _finish_run(run_dir: Path, final: EvalResult, summary: dict, split: str, keep: bool) -> None:

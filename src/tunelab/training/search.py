@@ -446,23 +446,12 @@ def _finish(study, optuna, settings, data, strategy, out, final_eval, placement,
 
 
 def _test_eval(run_dir: Path, data, strategy, final_eval, placement):
-    from tunelab.evaluation.runner import EvalSettings, evaluate_sharded, write_predictions
-    from tunelab.generation import GenerationConfig
+    from tunelab.evaluation.runner import write_predictions
     from tunelab.models.device import resolve_placement
-    from tunelab.prompting.task_prefix import with_task_prefix
-    from tunelab.training.artifacts import load_trained_run
+    from tunelab.training.run import evaluate_saved_run
 
     placement = placement or resolve_placement()
-    trained = load_trained_run(run_dir, **placement.record())
-    prefix = trained.task_prefix
-    seed = trained.meta["settings"]["seed"]
-    # as `tunelab train` evaluates a run: answers as long as the training answers allow
-    generation = GenerationConfig(max_new_tokens=trained.meta["max_new_tokens"], batch_size=8)
-    result = evaluate_sharded(
-        trained.model, trained.tokenizer, strategy, with_task_prefix(data.test, prefix),
-        train=with_task_prefix(data.train, prefix), labels=data.labels,
-        settings=final_eval or EvalSettings(generation=generation, seed=seed),
-    )  # fmt: skip
+    result = evaluate_saved_run(run_dir, data, strategy, data.test, final_eval, placement)
     write_predictions(run_dir / "test-predictions.jsonl", result.predictions)
     write_json_atomic(run_dir / "test-metrics.json", {"metrics": result.metrics})
     return result
