@@ -128,3 +128,31 @@ def test_unsupported_extension(tmp_path):
     path.write_text(json.dumps({"input": "a", "output": "b"}), encoding="utf-8")
     with pytest.raises(TuneLabError, match="unsupported file type '.txt'"):
         load_dataset(path)
+
+
+def test_a_written_chat_example_reads_back_with_its_current_input(tmp_path):
+    """A run's shot pool is written after the task prefix went before each input; a chat
+    record must keep that prefix in its last user turn, or the pool reloads without it."""
+    from tunelab.data.writing import write_examples_jsonl
+    from tunelab.prompting.task_prefix import with_task_prefix
+
+    source = tmp_path / "chat.jsonl"
+    turns = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "my card is lost"},
+        {"role": "assistant", "content": "Which card?"},
+        {"role": "user", "content": "the debit one"},
+        {"role": "assistant", "content": "lost_or_stolen_card"},
+    ]
+    source.write_text(json.dumps({"messages": turns}) + "\n")
+    prefixed = with_task_prefix(load_dataset(source).examples, "[BANK]")
+    written = tmp_path / "pool.jsonl"
+    write_examples_jsonl(written, prefixed, keep_fields=True)
+    [back] = load_dataset(written).examples
+    assert back.input == "[BANK] the debit one"
+    assert back.output == "lost_or_stolen_card"
+    assert [m["content"] for m in back.messages][:3] == [
+        "Be brief.",
+        "my card is lost",
+        "Which card?",
+    ]

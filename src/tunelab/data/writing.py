@@ -11,10 +11,18 @@ def example_to_record(example: Example, keep_fields: bool = False) -> dict:
     """The example as a JSONL record; ``keep_fields`` keeps the record's other text fields
     (what a prompt template may use)."""
     if example.messages:
-        turns = list(example.messages) + [{"role": "assistant", "content": example.output}]
-        return {"messages": turns}
+        return {"messages": _chat_turns(example)}
     fields = dict(example.fields) if keep_fields else {}
     return fields | {"input": example.input, "output": example.output}
+
+
+def _chat_turns(example: Example) -> list[dict]:
+    """The conversation with the example's own input as its last user turn: the input may
+    have changed since loading (a task prefix put before it) and must read back the same."""
+    turns = list(example.messages)
+    last_user = max(i for i, turn in enumerate(turns) if turn["role"] == "user")
+    turns[last_user] = turns[last_user] | {"content": example.input}
+    return turns + [{"role": "assistant", "content": example.output}]
 
 
 def write_examples_jsonl(path: Path, examples: list[Example], keep_fields: bool = False) -> None:
