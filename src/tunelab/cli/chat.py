@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 
 from tunelab.cli.common import device_option, dtype_option
-from tunelab.cli.output import console
+from tunelab.cli.output import console, warn
 from tunelab.models.device import resolve_placement
 
 HELP = (
@@ -43,6 +43,7 @@ def chat_command(
     base = model or (read_meta(runs[0])["base_model"] if runs else DEFAULT_MODEL)
     console.print(f"loading {base} and {len(runs)} run(s) ...")
     pool = AdapterPool(base, runs, **placement.record())
+    warn(pool.warnings())
     session = ChatSession(
         pool, fixed=pool.models[runs[0].resolve().name] if len(runs) == 1 else None, **override
     )

@@ -110,9 +110,11 @@ def eval_command(
     warn(label_warnings(label_set, held_out))
     train = with_task_prefix(train, trained.get("task_prefix"))
     if trained.get("shot_pool") and strategy.shots:  # the rows the run was trained with
+        from tunelab.prompting.shots import retriever_warning
         from tunelab.training.artifacts import read_shot_pool
 
         train = read_shot_pool(adapter, trained)
+        warn([w for w in [retriever_warning(trained.get("retriever"), embedder)] if w])
     held_out = with_task_prefix(held_out, trained.get("task_prefix"))
     settings = EvalSettings(
         mode=choice("--mode", mode, ("auto", "score", "generate", "both")),

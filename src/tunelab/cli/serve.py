@@ -57,6 +57,7 @@ def serve_command(
     for served in pool.models.values():
         prefix = f" · prefix {served.task_prefix}" if served.task_prefix else ""
         console.print(f"  {served.name} ({served.kind}){prefix}", highlight=False)
+    warn(pool.warnings())
     limits = Limits(
         max_request_bytes=max_request_kb * 1024,
         max_tokens=max_tokens,

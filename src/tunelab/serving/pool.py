@@ -15,7 +15,7 @@ from tunelab.errors import TuneLabError
 from tunelab.generation.constraints import Constraint, grammar_problem
 from tunelab.generation.engine import BASE_ADAPTER, Engine, Request, Route
 from tunelab.prompting.render import encode_chat, shot_turns, system_text
-from tunelab.prompting.shots import ShotSource
+from tunelab.prompting.shots import ShotSource, retriever_warning
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import apply_task_prefix
 from tunelab.training.artifacts import read_shot_pool
@@ -126,6 +126,15 @@ class AdapterPool:
             else:
                 served.prefix = _soft_prompt_cache(self.base, adapter)
         self.models[name] = served
+
+    def warnings(self) -> list[str]:
+        """What the person starting the server should know about the runs it serves."""
+        found = []
+        for served in self.models.values():
+            why = served.shots and retriever_warning(served.meta.get("retriever"))
+            if why:
+                found.append(f"{served.name}: {why}")
+        return found
 
     def _load_lora(self, adapter: Path, name: str) -> None:
         from peft import PeftModel
