@@ -45,7 +45,7 @@ SPACES = {
         "r": {"choices": [8, 16, 32]},
         "target_modules": {"choices": ["all-linear", "q_proj,k_proj,v_proj,o_proj"]},
         "batch_size": {"choices": [4, 8]},
-        "epochs": {"choices": [2, 3]},
+        "epochs": {"choices": [1, 2]},
     },
 }
 
@@ -63,6 +63,9 @@ def run_search(method: str, paths: dict, work: Path, trials: int) -> dict:
     space_file = work / f"space-{method}.yaml"
     space_file.write_text(yaml.safe_dump(SPACES[method], sort_keys=False))
     out = work / f"search-{method}"
+    done = out / "search.json"
+    if done.is_file() and len(json.loads(done.read_text())["trials"]) >= trials:
+        return json.loads(done.read_text())  # finished: report it without evaluating again
     command = [
         sys.executable, "-m", "tunelab.cli.main", "train", "--method", method,
         "--search", str(trials),
