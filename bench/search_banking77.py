@@ -53,16 +53,16 @@ SPACES = {
 def write_proxy(splits: dict, work: Path, rows: int) -> dict:
     """The proxy: ``rows`` stratified training rows; dev and test unchanged."""
     train = load_dataset(splits["train"]).examples
-    _, proxy = split_examples(train, rows, seed=0, stratify=True)
+    proxy = split_examples(train, rows, seed=0, stratify=True)[1] if rows < len(train) else train
     paths = dict(splits, train=work / f"train-proxy{rows}.jsonl")
     write_examples_jsonl(paths["train"], proxy)
     return paths
 
 
-def run_search(method: str, paths: dict, work: Path, trials: int) -> dict:
+def run_search(method: str, paths: dict, work: Path, trials: int, rows: int) -> dict:
     space_file = work / f"space-{method}.yaml"
     space_file.write_text(yaml.safe_dump(SPACES[method], sort_keys=False))
-    out = work / f"search-{method}"
+    out = work / f"search-{method}-proxy{rows}"
     done = out / "search.json"
     if done.is_file() and len(json.loads(done.read_text())["trials"]) >= trials:
         return json.loads(done.read_text())  # finished: report it without evaluating again
@@ -109,10 +109,14 @@ def main() -> None:
     parser.add_argument("--shared", type=Path, default=Path("../shared/datasets"))
     parser.add_argument("--work", type=Path, default=Path("runs/bench-search-banking77"))
     args = parser.parse_args()
+    methods = args.methods.split(",")
+    unknown = [m for m in methods if m not in SPACES]
+    if unknown:
+        parser.error(f"--methods: no bench space for {unknown[0]} (have {', '.join(SPACES)})")
     splits = write_splits(args.shared, args.work, 1000, 50, 300)
     paths = write_proxy(splits, args.work, args.proxy_rows)
-    for method in args.methods.split(","):
-        report(method, run_search(method, paths, args.work, args.trials))
+    for method in methods:
+        report(method, run_search(method, paths, args.work, args.trials, args.proxy_rows))
 
 
 if __name__ == "__main__":

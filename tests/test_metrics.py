@@ -70,8 +70,8 @@ def test_bootstrap_interval_brackets_the_mean_and_is_seeded():
 
 
 def test_embedding_similarity_of_identical_text_is_one():
-    from tunelab.evaluation.embeddings import TfidfEmbedder
     from tunelab.evaluation.metrics import embedding_similarity
+    from tunelab.models.embeddings import TfidfEmbedder
 
     embedder = TfidfEmbedder().fit(["reset the hub", "hold the button"])
     sims = embedding_similarity(["reset the hub", "hold"], ["reset the hub", "reset"], embedder)

@@ -132,7 +132,7 @@ class FakeTrial:
 
 
 class State:
-    epoch = 1.0
+    epoch, global_step, max_steps = 1.0, 10, 20
 
 
 def test_the_dev_metric_of_each_epoch_feeds_the_pruner():
@@ -145,6 +145,11 @@ def test_the_dev_metric_of_each_epoch_feeds_the_pruner():
         prune_on_dev(FakeTrial(prune=True), "eval_accuracy").on_evaluate(
             None, State(), None, {"eval_accuracy": 0.1}
         )
+    last = State()
+    last.epoch, last.global_step = 2.0, 20  # the last evaluation: the trial finishes
+    trailing = FakeTrial(prune=True)
+    prune_on_dev(trailing, "eval_accuracy").on_evaluate(None, last, None, {"eval_accuracy": 0.1})
+    assert trailing.reports == [(2, 0.1)]
 
 
 def test_default_spaces_start_from_the_method_defaults():

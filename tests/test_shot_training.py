@@ -159,7 +159,7 @@ def test_eval_of_the_run_retrieves_from_its_stored_pool(shot_run, tmp_path):
 
 
 def test_a_retriever_other_than_the_runs_is_named(monkeypatch):
-    from tunelab.evaluation.embeddings import MiniLMEmbedder
+    from tunelab.models.embeddings import MiniLMEmbedder
     from tunelab.prompting import shots
 
     minilm = MiniLMEmbedder.name
@@ -174,13 +174,18 @@ def test_a_retriever_other_than_the_runs_is_named(monkeypatch):
 def test_serve_and_eval_warn_when_the_shots_would_differ_from_training(
     shot_run, tiny_model_dir, tmp_path, monkeypatch
 ):
-    from tunelab.evaluation.embeddings import MiniLMEmbedder
+    import shutil
+
+    from tunelab.models.embeddings import MiniLMEmbedder
+    from tunelab.paths import write_json_atomic
     from tunelab.prompting import shots
 
-    run_dir, _, _ = shot_run
-    if artifacts.read_meta(run_dir)["retriever"] != MiniLMEmbedder.name:
-        pytest.skip("the run was trained with TF-IDF shots (MiniLM is not installed)")
-    test = run_dir.parent / "test.jsonl"
+    run_dir = tmp_path / "minilm-run"  # a run whose shots MiniLM retrieved
+    shutil.copytree(shot_run[0], run_dir)
+    meta_path = run_dir / artifacts.ADAPTER_DIR / artifacts.META_FILE
+    meta = json.loads(meta_path.read_text())
+    write_json_atomic(meta_path, meta | {"retriever": MiniLMEmbedder.name})
+    test = shot_run[0].parent / "test.jsonl"
     result = CliRunner().invoke(app, [
         "eval", "--data", str(test), "--test", str(test), "--input", "text", "--output",
         "label", "--adapter", str(run_dir), "--embedder", "tfidf", "--out", str(tmp_path / "e"),
@@ -195,3 +200,13 @@ def test_serve_and_eval_warn_when_the_shots_would_differ_from_training(
         ]
     finally:
         pool.close()
+
+
+def test_a_run_trained_with_tfidf_shots_keeps_tfidf_where_minilm_is_installed():
+    from tunelab.models.embeddings import MiniLMEmbedder, TfidfEmbedder
+    from tunelab.prompting.shots import run_embedder
+
+    assert run_embedder(TfidfEmbedder.name) == "tfidf"
+    assert run_embedder(MiniLMEmbedder.name) == "auto"
+    assert run_embedder(None) == "auto"  # trained without retrieved shots
+    assert run_embedder(MiniLMEmbedder.name, "tfidf") == "tfidf"  # the user's choice stands

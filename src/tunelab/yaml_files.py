@@ -4,16 +4,40 @@ from pathlib import Path
 
 import yaml
 
+from tunelab.data.loading import read_utf8
 from tunelab.errors import TuneLabError
 
 
 def read_yaml(path: Path, what: str = ""):
-    """The parsed file; a syntax error becomes one line, ``<what>FILE:LINE:COLUMN: problem``,
-    instead of PyYAML's multi-line report."""
+    """The parsed file; a problem becomes one line, ``<what>FILE:LINE:COLUMN: ...``, instead
+    of PyYAML's multi-line report or a traceback."""
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = read_utf8(path)
+    except OSError as err:
+        raise TuneLabError(f"{what}{path}: cannot read it ({err.strerror or err})") from None
+    except TuneLabError as err:
+        raise TuneLabError(f"{what}{err}") from None
+    try:
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        problem = getattr(err, "problem", None) or "not valid YAML"
-        raise TuneLabError(f"{what}{where}: not valid YAML: {problem}") from None
+        raise TuneLabError(
+            f"{what}{_where(path, text, err)}: not valid YAML: {_problem(err)}"
+        ) from None
+
+
+def _where(path: Path, text: str, err: yaml.YAMLError) -> str:
+    mark = getattr(err, "problem_mark", None)
+    if mark is not None:
+        return f"{path}:{mark.line + 1}:{mark.column + 1}"
+    position = getattr(err, "position", None)  # a reader error: a character YAML refuses
+    if position is not None:
+        line = text.count("\n", 0, position) + 1
+        return f"{path}:{line}:{position - (text.rfind(chr(10), 0, position) + 1) + 1}"
+    return str(path)
+
+
+def _problem(err: yaml.YAMLError) -> str:
+    if isinstance(err, yaml.reader.ReaderError):
+        char = chr(err.character) if isinstance(err.character, int) else err.character
+        return f"character {char!r} is not allowed ({err.reason})"
+    return getattr(err, "problem", None) or "not valid YAML"

@@ -7,10 +7,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from tunelab.cli.common import choice, device_option, dtype_option, resolve_labels
+from tunelab.cli.common import choice, device_option, dtype_option
 from tunelab.cli.output import console, inputs_cut_warning, warn
 from tunelab.data import load_dataset, split_examples
-from tunelab.data.stats import label_warnings
+from tunelab.data.stats import label_warnings, resolve_labels
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.runner import (
     EvalResult,
@@ -109,12 +109,15 @@ def eval_command(
         label_set = resolve_labels(labels, train)
     warn(label_warnings(label_set, held_out))
     train = with_task_prefix(train, trained.get("task_prefix"))
+    embedder = choice("--embedder", embedder, ("auto", "tfidf"))
     if trained.get("shot_pool") and strategy.shots:  # the rows the run was trained with
-        from tunelab.prompting.shots import retriever_warning
+        from tunelab.prompting.shots import retriever_warning, run_embedder
         from tunelab.training.artifacts import read_shot_pool
 
         train = read_shot_pool(adapter, trained)
-        warn([w for w in [retriever_warning(trained.get("retriever"), embedder)] if w])
+        if strategy.selector == "similar":
+            warn([w for w in [retriever_warning(trained.get("retriever"), embedder)] if w])
+            embedder = run_embedder(trained.get("retriever"), embedder)
     held_out = with_task_prefix(held_out, trained.get("task_prefix"))
     settings = EvalSettings(
         mode=choice("--mode", mode, ("auto", "score", "generate", "both")),
@@ -128,7 +131,7 @@ def eval_command(
         format_regex=format_regex,
         format_schema=schema,
         seed=seed,
-        embedder=choice("--embedder", embedder, ("auto", "tfidf")),
+        embedder=embedder,
     )
     passes = len(resolve_modes(settings.mode, label_set, strategy.cot))
     templates = _paraphrases(paraphrases, label_set) if consistency or paraphrases else None

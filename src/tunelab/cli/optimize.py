@@ -7,10 +7,10 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tunelab.cli.common import choice, device_option, dtype_option, resolve_labels
+from tunelab.cli.common import choice, device_option, dtype_option
 from tunelab.cli.output import console
 from tunelab.data import load_dataset, split_examples
-from tunelab.data.stats import looks_like_classification
+from tunelab.data.stats import looks_like_classification, resolve_labels
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import is_json_task
 from tunelab.evaluation.runner import EvalSettings

@@ -9,10 +9,10 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from tunelab import distributed
-from tunelab.cli.common import device_option, dtype_option, resolve_labels
+from tunelab.cli.common import device_option, dtype_option
 from tunelab.cli.output import console, inputs_cut_warning, warn
 from tunelab.data import load_dataset, split_examples
-from tunelab.data.stats import label_warnings
+from tunelab.data.stats import label_warnings, resolve_labels
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import is_json_task
 from tunelab.models import DEFAULT_MODEL, resolve_model

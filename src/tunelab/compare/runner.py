@@ -15,11 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from tunelab.cli.common import resolve_labels
 from tunelab.compare.experiment import Experiment, StrategySpec
 from tunelab.compare.progress import ProgressFile
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.loading import Example
+from tunelab.data.stats import resolve_labels
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import JSON_METRICS, is_json_task
 from tunelab.evaluation.runner import (
@@ -508,8 +508,10 @@ def _trained_run_of(folder: Path, source: dict, trial: str | None) -> tuple[Path
 def _run_costs(run_dir: Path) -> dict:
     """A finished train run's adaptation costs (its metrics.json "training" block) and the
     size of its saved weights: what a leaderboard row takes from a search's trial."""
+    from tunelab.training.artifacts import ADAPTER_DIR
+
     cost = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["training"]
-    return cost | {"size_bytes": _weights_size(run_dir / "adapter")}
+    return cost | {"size_bytes": _weights_size(run_dir / ADAPTER_DIR)}
 
 
 def _unset(model, names: tuple[str, ...]) -> set[str]:

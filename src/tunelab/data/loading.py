@@ -54,7 +54,7 @@ def load_dataset(
         raise TuneLabError(f"{path}: no such file")
     if path.is_dir():
         raise TuneLabError(f"{path}: is a folder, expected a .jsonl or .csv file")
-    text = _read_utf8(path)
+    text = read_utf8(path)
     if not text.strip():
         raise TuneLabError(f"{path}: file is empty")
     suffix = path.suffix.lower()
@@ -65,7 +65,7 @@ def load_dataset(
     raise TuneLabError(f"{path}: unsupported file type {suffix!r} (use .jsonl or .csv)")
 
 
-def _read_utf8(path: Path) -> str:
+def read_utf8(path: Path) -> str:
     """The file's text; bytes that are not UTF-8 are named by line and column."""
     data = path.read_bytes()
     try:

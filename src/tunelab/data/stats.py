@@ -2,13 +2,17 @@
 
 import re
 import statistics
+import string
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 from tunelab.data.loading import Example
+from tunelab.errors import TuneLabError
 
 MAX_LABELS = 200  # more distinct outputs than this is free text, not a label set
 MAX_LABEL_WORDS = 6
+
+_PUNCT = str.maketrans("", "", string.punctuation)
 
 
 @dataclass
@@ -48,6 +52,11 @@ class DatasetStats:
 def normalize_text(text: str) -> str:
     """Case- and whitespace-insensitive key, so near-identical rows count as duplicates."""
     return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def normalize_answer(text: str) -> str:
+    """Case, whitespace and punctuation do not make an answer wrong."""
+    return re.sub(r"\s+", " ", text.lower().translate(_PUNCT)).strip()
 
 
 def looks_like_classification(examples: list[Example]) -> bool:
@@ -126,3 +135,15 @@ def label_warnings(
             "(macro-F1 includes their labels)"
         )
     return warnings
+
+
+def resolve_labels(option: str, train) -> list[str] | None:
+    """``auto``: the sorted outputs when they look like labels; ``none``; or a listed set."""
+    if option == "none":
+        return None
+    if option == "auto":
+        return sorted({e.output for e in train}) if looks_like_classification(train) else None
+    chosen = [label.strip() for label in option.split(",") if label.strip()]
+    if not chosen:
+        raise TuneLabError("--labels: the label list is empty")
+    return chosen

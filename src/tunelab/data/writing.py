@@ -20,8 +20,11 @@ def _chat_turns(example: Example) -> list[dict]:
     """The conversation with the example's own input as its last user turn: the input may
     have changed since loading (a task prefix put before it) and must read back the same."""
     turns = list(example.messages)
-    last_user = max(i for i, turn in enumerate(turns) if turn["role"] == "user")
-    turns[last_user] = turns[last_user] | {"content": example.input}
+    users = [i for i, turn in enumerate(turns) if turn["role"] == "user"]
+    if users:
+        turns[users[-1]] = turns[users[-1]] | {"content": example.input}
+    else:
+        turns.append({"role": "user", "content": example.input})
     return turns + [{"role": "assistant", "content": example.output}]
 
 

@@ -1,15 +1,9 @@
 """Task metrics, each checked against hand-computed values in the tests."""
 
 import re
-import string
 from collections import Counter
 
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def normalize_answer(text: str) -> str:
-    """Case, whitespace and punctuation do not make an answer wrong."""
-    return re.sub(r"\s+", " ", text.lower().translate(_PUNCT)).strip()
+from tunelab.data.stats import normalize_answer
 
 
 def exact_match(predictions: list[str], references: list[str]) -> list[float]:

@@ -16,10 +16,10 @@ from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
 from tunelab.evaluation import metrics as m
 from tunelab.evaluation.classifier import classifier_labels, classify, is_classifier
-from tunelab.evaluation.embeddings import get_embedder
 from tunelab.evaluation.label_scoring import score_labels
 from tunelab.generation import GenerationConfig, generate
 from tunelab.generation.constraints import Constraint
+from tunelab.models.embeddings import get_embedder
 from tunelab.paths import strict_json, write_json_atomic, write_text_atomic
 from tunelab.prompting.cot import extract_answer
 from tunelab.prompting.render import (

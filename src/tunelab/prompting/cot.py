@@ -2,7 +2,7 @@
 
 import re
 
-from tunelab.evaluation.metrics import normalize_answer
+from tunelab.data.stats import normalize_answer
 
 _ANSWER_MARK = re.compile(r"answer\s*[:：]", re.IGNORECASE)
 

@@ -8,7 +8,7 @@ import torch
 from tunelab.data.loading import Example
 from tunelab.data.stats import normalize_text
 from tunelab.errors import TuneLabError
-from tunelab.evaluation.embeddings import MiniLMEmbedder, get_embedder, minilm_available
+from tunelab.models.embeddings import MiniLMEmbedder, get_embedder, minilm_available
 from tunelab.prompting.strategy import PromptStrategy
 
 
@@ -130,6 +130,14 @@ def training_shots(
     return chosen, None
 
 
+def run_embedder(trained_with: str | None, prefer: str = "auto") -> str:
+    """The embedder to retrieve a run's shots with: by default the one it was trained with
+    (a run trained where MiniLM was missing keeps TF-IDF where MiniLM is installed)."""
+    if prefer == "auto" and trained_with and trained_with != MiniLMEmbedder.name:
+        return "tfidf"
+    return prefer
+
+
 def retriever_warning(trained_with: str | None, prefer: str = "auto") -> str | None:
     """Why the shots at inference would differ from those the run was trained with: its
     pool was searched with MiniLM, but here TF-IDF is asked for or MiniLM is not installed."""
@@ -151,8 +159,10 @@ class ShotSource:
     """A strategy's shots for one query at a time, from a fixed pool (a served run): the
     pool is embedded once, on the first query that needs it."""
 
-    def __init__(self, strategy: PromptStrategy, pool: list[Example], seed: int = 0):
-        self.strategy, self.pool, self.seed = strategy, pool, seed
+    def __init__(
+        self, strategy: PromptStrategy, pool: list[Example], seed: int = 0, embedder: str = "auto"
+    ):
+        self.strategy, self.pool, self.seed, self.embedder = strategy, pool, seed, embedder
         self._nearest: NearestShots | None = None
 
     def for_query(self, text: str) -> list[Example]:
@@ -161,5 +171,5 @@ class ShotSource:
             return []
         if self.strategy.selector != "similar":
             return select_shots(self.strategy, self.pool, [query], seed=self.seed)[0][0]
-        self._nearest = self._nearest or NearestShots(self.pool)
+        self._nearest = self._nearest or NearestShots(self.pool, self.embedder)
         return self._nearest.select([query], self.strategy.shots)[0]

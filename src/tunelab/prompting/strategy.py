@@ -134,7 +134,8 @@ def load_strategy(path: Path) -> PromptStrategy:
     """Read a strategy from YAML or JSON, naming the file and field of any mistake."""
     if not path.is_file():
         raise TuneLabError(f"{path}: no such prompt strategy file")
-    raw = read_yaml(path) or {}
+    raw = read_yaml(path)
+    raw = {} if raw is None else raw  # an empty file: the default strategy
     if not isinstance(raw, dict):
         raise TuneLabError(f"{path}: expected a mapping of strategy fields")
     raw.setdefault("name", path.stem)

@@ -15,7 +15,7 @@ from tunelab.errors import TuneLabError
 from tunelab.generation.constraints import Constraint, grammar_problem
 from tunelab.generation.engine import BASE_ADAPTER, Engine, Request, Route
 from tunelab.prompting.render import encode_chat, shot_turns, system_text
-from tunelab.prompting.shots import ShotSource, retriever_warning
+from tunelab.prompting.shots import ShotSource, retriever_warning, run_embedder
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import apply_task_prefix
 from tunelab.training.artifacts import read_shot_pool
@@ -104,7 +104,8 @@ class AdapterPool:
         if served.strategy.shots:
             pool = read_shot_pool(run_dir, meta)
             seed = (meta.get("settings") or {}).get("seed", 0)
-            served.shots = ShotSource(served.strategy, pool, seed=seed)
+            embedder = run_embedder(meta.get("retriever"))
+            served.shots = ShotSource(served.strategy, pool, seed=seed, embedder=embedder)
         adapter = run_dir / "adapter"
         if meta["method"] != "full" and meta["base_model"] != self.base_name:
             raise TuneLabError(
@@ -131,7 +132,8 @@ class AdapterPool:
         """What the person starting the server should know about the runs it serves."""
         found = []
         for served in self.models.values():
-            why = served.shots and retriever_warning(served.meta.get("retriever"))
+            similar = served.shots and served.strategy.selector == "similar"
+            why = similar and retriever_warning(served.meta.get("retriever"))
             if why:
                 found.append(f"{served.name}: {why}")
         return found

@@ -73,15 +73,17 @@ def save_adapted_model(
 
 
 def read_shot_pool(run_dir: Path, meta: dict) -> list:
-    """The shot pool a run was trained with ([] for a run without shots)."""
+    """The shot pool a run was trained with ([] for a run without shots). The task prefix
+    is applied again (never twice): chat pools written before it was kept lost it."""
     from tunelab.data import load_dataset
+    from tunelab.prompting.task_prefix import with_task_prefix
 
     if not meta.get("shot_pool"):
         return []
     path = run_dir / ADAPTER_DIR / meta["shot_pool"]
     if not path.is_file():
         raise TuneLabError(f"{path}: the run's shot pool is missing; train the run again")
-    return load_dataset(path).examples
+    return with_task_prefix(load_dataset(path).examples, meta.get("task_prefix"))
 
 
 def read_meta(run_dir: Path) -> dict:

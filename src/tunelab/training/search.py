@@ -356,6 +356,8 @@ def prune_on_dev(trial, metric_key: str):
             if value is None or not math.isfinite(value):
                 return
             trial.report(float(value), step=max(1, round(state.epoch or 0)))
+            if state.max_steps and state.global_step >= state.max_steps:
+                return  # the trial has run its course: it finishes, it is not pruned
             if trial.should_prune():
                 raise optuna.TrialPruned(f"dev {value:.3f} after epoch {state.epoch:.0f}")
 

@@ -1,0 +1,38 @@
+"""Every YAML file a user writes fails in one line naming the file, line and column."""
+
+import pytest
+
+from tunelab.errors import TuneLabError
+from tunelab.prompting.strategy import load_strategy
+from tunelab.yaml_files import read_yaml
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"a: 1\nb: [2\n", r"f\.yaml:3:1: not valid YAML: expected ',' or ']'"),
+        (b'a: 1\nb: "x\x01"\n', r"f\.yaml:2:6: not valid YAML: character '\\x01' is not allowed"),
+        (b"a: \xff\n", r"f\.yaml:1: not valid UTF-8 \(byte 0xff at column 4\)"),
+    ],
+)
+def test_a_broken_file_is_one_line_with_its_place(tmp_path, content, expected):
+    path = tmp_path / "f.yaml"
+    path.write_bytes(content)
+    with pytest.raises(TuneLabError, match=expected) as caught:
+        read_yaml(path, "--search-space ")
+    assert "\n" not in str(caught.value)
+    assert str(caught.value).startswith("--search-space ")
+
+
+def test_an_unreadable_path_is_one_line(tmp_path):
+    with pytest.raises(TuneLabError, match="cannot read it"):
+        read_yaml(tmp_path)
+
+
+def test_an_empty_strategy_file_is_the_default_but_a_list_is_refused(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text("")
+    assert load_strategy(path).shots == 0
+    path.write_text("[]\n")
+    with pytest.raises(TuneLabError, match="expected a mapping"):
+        load_strategy(path)
