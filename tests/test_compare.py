@@ -115,6 +115,41 @@ def test_bundled_example_is_valid_and_paths_resolve_next_to_it():
     assert not asked & {json.loads(x)["question"] for x in test_lines}
 
 
+def test_a_broken_prompt_file_is_refused_when_the_experiment_loads(tmp_path):
+    (tmp_path / "bad.yaml").write_text("shots: many\n", encoding="utf-8")
+    text = (
+        "name: x\ndata: {train: t.jsonl}\nstrategies:\n  - {name: base, prompt: {}}\n"
+        "  - {name: mine, prompt_file: PROMPT}\n"
+    )
+    for prompt, why in [("bad.yaml", "field shots"), ("gone.yaml", "no such prompt strategy")]:
+        path = write_experiment(tmp_path, text.replace("PROMPT", prompt))
+        with pytest.raises(TuneLabError) as err:
+            load_experiment(path)
+        assert str(err.value).startswith(f"{path}:5: strategies[1](mine).prompt_file: ")
+        assert why in str(err.value)
+
+
+def test_a_shot_pool_resolves_beside_the_file_and_never_holds_a_held_out_input(tmp_path):
+    from tunelab.compare.runner import load_experiment_data
+
+    def rows(name, pairs):
+        lines = "".join(json.dumps({"input": i, "output": o}) + "\n" for i, o in pairs)
+        (tmp_path / name).write_text(lines, encoding="utf-8")
+
+    rows("train.jsonl", [("reset my password", "login"), ("refund please", "billing")])
+    rows("test.jsonl", [("charged twice", "billing")])
+    rows("more.jsonl", [("charged twice", "billing"), ("locked out", "login"),
+                        ("refund please", "billing")])  # fmt: skip
+    path = write_experiment(tmp_path, (
+        "name: x\ndata: {train: train.jsonl, test: test.jsonl, shot_pool: more.jsonl}\n"
+        "strategies:\n  - {name: few, prompt: {shots: 1, selector: similar}}\n"
+    ))  # fmt: skip
+    experiment = load_experiment(path)
+    assert experiment.data.shot_pool == tmp_path / "more.jsonl"
+    data = load_experiment_data(experiment)
+    assert [e.input for e in data.shot_rows] == ["reset my password", "refund please", "locked out"]
+
+
 def result(name, kind, value, low, high, trainable=0, seconds=0.0, latency=10.0, method=None,
            prompt_tokens=50.0):  # fmt: skip
     record = {

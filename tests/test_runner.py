@@ -117,6 +117,12 @@ def test_consistency_reports_spread_and_agreement(tiny_model, tiny_tokenizer):
     assert 0.0 <= report["agreement"]["value"] <= 1.0
     with pytest.raises(TuneLabError, match="at least two"):
         evaluate_consistency(tiny_model, tiny_tokenizer, PromptStrategy(), ["x"], TEST)
+    for bad, why in [("{{ input }", "syntax error"), ("{{ nope }}", "does not have")]:
+        with pytest.raises(TuneLabError, match=rf"^paraphrase 2 \('.*'\): template .*{why}"):
+            evaluate_consistency(
+                tiny_model, tiny_tokenizer, PromptStrategy(), ["{{ input }}", bad], TEST,
+                train=TRAIN, labels=LABELS, settings=FAST,
+            )  # fmt: skip
 
 
 def test_checklist_coverage_is_scored_per_example_and_a_missing_field_is_named(

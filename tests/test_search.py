@@ -93,6 +93,8 @@ def test_a_killed_search_resumes_without_repeating_finished_trials(
     assert states == ["complete", "interrupted", "complete", "complete"]
     assert outcome.summary["trials"][2]["folder"] == "trials/trial-001"  # continued in place
     assert outcome.summary["trials"][2]["params"] == outcome.summary["trials"][1]["params"]
+    # the sampler is not reseeded as at the start: the next new trial tries new settings
+    assert outcome.summary["trials"][3]["params"] != outcome.summary["trials"][1]["params"]
     after = (tmp_path / "search" / "trials" / "trial-000" / "metrics.json").stat().st_mtime_ns
     assert after == finished  # the finished trial was not run again
     calls.clear()

@@ -11,7 +11,7 @@ from tunelab.cli.main import app
 from tunelab.data.loading import Example
 from tunelab.data.stats import normalize_text
 from tunelab.prompting import PromptStrategy
-from tunelab.prompting.shots import training_shots
+from tunelab.prompting.shots import training_shots, usable_shot_rows
 from tunelab.serving.pool import AdapterPool
 from tunelab.training import artifacts
 from tunelab.training import run as training_run
@@ -51,6 +51,29 @@ def test_too_many_shots_for_the_training_rows_is_refused():
 
     with pytest.raises(TuneLabError, match="shots=8 needs more training examples"):
         training_shots(PromptStrategy(shots=8, selector="similar"), TRAIN)
+
+
+def test_extra_shot_rows_leave_out_held_out_inputs_and_training_duplicates():
+    extra = [
+        Example("my  Card was charged twice", "billing", 1),  # a training row again
+        Example("charged twice on my card", "billing", 2),  # a test input
+        Example("my parcel never came", "shipping", 3),
+        Example("my parcel never came", "shipping", 4),  # twice in the pool
+    ]
+    test = [Example("Charged twice on my card", "billing", 1)]
+    kept, left_out = usable_shot_rows(TRAIN, extra, test)
+    assert [e.line for e in kept] == [3] and left_out == 1
+
+
+def test_training_shots_from_a_larger_pool_never_hold_the_example():
+    extra = [Example("second charge on my card", "billing", 9), Example("no login", "login", 10)]
+    pool = TRAIN + extra
+    strategy = PromptStrategy(shots=3, selector="similar")
+    shots, _ = training_shots(strategy, TRAIN, pool=pool, embedder="tfidf")
+    assert len(shots) == len(TRAIN)
+    for example, chosen in zip(TRAIN, shots, strict=True):
+        assert all(normalize_text(s.input) != normalize_text(example.input) for s in chosen)
+    assert any(s in extra for chosen in shots for s in chosen)  # the extra rows are used
 
 
 TEXTS = {
@@ -210,3 +233,47 @@ def test_a_run_trained_with_tfidf_shots_keeps_tfidf_where_minilm_is_installed():
     assert run_embedder(MiniLMEmbedder.name) == "auto"
     assert run_embedder(None) == "auto"  # trained without retrieved shots
     assert run_embedder(MiniLMEmbedder.name, "tfidf") == "tfidf"  # the user's choice stands
+
+
+def test_a_shot_pool_adds_rows_to_retrieve_from_but_never_a_held_out_one(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    def write(name, pairs):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in pairs))
+        return path
+
+    train = [(t, label) for label, ts in TEXTS.items() for t in ts]
+    dev = [("charge I do not know", "billing"), ("sign in loops", "login")]
+    extra = [("double charge again", "billing"), ("my account is locked", "login")]
+    pool = write("pool.jsonl", train[:2] + extra + dev[:1] + TEST_ROWS)  # overlaps on purpose
+    seen: list[tuple[Example, list[Example]]] = []
+    encode = training_run.encode_examples
+
+    def spy(tokenizer, strategy, examples, labels, max_length, shots=None):
+        seen.extend(zip(examples, shots, strict=True))
+        return encode(tokenizer, strategy, examples, labels, max_length, shots)
+
+    monkeypatch.setattr(training_run, "encode_examples", spy)
+    args = [
+        "train", "--data", str(write("train.jsonl", train)), "--dev", str(write("dev.jsonl", dev)),
+        "--test", str(write("test.jsonl", TEST_ROWS)), "--input", "text", "--output", "label",
+        "--model", str(tiny_model_dir), "--method", "lora", "-o", "r=4", "--epochs", "1",
+        "--batch-size", "4", "--shot-pool", str(pool), "--out", str(tmp_path / "run"),
+    ]  # fmt: skip
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code != 0 and "--shot-pool" in refused.output
+    assert "needs --shots" in refused.output
+    result = CliRunner().invoke(app, [*args, "--shots", "3", "--selector", "similar"])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "8 training rows + 2 more labelled rows (3 left out" in said
+    held_out = {normalize_text(t) for t, _ in dev + TEST_ROWS}
+    shown = {normalize_text(s.input) for _, shots in seen for s in shots}
+    assert not shown & held_out
+    assert {normalize_text(t) for t, _ in extra} & shown  # the extra rows serve as shots
+    for example, shots in seen:
+        assert all(normalize_text(s.input) != normalize_text(example.input) for s in shots)
+    run_dir = tmp_path / "run"
+    stored = artifacts.read_shot_pool(run_dir, artifacts.read_meta(run_dir))
+    assert [(e.input, e.output) for e in stored] == train + extra  # what eval and serve use

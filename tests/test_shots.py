@@ -2,6 +2,7 @@ import pytest
 
 from tunelab.data import Example
 from tunelab.errors import TuneLabError
+from tunelab.models.embeddings import minilm_available
 from tunelab.prompting import PromptStrategy
 from tunelab.prompting.shots import select_shots
 
@@ -28,14 +29,26 @@ def test_fixed_ids_outside_the_training_set():
 
 def test_random_is_seeded_and_shared():
     strategy = PromptStrategy(shots=3, selector="random")
-    first, _ = select_shots(strategy, TRAIN, QUERIES, seed=1)
-    again, _ = select_shots(strategy, TRAIN, QUERIES, seed=1)
+    queries = [QUERIES[0], Example("a new question", "shipping", 3)]  # neither is a pool row
+    first, _ = select_shots(strategy, TRAIN, queries, seed=1)
+    again, _ = select_shots(strategy, TRAIN, queries, seed=1)
     assert first == again and first[0] == first[1] and len(first[0]) == 3
     others = {
         tuple(e.line for e in select_shots(strategy, TRAIN, QUERIES, seed=s)[0][0])
         for s in range(6)
     }
     assert len(others) > 1
+
+
+@pytest.mark.parametrize("selector", ["random", "fixed"])
+def test_a_shared_shot_set_never_shows_a_query_its_own_row(selector):
+    strategy = PromptStrategy(shots=4, selector=selector, shot_ids=[0, 1, 2, 3])
+    own = Example(" i cannot LOG in", "login", 9)  # TRAIN[2], as a test row may repeat it
+    for seed in range(5):
+        shots, _ = select_shots(strategy, TRAIN, [QUERIES[0], own], seed=seed)
+        assert all(s.input != "I cannot log in" for s in shots[1]) and len(shots[1]) == 4
+        if selector == "fixed":  # the other query keeps the listed rows
+            assert shots[0] == TRAIN[:4] and shots[1] == [*TRAIN[:2], TRAIN[4], TRAIN[3]]
 
 
 def test_more_shots_than_training_rows():
@@ -47,6 +60,8 @@ def test_similar_with_tfidf_finds_lexical_neighbours_and_skips_the_query_itself(
     strategy = PromptStrategy(shots=2, selector="similar")
     shots, retriever = select_shots(strategy, TRAIN, QUERIES, embedder="tfidf")
     assert retriever.startswith("tf-idf")
+    if minilm_available():  # chosen, not a stand-in for a missing MiniLM
+        assert retriever == "tf-idf"
     assert {e.line for e in shots[0]} == {2, 4}  # the two parcel rows
     assert shots[0][-1].line == 2  # shares "my", "parcel", "is": most similar, placed last
     assert 3 not in {e.line for e in shots[1]}  # identical input is never a shot

@@ -227,6 +227,13 @@ def _paraphrases(path: Path | None, labels) -> list[str]:
     templates = read_yaml(path)
     if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
         raise TuneLabError(f"{path}: expected a YAML list of template strings")
+    from tunelab.prompting.render import compile_template
+
+    for index, template in enumerate(templates):
+        try:
+            compile_template(template)
+        except TuneLabError as err:
+            raise TuneLabError(f"{path}: template {index + 1}: {err}") from None
     return templates
 
 

@@ -42,6 +42,11 @@ def train_command(
         "(overrides the file); the same retrieval runs at inference.",
     ),
     selector: str | None = typer.Option(None, help="Shots: similar | random | fixed."),
+    shot_pool: Path | None = typer.Option(
+        None,
+        help="More labelled rows to take shots from besides the training rows, in training "
+        "and at inference (stored with the run); rows with a dev or test input are left out.",
+    ),
     labels: str = typer.Option("auto", help="auto | none | comma-separated label list."),
     task_prefix: str | None = typer.Option(None, help='e.g. "[TECH_SUPPORT]", stored with it.'),
     head: str = typer.Option(
@@ -126,7 +131,8 @@ def train_command(
     )
     if resume and out is None:
         raise TuneLabError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
-    train_data = _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed)
+    train_data = _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed,
+                            shot_pool)  # fmt: skip
     warn(label_warnings(train_data.labels, train_data.test or train_data.dev))
     held_out = [e.output for e in (train_data.test or []) + train_data.dev]  # dev: best epoch
     json_task = train_data.labels is None and is_json_task(held_out)
@@ -136,6 +142,8 @@ def train_command(
     if any(v is not None for v in changes.values()):
         values = {k: v for k, v in changes.items() if v is not None}
         strategy = validate_strategy(strategy.model_dump() | values, where="--")
+    if shot_pool and not strategy.shots:
+        raise TuneLabError("--shot-pool is where shots come from: it needs --shots N (N > 0)")
     run_dir = out or default_run_dir(settings.method)
     _print_plan(settings, train_data, run_dir)
     if search or search_space:
@@ -307,7 +315,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed):
+def _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed, pool=None):
     from tunelab.training.run import TrainData
 
     train = load_dataset(data, input_field, output_field).examples
@@ -326,7 +334,11 @@ def _load_data(data, dev, dev_size, test, input_field, output_field, labels, see
     if test:
         test_examples = load_dataset(test, input_field, output_field).examples
         files["test"] = test
-    return TrainData(train, dev_examples, test_examples, label_set, files)
+    extra = []
+    if pool:
+        extra = load_dataset(pool, input_field, output_field).examples
+        files["shot_pool"] = pool
+    return TrainData(train, dev_examples, test_examples, label_set, files, extra)
 
 
 def _print_plan(settings, data, run_dir: Path) -> None:
@@ -337,6 +349,12 @@ def _print_plan(settings, data, run_dir: Path) -> None:
         f"train {len(data.train)} / dev {len(data.dev)} / test {len(data.test or [])} · "
         f"{f'{len(data.labels)} labels' if data.labels else 'free text'} → {run_dir}"
     )
+    if data.extra_shot_rows or data.left_out_shot_rows:
+        console.print(
+            f"shot pool: {len(data.train)} training rows + {len(data.extra_shot_rows)} more "
+            f"labelled rows ({data.left_out_shot_rows} left out: their input is a dev or test "
+            "input)"
+        )
 
 
 def _print_outcome(outcome) -> None:

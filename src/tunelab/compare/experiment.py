@@ -51,6 +51,11 @@ class DataSpec(Strict):
         0.0, ge=0, lt=1, description="share of train used as dev by training methods (0: none)"
     )
     labels: str = "auto"
+    shot_pool: Path | None = Field(
+        None,
+        description="more labelled rows that every strategy with shots retrieves them from, "
+        "besides train (rows whose input is a dev or test input are left out)",
+    )
 
 
 class EvalSpec(Strict):
@@ -311,9 +316,26 @@ def load_experiment(path: Path, constrain: list[str] | None = None) -> Experimen
         ]
         raise TuneLabError("\n".join(lines)) from None
     experiment = _with_paths_resolved(experiment, path.parent)
+    _check_prompt_files(experiment, path, raw)
     # a schema file named on the command line is relative to where the command runs
     extra = [str(Path(v).resolve()) if Path(v).is_file() else v for v in constrain or []]
     return _with_constraints_expanded(experiment, path, extra)
+
+
+def _check_prompt_files(experiment: Experiment, path: Path, raw: dict) -> None:
+    """A strategy's prompt file is read now: a broken one stops the experiment before any
+    strategy runs, not when its turn comes after hours of training."""
+    from tunelab.prompting import load_strategy
+
+    for index, spec in enumerate(experiment.strategies):
+        if spec.prompt_file is None:
+            continue
+        try:
+            load_strategy(spec.prompt_file)
+        except TuneLabError as err:
+            loc = ("strategies", index, "prompt_file")
+            line = _line_of(yaml.compose(path.read_text(encoding="utf-8")), loc)
+            raise TuneLabError(f"{path}:{line}: {_location(loc, raw)}: {err}") from None
 
 
 def _location(loc: tuple, raw: dict) -> str:
@@ -364,8 +386,9 @@ def _with_paths_resolved(experiment: Experiment, base: Path) -> Experiment:
     def resolve(path: Path | None) -> Path | None:
         return path if path is None or path.is_absolute() else base / path
 
+    files = ("train", "test", "dev", "shot_pool")
     data = experiment.data.model_copy(
-        update={name: resolve(getattr(experiment.data, name)) for name in ("train", "test", "dev")}
+        update={name: resolve(getattr(experiment.data, name)) for name in files}
     )
     strategies = [
         s.model_copy(update={"prompt_file": resolve(s.prompt_file)}) for s in experiment.strategies

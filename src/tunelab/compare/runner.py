@@ -12,7 +12,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.compare.experiment import Experiment, StrategySpec
@@ -33,6 +33,7 @@ from tunelab.generation import GenerationConfig
 from tunelab.models.device import resolve_placement
 from tunelab.paths import write_json_atomic
 from tunelab.prompting import PromptStrategy, load_strategy
+from tunelab.prompting.shots import usable_shot_rows
 from tunelab.provenance import file_record, git_commit, package_versions, sha256_of
 from tunelab.runs import claim, read_marker, remove_run
 from tunelab.training.trainer import ReportSteps, peak_memory_mb, reset_peak_memory
@@ -48,6 +49,13 @@ class ExperimentData:
     test: list[Example]
     labels: list[str] | None
     files: dict[str, Path]
+    extra_shot_rows: list[Example] = field(default_factory=list)  # data.shot_pool, filtered
+
+    @property
+    def shot_rows(self) -> list[Example]:
+        """Where every strategy with shots takes them from: the training rows, then the
+        shot pool's rows (none with a dev or test input)."""
+        return self.train + self.extra_shot_rows
 
 
 def load_experiment_data(experiment: Experiment) -> ExperimentData:
@@ -68,7 +76,12 @@ def load_experiment_data(experiment: Experiment) -> ExperimentData:
         train, dev = split_examples(train, spec.dev_size, seed=seed, stratify=stratify)
     else:
         dev = []
-    return ExperimentData(train, dev, test, labels, files)
+    extra = []
+    if spec.shot_pool:
+        pool = load_dataset(spec.shot_pool, spec.input, spec.output).examples
+        extra, _ = usable_shot_rows(train, pool, dev + test)
+        files["shot_pool"] = spec.shot_pool
+    return ExperimentData(train, dev, test, labels, files, extra)
 
 
 def check_metrics(experiment: Experiment, data: ExperimentData) -> None:
@@ -130,7 +143,12 @@ def experiment_record(experiment: Experiment, data: ExperimentData) -> dict:
     return {
         "experiment": json.loads(experiment.model_dump_json()),
         "data": {role: file_record(path) for role, path in data.files.items()},
-        "sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
+        "sizes": {
+            "train": len(data.train),
+            "dev": len(data.dev),
+            "test": len(data.test),
+            "extra_shot_rows": len(data.extra_shot_rows),
+        },  # fmt: skip
         "labels": data.labels,
         "placement": resolve_placement(experiment.device, experiment.dtype).record(),
         "versions": package_versions(),
@@ -274,7 +292,8 @@ class ExperimentRunner:
         from tunelab.training.run import TrainData
 
         data = self.data
-        return TrainData(data.train, data.dev, data.test, data.labels, data.files)
+        return TrainData(data.train, data.dev, data.test, data.labels, data.files,
+                         data.extra_shot_rows)  # fmt: skip
 
     def _train(self, spec: StrategySpec, folder: Path) -> dict:
         from tunelab.training import artifacts
@@ -365,7 +384,7 @@ class ExperimentRunner:
         run_dir, source = _trained_run_of(self.out / spec.run_from, source, spec.trial)
         trained = load_trained_run(run_dir, **self.placement.record())
         test = with_task_prefix(self.data.test, trained.meta.get("task_prefix"))
-        pool = with_task_prefix(self.data.train, trained.meta.get("task_prefix"))
+        pool = with_task_prefix(self.data.shot_rows, trained.meta.get("task_prefix"))
         with _progress(self.console, f"{spec.name}: test", len(test), self._report) as advance:
             final = evaluate(
                 trained.model, trained.tokenizer, strategy, test, train=pool,
@@ -418,7 +437,7 @@ class ExperimentRunner:
                 loaded.tokenizer,
                 strategy,
                 self.data.test,
-                train=pool if pool is not None else self.data.train,
+                train=pool if pool is not None else self.data.shot_rows,
                 labels=self.data.labels,
                 settings=self.settings,
                 on_progress=advance,

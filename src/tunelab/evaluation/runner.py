@@ -27,6 +27,7 @@ from tunelab.prompting.render import (
     encode_prompt,
     encode_prompts,
     readable,
+    render_user_turn,
 )
 from tunelab.prompting.shots import select_shots
 from tunelab.prompting.strategy import PromptStrategy
@@ -446,6 +447,12 @@ def evaluate_consistency(
     chosen_shots = select_shots(
         strategy, list(train), test, seed=settings.seed, embedder=settings.embedder
     )
+    for index, template in enumerate(templates):  # a bad one stops before any is run
+        try:
+            for example in test[:1] + [s for shots in chosen_shots[0][:1] for s in shots]:
+                render_user_turn(template, example, labels)
+        except TuneLabError as err:
+            raise TuneLabError(f"paraphrase {index + 1} ({template[:40]!r}): {err}") from None
     per_template, answers = [], []
     for index, template in enumerate(templates):
         variant = strategy.model_copy(update={"template": template, "name": f"paraphrase-{index}"})

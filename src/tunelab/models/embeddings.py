@@ -97,4 +97,7 @@ def get_embedder(corpus: list[str], prefer: str = "auto") -> Embedder:
     """MiniLM when installed (unless ``prefer='tfidf'``); else TF-IDF fitted on ``corpus``."""
     if prefer != "tfidf" and minilm_available():
         return _minilm()
-    return TfidfEmbedder().fit(corpus)
+    embedder = TfidfEmbedder().fit(corpus)
+    if prefer == "tfidf":  # asked for, not a stand-in: the name must not blame the install
+        embedder.name = "tf-idf"
+    return embedder

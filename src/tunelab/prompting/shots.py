@@ -23,8 +23,8 @@ def select_shots(
     """Shots for each query, and the name of the retriever used (``similar`` only).
 
     ``random`` draws one seeded sample shared by every query (the classic k-shot set-up, and
-    it keeps prompts comparable); ``similar`` never returns a training row whose input equals
-    the query's, which would leak the answer.
+    it keeps prompts comparable). No selector returns a row whose input equals the query's,
+    which would leak the answer: ``fixed`` and ``random`` swap such a shot for another row.
     """
     k = strategy.shots
     if k == 0:
@@ -32,10 +32,37 @@ def select_shots(
     if k > len(train):
         raise TuneLabError(f"shots={k} is more than the {len(train)} training examples")
     if strategy.selector == "fixed":
-        return [_fixed(strategy, train)] * len(queries), None
+        return _own_rows_swapped(_fixed(strategy, train), train, queries, seed), None
     if strategy.selector == "random":
-        return [random.Random(seed).sample(train, k)] * len(queries), None
+        shared = random.Random(seed).sample(train, k)
+        return _own_rows_swapped(shared, train, queries, seed), None
     return _similar(k, train, queries, embedder)
+
+
+def _own_rows_swapped(
+    shared: list[Example], pool: list[Example], queries: list[Example], seed: int
+) -> list[list[Example]]:
+    """The shared shots for every query, except that in the prompt of a query whose input is
+    one of theirs, that shot is swapped for another pool row (a seeded draw per query)."""
+    inputs = {normalize_text(s.input) for s in shared}
+    stand_ins = None
+    chosen = []
+    for index, query in enumerate(queries):
+        text = normalize_text(query.input)
+        if text not in inputs:
+            chosen.append(shared)
+            continue
+        if stand_ins is None:
+            stand_ins = [e for e in pool if normalize_text(e.input) not in inputs]
+        if not stand_ins:
+            raise TuneLabError(
+                f"shots={len(shared)}: no row is left to stand in for a shot whose input is the "
+                "query's own"
+            )
+        draw = random.Random(seed * 1_000_003 + index)
+        chosen.append([draw.choice(stand_ins) if normalize_text(s.input) == text else s
+                       for s in shared])  # fmt: skip
+    return chosen
 
 
 def _fixed(strategy: PromptStrategy, train: list[Example]) -> list[Example]:
@@ -90,10 +117,40 @@ class NearestShots:
         ]  # fmt: skip
 
 
+def usable_shot_rows(
+    train: list[Example], extra: list[Example], held_out: list[Example]
+) -> tuple[list[Example], int]:
+    """The ``extra`` labelled rows a run may retrieve shots from besides its training rows
+    (those not already among them, none whose input is a held-out input: a prompt never
+    shows a dev or test answer), and how many were left out as held-out.
+
+    A pool larger than the training set gives closer neighbours: a user often has more
+    labelled rows than are worth training on. The training rows stay first in the pool, so
+    fixed ``shot_ids`` keep indexing them.
+    """
+    hidden = {normalize_text(e.input) for e in held_out}
+    seen = {(normalize_text(e.input), e.output) for e in train}
+    kept, left_out = [], 0
+    for example in extra:
+        key = (normalize_text(example.input), example.output)
+        if key[0] in hidden:
+            left_out += 1
+        elif key not in seen:
+            seen.add(key)
+            kept.append(example)
+    return kept, left_out
+
+
 def training_shots(
-    strategy: PromptStrategy, train: list[Example], *, seed: int = 0, embedder: str = "auto"
+    strategy: PromptStrategy,
+    train: list[Example],
+    *,
+    pool: list[Example] | None = None,
+    seed: int = 0,
+    embedder: str = "auto",
 ) -> tuple[list[list[Example]], str | None]:
-    """Shots for each training example, drawn from the *other* training rows only.
+    """Shots for each training example, drawn from the *other* rows of ``pool`` (default: the
+    training rows) only.
 
     The model learns to answer with shots beside the query, as it will be asked at inference
     (where the same selector runs over the same pool), but an example never sees itself, nor
@@ -102,32 +159,18 @@ def training_shots(
     one of that set's, that shot is swapped for another row.
     """
     k = strategy.shots
+    pool = train if pool is None else pool
     if k == 0:
         return [[] for _ in train], None
-    if k >= len(train):
+    if k >= len(pool):
         raise TuneLabError(
-            f"shots={k} needs more training examples than {len(train)}: each training "
+            f"shots={k} needs more training examples than {len(pool)}: each training "
             "example's shots come from the other rows"
         )
     if strategy.selector == "similar":
-        finder = NearestShots(train, embedder)
+        finder = NearestShots(pool, embedder)
         return finder.select(train, k), finder.name
-    shared = select_shots(strategy, train, train[:1], seed=seed)[0][0]
-    inputs = {normalize_text(s.input) for s in shared}
-    stand_ins = [e for e in train if normalize_text(e.input) not in inputs]
-    if not stand_ins:
-        raise TuneLabError(f"shots={k}: no training row is left to stand in for a shot")
-    chosen = []
-    for index, example in enumerate(train):
-        text = normalize_text(example.input)
-        if text not in inputs:
-            chosen.append(shared)
-            continue
-        draw = random.Random(seed * 1_000_003 + index)
-        chosen.append(
-            [draw.choice(stand_ins) if normalize_text(s.input) == text else s for s in shared]
-        )
-    return chosen, None
+    return select_shots(strategy, pool, train, seed=seed)
 
 
 def run_embedder(trained_with: str | None, prefer: str = "auto") -> str:

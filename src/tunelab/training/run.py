@@ -4,7 +4,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from tunelab.evaluation.runner import (
 from tunelab.generation import GenerationConfig
 from tunelab.models.device import Placement, resolve_placement
 from tunelab.paths import write_json_atomic
-from tunelab.prompting.shots import training_shots
+from tunelab.prompting.shots import training_shots, usable_shot_rows
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import with_task_prefix
 from tunelab.provenance import file_record, git_commit, package_versions
@@ -52,6 +52,22 @@ class TrainData:
     test: list[Example] | None
     labels: list[str] | None
     files: dict[str, Path]  # role -> path, hashed into the run config
+    # labelled rows shots may also come from (--shot-pool), besides the training rows;
+    # filtered once, against this data's dev and test rows (a copy without its test split,
+    # a search trial's, keeps them filtered against the test rows too)
+    extra_shot_rows: list[Example] = field(default_factory=list)
+    left_out_shot_rows: int = 0  # extra rows whose input is a dev or test input
+
+    def __post_init__(self):
+        held_out = self.dev + (self.test or [])
+        self.extra_shot_rows, left_out = usable_shot_rows(
+            self.train, self.extra_shot_rows, held_out
+        )
+        self.left_out_shot_rows += left_out
+
+    def shot_pool(self, prefix: str | None) -> list[Example]:
+        """The rows a run with shots retrieves them from, in training and at inference."""
+        return with_task_prefix(self.train + self.extra_shot_rows, prefix)
 
 
 @dataclass
@@ -113,7 +129,8 @@ def train_run(
     model, tokenizer = _adapted_model(settings, base_model, data.labels, placement.device)
     train = with_task_prefix(data.train, settings.task_prefix)
     dev = with_task_prefix(data.dev, settings.task_prefix)
-    encoded = _encode(tokenizer, strategy, train, data.labels, settings, console)
+    pool = data.shot_pool(settings.task_prefix) if strategy.shots else train
+    encoded = _encode(tokenizer, strategy, train, data.labels, settings, console, pool)
     longest = max(len(f["input_ids"]) for f in encoded.features)
     _check_virtual_tokens(settings.options.get("virtual_tokens", 0), model.config, longest)
     checkpoint = start.checkpoint
@@ -122,7 +139,7 @@ def train_run(
 
     def task_eval(view) -> EvalResult:
         return evaluate_sharded(
-            view, tokenizer, strategy, dev, train=train, labels=data.labels,
+            view, tokenizer, strategy, dev, train=pool, labels=data.labels,
             settings=dev_settings,
         )  # fmt: skip
 
@@ -176,12 +193,12 @@ def train_run(
     if main:
         write_json_atomic(run_dir / artifacts.SUMMARY_FILE, summary)
         artifacts.save_adapted_model(
-            run_dir, model, tokenizer, meta, shot_pool=train if strategy.shots else None
+            run_dir, model, tokenizer, meta, shot_pool=pool if strategy.shots else None
         )
     final_settings = final_eval or EvalSettings(generation=generation, seed=settings.seed)
     model.to(getattr(torch, placement.dtype))  # evaluated like every other strategy
     final = evaluate_sharded(
-        inference_view(model), tokenizer, strategy, held_out or dev, train=train,
+        inference_view(model), tokenizer, strategy, held_out or dev, train=pool,
         labels=data.labels, settings=final_settings,
     )  # fmt: skip
     _finish_run(run_dir, final, summary, "test" if held_out else "dev", keep_checkpoints)
@@ -226,7 +243,7 @@ def evaluate_saved_run(
     placement: Placement,
 ) -> EvalResult:
     """Score ``rows`` with the run saved in ``run_dir`` as its own final evaluation does: its
-    task prefix, its training rows as the shot pool, answers as long as its training answers
+    task prefix, its shot pool, answers as long as its training answers
     allow, its seed. A resumed run and a search's chosen trials are scored the same way."""
     trained = artifacts.load_trained_run(run_dir, **placement.record())
     prefix = trained.task_prefix
@@ -234,7 +251,7 @@ def evaluate_saved_run(
     seed = trained.meta["settings"]["seed"]
     return evaluate_sharded(
         trained.model, trained.tokenizer, strategy, with_task_prefix(rows, prefix),
-        train=with_task_prefix(data.train, prefix), labels=data.labels,
+        train=data.shot_pool(prefix), labels=data.labels,
         settings=final_eval or EvalSettings(generation=generation, seed=seed),
     )  # fmt: skip
 
@@ -271,7 +288,8 @@ def measure_training_speed(
 
     model, tokenizer = _adapted_model(settings, _portable_model_name(base_model), data.labels)
     train = with_task_prefix(data.train, settings.task_prefix)
-    encoded = _encode(tokenizer, strategy, train, data.labels, settings, console=None)
+    pool = data.shot_pool(settings.task_prefix) if strategy.shots else train
+    encoded = _encode(tokenizer, strategy, train, data.labels, settings, None, pool)
     marks: list[tuple[float, int]] = []
 
     class Clock(TrainerCallback):
@@ -329,12 +347,15 @@ def _check_virtual_tokens(virtual: int, config, longest: int = 1) -> None:
         )
 
 
-def _encode(tokenizer, strategy, train, labels, settings: TrainSettings, console):
+def _encode(tokenizer, strategy, train, labels, settings: TrainSettings, console, pool):
     """Training sequences; with ``shots`` in the strategy, each example's shots are retrieved
-    from the other training rows (tunelab.prompting.shots.training_shots)."""
-    shots, retriever = training_shots(strategy, train, seed=settings.seed)
+    from the other rows of ``pool`` (tunelab.prompting.shots.training_shots)."""
+    shots, retriever = training_shots(strategy, train, pool=pool, seed=settings.seed)
     if retriever and console:
-        console.print(f"{strategy.shots} shots per training example, retrieved with {retriever}")
+        console.print(
+            f"{strategy.shots} shots per training example, retrieved with {retriever} from "
+            f"{len(pool)} rows"
+        )
     if settings.head == "classifier":
         encoded = encode_labelled(tokenizer, strategy, train, labels, settings.max_length, shots)
     else:
@@ -526,7 +547,12 @@ def _run_config(settings, data: TrainData, strategy, base_model: str) -> dict:
         "settings": settings.model_dump(),
         "strategy": strategy.model_dump(),
         "data": {role: file_record(path) for role, path in data.files.items()},
-        "sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test or [])},
+        "sizes": {
+            "train": len(data.train),
+            "dev": len(data.dev),
+            "test": len(data.test or []),
+            "extra_shot_rows": len(data.extra_shot_rows),
+        },  # fmt: skip
         "labels": data.labels,
         "versions": package_versions(),
         "git_commit": git_commit(),

@@ -15,6 +15,7 @@ from the storage: finished and pruned trials are not repeated, and the trial tha
 running continues from its last checkpoint.
 """
 
+import dataclasses
 import json
 import math
 import shutil
@@ -267,10 +268,14 @@ def run_search(
         storage=f"sqlite:///{(out / STORAGE).resolve()}",
         load_if_exists=True,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=3),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
         if search.prune
         else optuna.pruners.NopPruner(),
+    )
+    # Seeded with the trials already tried: a resumed search seeded as at its start would
+    # draw the settings its first session drew again.
+    study.sampler = optuna.samplers.TPESampler(
+        seed=settings.seed + len(study.trials), n_startup_trials=3
     )
     _requeue_interrupted(study, optuna)
     if not study.trials:
@@ -291,12 +296,10 @@ class _Objective:
 
     def __init__(self, settings, data, strategy, base_model, out, space, console, placement,
                  callbacks=()):  # fmt: skip
-        from tunelab.training.run import TrainData
-
         self.settings, self.strategy, self.base_model = settings, strategy, base_model
         self.out, self.space, self.console, self.placement = out, space, console, placement
         self.callbacks = callbacks
-        self.data = TrainData(data.train, data.dev, None, data.labels, data.files)
+        self.data = dataclasses.replace(data, test=None)  # trials never see the test rows
 
     def __call__(self, trial) -> float:
         from tunelab.training.run import can_resume, train_run
@@ -315,7 +318,9 @@ class _Objective:
         trial.set_user_attr("folder", str(folder.relative_to(self.out)))
         if self.console:
             shown = ", ".join(f"{k}={_show(v)}" for k, v in params.items())
-            self.console.print(f"[bold]trial {trial.number}[/] {shown}")
+            own = folder.name == f"trial-{trial.number:03d}"
+            continues = "" if own else f" (continues {folder.name})"
+            self.console.print(f"[bold]trial {trial.number}[/]{continues} {shown}")
         pruning = prune_on_dev(trial, f"eval_{settings.metric}")
         try:
             outcome = train_run(
