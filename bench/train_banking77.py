@@ -5,8 +5,10 @@
 
 Training rows: a seeded (seed 0) stratified sample of train.csv; dev rows (per-epoch
 evaluation, keep-best): a second stratified sample from the remaining rows; test: the same
-300 rows as bench/eval_banking77.py. Every method runs `tunelab train` in a fresh process, so
-its peak memory (max RSS) is its own. Prints one Markdown row per method.
+300 rows as bench/eval_banking77.py; pool.jsonl: all of train.csv (10,003 labelled rows), for
+`--extra "lora:--shots 8 --selector similar --shot-pool WORK/pool.jsonl"`. Every method runs
+`tunelab train` in a fresh process, so its peak memory (max RSS) is its own. Prints one
+Markdown row per method.
 """
 
 import argparse
@@ -31,8 +33,9 @@ def write_splits(shared: Path, work: Path, train_rows: int, dev_rows: int, test_
     _, dev = split_examples(rest, dev_rows, seed=1, stratify=True)
     test = banking77_test_rows(shared, test_rows)
     work.mkdir(parents=True, exist_ok=True)
-    paths = {name: work / f"{name}.jsonl" for name in ("train", "dev", "test")}
-    for name, rows in (("train", sample), ("dev", dev), ("test", test)):
+    paths = {name: work / f"{name}.jsonl" for name in ("train", "dev", "test", "pool")}
+    # pool: every labelled row of train.csv, what prompting retrieves shots from (--shot-pool)
+    for name, rows in (("train", sample), ("dev", dev), ("test", test), ("pool", train)):
         write_examples_jsonl(paths[name], rows)
     return paths
 
