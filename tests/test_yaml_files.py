@@ -36,3 +36,14 @@ def test_an_empty_strategy_file_is_the_default_but_a_list_is_refused(tmp_path):
     path.write_text("[]\n")
     with pytest.raises(TuneLabError, match="expected a mapping"):
         load_strategy(path)
+
+
+def test_a_folder_given_for_a_file_is_named_as_a_folder(tmp_path):
+    from tunelab.compare.experiment import load_experiment
+
+    with pytest.raises(TuneLabError, match=r": is a folder; give the prompt strategy file$"):
+        load_strategy(tmp_path)
+    with pytest.raises(TuneLabError, match=r": is a folder; give the experiment file$"):
+        load_experiment(tmp_path)
+    with pytest.raises(TuneLabError, match=r": no such prompt strategy file$"):
+        load_strategy(tmp_path / "missing.yaml")

@@ -17,6 +17,15 @@ from typing import Any
 from tunelab.errors import TuneLabError
 
 
+def require_file(path: Path, what: str, where: str = "") -> None:
+    """A one-line error when ``path`` is not a readable file: a folder is named as one, not
+    reported missing (``where``: the option or field it came from, e.g. ``--search-space ``)."""
+    if path.is_dir():
+        raise TuneLabError(f"{where}{path}: is a folder; give the {what}")
+    if not path.is_file():
+        raise TuneLabError(f"{where}{path}: no such {what}")
+
+
 def tunelab_home() -> Path:
     """The user cache: ``$TUNELAB_HOME`` or ``~/.cache/tunelab``."""
     home = os.environ.get("TUNELAB_HOME")

@@ -25,6 +25,7 @@ from tunelab.generation import GenerationConfig
 from tunelab.generation.constraints import Constraint, constraint_value, read_schema
 from tunelab.models import DEFAULT_MODEL, load_model
 from tunelab.models.device import resolve_placement
+from tunelab.paths import require_file
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.prompting.strategy import (
     PARAPHRASES_CLASSIFY,
@@ -222,8 +223,7 @@ def _describe(changes: dict) -> str:
 def _paraphrases(path: Path | None, labels) -> list[str]:
     if path is None:
         return PARAPHRASES_CLASSIFY if labels else PARAPHRASES_FREE
-    if not path.is_file():
-        raise TuneLabError(f"{path}: no such paraphrase file")
+    require_file(path, "paraphrase file")
     templates = read_yaml(path)
     if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
         raise TuneLabError(f"{path}: expected a YAML list of template strings")

@@ -17,6 +17,7 @@ from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import is_json_task
 from tunelab.models import DEFAULT_MODEL, resolve_model
 from tunelab.models.device import resolve_placement
+from tunelab.paths import require_file
 from tunelab.prompting import load_strategy
 from tunelab.prompting.strategy import validate_strategy
 from tunelab.training.config import make_settings, parse_option_pairs
@@ -207,8 +208,7 @@ def _search(settings, data, strategy, model, run_dir, trials, space_file, **kwar
 def _read_space(path: Path) -> dict:
     from tunelab.yaml_files import read_yaml
 
-    if not path.is_file():
-        raise TuneLabError(f"--search-space {path}: no such file")
+    require_file(path, "file", "--search-space ")
     raw = read_yaml(path, "--search-space ")
     if not isinstance(raw, dict):
         raise TuneLabError(

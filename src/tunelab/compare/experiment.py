@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from tunelab.errors import TuneLabError
 from tunelab.models import DEFAULT_MODEL
+from tunelab.paths import require_file
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.training.config import TrainSettings
 from tunelab.training.search import SearchSettings
@@ -301,8 +302,7 @@ def load_experiment(path: Path, constrain: list[str] | None = None) -> Experimen
     """Read and validate; every problem is one line ``file: field.path: message``.
     ``constrain`` (``--constrain``) adds, to every strategy, a row per value decoded that way
     from the same adaptation (``NAME-json`` ...); the file's own rows stay as they are."""
-    if not path.is_file():
-        raise TuneLabError(f"{path}: no such experiment file")
+    require_file(path, "experiment file")
     raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise TuneLabError(f"{path}: expected a mapping with name, data and strategies")

@@ -197,7 +197,9 @@ class ExperimentRunner:
             "eval": self.experiment.eval.model_dump(
                 mode="json", exclude=_unset(self.experiment.eval, ("format_schema", "format_regex"))
             ),
-            "data": self.experiment.data.model_dump(mode="json"),
+            "data": self.experiment.data.model_dump(
+                mode="json", exclude=_unset(self.experiment.data, ("shot_pool",))
+            ),  # a setting added later counts only when set: older results stay current
             "hashes": hashes,
             "source": self.spec_key(self.experiment.strategy(source)) if source else None,
         }

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from tunelab.errors import TuneLabError
+from tunelab.paths import require_file
 from tunelab.yaml_files import read_yaml
 
 DEFAULT_TEMPLATE = "{{ input }}"
@@ -132,8 +133,7 @@ def check_constraint_value(value: str | dict | None) -> str | dict | None:
 
 def load_strategy(path: Path) -> PromptStrategy:
     """Read a strategy from YAML or JSON, naming the file and field of any mistake."""
-    if not path.is_file():
-        raise TuneLabError(f"{path}: no such prompt strategy file")
+    require_file(path, "prompt strategy file")
     raw = read_yaml(path)
     raw = {} if raw is None else raw  # an empty file: the default strategy
     if not isinstance(raw, dict):
