@@ -2,7 +2,6 @@ import pytest
 
 from tunelab.data import Example
 from tunelab.errors import TuneLabError
-from tunelab.models.embeddings import minilm_available
 from tunelab.prompting import PromptStrategy
 from tunelab.prompting.shots import select_shots
 
@@ -60,8 +59,7 @@ def test_similar_with_tfidf_finds_lexical_neighbours_and_skips_the_query_itself(
     strategy = PromptStrategy(shots=2, selector="similar")
     shots, retriever = select_shots(strategy, TRAIN, QUERIES, embedder="tfidf")
     assert retriever.startswith("tf-idf")
-    if minilm_available():  # chosen, not a stand-in for a missing MiniLM
-        assert retriever == "tf-idf"
+    assert retriever == "tf-idf"  # chosen, not a stand-in for a missing MiniLM
     assert {e.line for e in shots[0]} == {2, 4}  # the two parcel rows
     assert shots[0][-1].line == 2  # shares "my", "parcel", "is": most similar, placed last
     assert 3 not in {e.line for e in shots[1]}  # identical input is never a shot
