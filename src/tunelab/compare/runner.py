@@ -148,7 +148,7 @@ def experiment_record(experiment: Experiment, data: ExperimentData) -> dict:
             "dev": len(data.dev),
             "test": len(data.test),
             "extra_shot_rows": len(data.extra_shot_rows),
-        },  # fmt: skip
+        },
         "labels": data.labels,
         "placement": resolve_placement(experiment.device, experiment.dtype).record(),
         "versions": package_versions(),

@@ -552,7 +552,7 @@ def _run_config(settings, data: TrainData, strategy, base_model: str) -> dict:
             "dev": len(data.dev),
             "test": len(data.test or []),
             "extra_shot_rows": len(data.extra_shot_rows),
-        },  # fmt: skip
+        },
         "labels": data.labels,
         "versions": package_versions(),
         "git_commit": git_commit(),
