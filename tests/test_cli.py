@@ -173,6 +173,22 @@ def test_eval_few_shot_cot_consistency_run(label_file, tiny_model_dir, tmp_path)
     assert "consistency over 3 templates" in result.stdout
 
 
+def test_a_paraphrase_naming_a_missing_field_stops_before_the_evaluation(
+    label_file, tiny_model_dir, tmp_path
+):
+    paraphrases = tmp_path / "para.yaml"
+    paraphrases.write_text("- 'Q: {{ input }}'\n- '{{ product }} {{ input }}'\n", encoding="utf-8")
+    out = tmp_path / "run"
+    result = run(
+        "eval", "--data", label_file, "--model", tiny_model_dir, "--paraphrases", paraphrases,
+        "--out", out,
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: {paraphrases}: paraphrase 2 (")
+    assert "'product' is undefined" in result.stderr
+    assert not out.exists()  # refused before anything ran or was written
+
+
 def test_eval_unknown_selector_is_one_clear_line(label_file, tiny_model_dir):
     result = run("eval", "--data", label_file, "--model", tiny_model_dir, "--selector", "best")
     assert result.exit_code == 1

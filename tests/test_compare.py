@@ -150,6 +150,36 @@ def test_a_shot_pool_resolves_beside_the_file_and_never_holds_a_held_out_input(t
     assert [e.input for e in data.shot_rows] == ["reset my password", "refund please", "locked out"]
 
 
+def test_adding_a_shot_pool_reruns_only_the_strategies_whose_prompts_hold_shots(tmp_path):
+    from tunelab.compare.runner import ExperimentRunner, load_experiment_data
+
+    lines = "".join(
+        json.dumps({"input": f"question {i}", "output": "yes" if i % 2 else "no"}) + "\n"
+        for i in range(12)
+    )
+    for name in ("train.jsonl", "test.jsonl", "more.jsonl"):
+        (tmp_path / name).write_text(lines.replace("question", name[:4]), encoding="utf-8")
+    strategies = (
+        "strategies:\n  - {name: zero, prompt: {}}\n"
+        "  - {name: few, prompt: {shots: 2, selector: similar}}\n"
+        "  - {name: opt, optimize: {budget: 2}}\n"
+        "  - {name: opt0, optimize: {budget: 2, max_shots: 0}}\n"
+        "  - {name: lora, train: {method: lora}}\n"
+        "  - {name: lora-shots, train: {method: lora}, prompt: {shots: 2}}\n"
+        "  - {name: lora-json, run_from: lora, constrain: json}\n"
+    )
+    keys = {}
+    for pool in ("", ", shot_pool: more.jsonl"):
+        path = write_experiment(
+            tmp_path, f"name: x\ndata: {{train: train.jsonl, test: test.jsonl{pool}}}\n{strategies}"
+        )
+        experiment = load_experiment(path)
+        runner = ExperimentRunner(experiment, load_experiment_data(experiment), tmp_path / "out")
+        keys[pool] = {s.name: runner.spec_key(s) for s in experiment.strategies}
+    changed = {name for name in keys[""] if keys[""][name] != keys[", shot_pool: more.jsonl"][name]}
+    assert changed == {"few", "opt", "lora-shots"}
+
+
 def result(name, kind, value, low, high, trainable=0, seconds=0.0, latency=10.0, method=None,
            prompt_tokens=50.0):  # fmt: skip
     record = {
@@ -386,6 +416,27 @@ def test_plan_measures_without_running(tiny_experiment, tmp_path):
     )
     assert "estimated total" in planned.output
     assert not (out / "lora").exists() and not (out / "base").exists()
+
+
+def test_the_plan_counts_the_shot_pool_and_says_when_no_strategy_uses_it(
+    tiny_experiment, tmp_path, write_jsonl, label_rows
+):
+    write_jsonl(label_rows[::3] + [{"text": "a new row", "label": "no such label"}], "more.jsonl")
+    text = tiny_experiment.read_text().replace(
+        "test: test.jsonl,", "test: test.jsonl, shot_pool: more.jsonl,"
+    )
+    tiny_experiment.write_text(text)
+    planned = run_compare(tiny_experiment, "--out", tmp_path / "a", "--plan", "--only", "base")
+    said = " ".join(planned.output.split())
+    assert planned.exit_code == 0, planned.output
+    assert "0 more labelled rows (" in said and "with a dev or test input, 1 with a label" in said
+    assert "no strategy's prompt holds shots" not in said  # refined may add shots
+    tiny_experiment.write_text(text.split("  - {name: refined")[0])
+    alone = run_compare(tiny_experiment, "--out", tmp_path / "b", "--plan")
+    assert alone.exit_code == 0, alone.output
+    assert "data.shot_pool is set, but no strategy's prompt holds shots" in " ".join(
+        alone.output.split()
+    )
 
 
 def test_unknown_metric_is_refused(tiny_experiment, tmp_path):

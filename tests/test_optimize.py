@@ -179,6 +179,28 @@ def test_dev_and_pool_never_hold_a_test_input():
     assert len(splits.dev) == 9 and len(splits.pool) == 19
 
 
+def test_a_shot_pool_joins_the_search_pool_without_a_dev_or_test_input():
+    from tunelab.optimize.run import SearchOptions, search_setup
+
+    train, test = examples(30), [Example("message 3", "billing", 1)]
+    first = search_setup(train, test, LABELS, SearchOptions(budget=1, dev_rows=9), seed=0)
+    dev_input = first.splits.dev[0].input
+    extra = [
+        Example(dev_input, "billing", 1),
+        Example("message 3", "login", 2),
+        Example("another message", "billing", 3),
+        Example("odd one", "nonsense", 4),
+    ]
+    setup = search_setup(
+        train, test, LABELS, SearchOptions(budget=1, dev_rows=9), seed=0, extra_shot_rows=extra
+    )
+    assert setup.splits.dev == first.splits.dev  # the pool does not move the dev split
+    assert setup.splits.pool == [*first.splits.pool, extra[2]]
+    assert setup.splits.extra_shot_rows == 1
+    assert setup.splits.left_out_shot_rows.held_out == 2
+    assert setup.splits.left_out_shot_rows.unknown_label == 1
+
+
 def test_dev_scorer_caches_by_prompt_content_and_persists(tiny_model, tiny_tokenizer, tmp_path):
     cache = ScoreCache(tmp_path / "cache.jsonl")
     scorer = DevScorer(

@@ -11,7 +11,8 @@ from tunelab.cli.main import app
 from tunelab.data.loading import Example
 from tunelab.data.stats import normalize_text
 from tunelab.prompting import PromptStrategy
-from tunelab.prompting.shots import training_shots, usable_shot_rows
+from tunelab.prompting.shot_pool import LeftOutShotRows, usable_shot_rows
+from tunelab.prompting.shots import training_shots
 from tunelab.serving.pool import AdapterPool
 from tunelab.training import artifacts
 from tunelab.training import run as training_run
@@ -62,7 +63,24 @@ def test_extra_shot_rows_leave_out_held_out_inputs_and_training_duplicates():
     ]
     test = [Example("Charged twice on my card", "billing", 1)]
     kept, left_out = usable_shot_rows(TRAIN, extra, test)
-    assert [e.line for e in kept] == [3] and left_out == 1
+    assert [e.line for e in kept] == [3] and left_out == LeftOutShotRows(held_out=1)
+
+
+def test_extra_shot_rows_leave_out_unknown_labels_and_contradicting_answers():
+    extra = [
+        Example("my card was charged twice", "shipping", 1),  # a training input, answered otherwise
+        Example("what does the fee cost", "fees", 2),  # not a label of the task
+        Example("my parcel never came", "shipping", 3),
+        Example("my parcel never came", "billing", 4),  # contradicts the row before
+    ]
+    labels = sorted({e.output for e in TRAIN})
+    kept, left_out = usable_shot_rows(TRAIN, extra, [], labels)
+    assert [e.line for e in kept] == [3]
+    assert left_out == LeftOutShotRows(unknown_label=1, conflicting=2)
+    said = left_out.describe()
+    assert said.startswith("3 left out: 1 with a label outside the label set, 2 answering")
+    kept, left_out = usable_shot_rows(TRAIN, extra, [], None)  # free text: any answer is one
+    assert [e.line for e in kept] == [2, 3] and left_out.total == 2
 
 
 def test_training_shots_from_a_larger_pool_never_hold_the_example():
@@ -179,6 +197,26 @@ def test_eval_of_the_run_retrieves_from_its_stored_pool(shot_run, tmp_path):
     for row in rows:
         assert row["prompt"].count("[BANK]") == 3
         assert sum(text in row["prompt"] for text in trained) == 2  # two training rows
+
+
+def test_eval_on_rows_of_the_stored_pool_leaves_them_out_of_every_prompt(shot_run, tmp_path):
+    run_dir, seen, _ = shot_run
+    trained = sorted({e.input.removeprefix("[BANK] ") for e, _ in seen})
+    test = tmp_path / "pool-rows.jsonl"
+    rows = [{"text": t, "label": "billing"} for t in trained[:3]]
+    test.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "eval"
+    result = CliRunner().invoke(app, [
+        "eval", "--data", str(test), "--test", str(test), "--input", "text", "--output",
+        "label", "--adapter", str(run_dir), "--out", str(out),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "3 rows of the run's shot pool share an input with the test rows" in " ".join(
+        result.output.split()
+    )
+    for row in map(json.loads, (out / "predictions.jsonl").read_text().splitlines()):
+        shown = row["prompt"].rsplit("[BANK]", 1)[0]  # everything before the query
+        assert not any(text in shown for text in trained[:3]), row["prompt"]
 
 
 def test_a_retriever_other_than_the_runs_is_named(monkeypatch):

@@ -50,6 +50,17 @@ def test_a_shared_shot_set_never_shows_a_query_its_own_row(selector):
             assert shots[0] == TRAIN[:4] and shots[1] == [*TRAIN[:2], TRAIN[4], TRAIN[3]]
 
 
+def test_the_stand_in_for_a_query_own_row_depends_on_the_query_not_its_place():
+    strategy = PromptStrategy(shots=4, selector="random")
+    pool = TRAIN + [Example(f"other question {i}", "other", 10 + i) for i in range(20)]
+    shared = select_shots(strategy, pool, [QUERIES[0]], seed=3)[0][0]
+    own = Example(shared[1].input, shared[1].output, 99)
+    alone = select_shots(strategy, pool, [own], seed=3)[0][0]
+    later = select_shots(strategy, pool, [QUERIES[0], QUERIES[0], own], seed=3)[0][2]
+    assert alone == later  # a sharded or --limit run shows this query the same prompt
+    assert own.input not in [s.input for s in alone] and alone[0] == shared[0]
+
+
 def test_more_shots_than_training_rows():
     with pytest.raises(TuneLabError, match="shots=6 is more than the 5 training examples"):
         select_shots(PromptStrategy(shots=6), TRAIN, QUERIES)

@@ -33,6 +33,7 @@ from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
 from tunelab.models.device import resolve_placement
 from tunelab.paths import write_json_atomic, write_text_atomic
+from tunelab.prompting.shot_pool import shot_pool_line
 from tunelab.runs import check_out, claim
 from tunelab.tracking import Tracking, check_trackers
 
@@ -86,6 +87,7 @@ def compare_command(
         claim(out_dir, "compare")
         write_json_atomic(out_dir / "experiment.json", experiment_record(experiment, data))
     runner = ExperimentRunner(experiment, data, out_dir, console)
+    _say_shot_pool(experiment_file, runner)
     pending = [s for s in specs if runner.finished(s) is None]
     _print_header(experiment, data, out_dir, len(specs) - len(pending))
     estimates = {}
@@ -209,6 +211,18 @@ def _print_header(experiment, data: ExperimentData, out_dir: Path, cached: int) 
         f"{len(data.dev)} / test {len(data.test)} · {kind} · "
         f"{len(experiment.strategies)} strategies ({cached} already finished) → {out_dir}"
     )
+
+
+def _say_shot_pool(experiment_file: Path, runner: ExperimentRunner) -> None:
+    """How large the shot pool is and what was left out of it, or that no strategy uses it."""
+    data = runner.data
+    pool = shot_pool_line(len(data.train), len(data.extra_shot_rows), data.left_out_shot_rows)
+    if pool:
+        console.print(pool)
+    if runner.experiment.data.shot_pool and not any(
+        runner.uses_shot_pool(s) for s in runner.experiment.strategies
+    ):
+        warn([f"{experiment_file}: data.shot_pool is set, but no strategy's prompt holds shots"])
 
 
 def _print_data_check(runner: ExperimentRunner, data: ExperimentData) -> None:

@@ -120,6 +120,8 @@ def eval_command(
             warn([w for w in [retriever_warning(trained.get("retriever"), embedder)] if w])
             embedder = run_embedder(trained.get("retriever"), embedder)
     held_out = with_task_prefix(held_out, trained.get("task_prefix"))
+    if trained.get("shot_pool") and strategy.shots:
+        train = _pool_without_test_rows(train, held_out)
     settings = EvalSettings(
         mode=choice("--mode", mode, ("auto", "score", "generate", "both")),
         generation=GenerationConfig(
@@ -135,7 +137,9 @@ def eval_command(
         embedder=embedder,
     )
     passes = len(resolve_modes(settings.mode, label_set, strategy.cot))
-    templates = _paraphrases(paraphrases, label_set) if consistency or paraphrases else None
+    templates = None
+    if consistency or paraphrases:
+        templates = _paraphrases(paraphrases, label_set, held_out[:1])
     console.print(f"loading {adapter or model} ...")
     where = placement.record()
     loaded = load_trained_run(adapter, **where) if adapter else load_model(model, **where)
@@ -220,20 +224,21 @@ def _describe(changes: dict) -> str:
     return " ".join(parts)
 
 
-def _paraphrases(path: Path | None, labels) -> list[str]:
+def _paraphrases(path: Path | None, labels, examples: list) -> list[str]:
+    """The consistency templates, each rendered with a test row before the evaluation runs:
+    a template that does not compile or names a missing field stops here, naming its file."""
     if path is None:
         return PARAPHRASES_CLASSIFY if labels else PARAPHRASES_FREE
     require_file(path, "paraphrase file")
     templates = read_yaml(path)
     if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
         raise TuneLabError(f"{path}: expected a YAML list of template strings")
-    from tunelab.prompting.render import compile_template
+    from tunelab.evaluation.runner import check_paraphrases
 
-    for index, template in enumerate(templates):
-        try:
-            compile_template(template)
-        except TuneLabError as err:
-            raise TuneLabError(f"{path}: template {index + 1}: {err}") from None
+    try:
+        check_paraphrases(templates, examples, labels)
+    except TuneLabError as err:
+        raise TuneLabError(f"{path}: {err}") from None
     return templates
 
 
@@ -283,3 +288,18 @@ def _print_result(result: EvalResult, strategy: PromptStrategy, show: int) -> No
                 else f"answers agree (mean pairwise ROUGE-L) {c['agreement']['value']:.3f}"
             )
         )
+
+
+def _pool_without_test_rows(pool: list, held_out: list) -> list:
+    """The run's stored shot pool less the rows that share an input with these test rows."""
+    from tunelab.prompting.shot_pool import without_held_out
+
+    kept = without_held_out(pool, held_out)
+    if len(kept) < len(pool):
+        warn(
+            [f"{len(pool) - len(kept)} rows of the run's shot pool share an input with the test "
+             "rows: left out of the prompts, so no test answer is shown"]
+        )  # fmt: skip
+    if not kept:
+        raise TuneLabError("every row of the run's shot pool is a test row: no shots are left")
+    return kept

@@ -34,6 +34,7 @@ from tunelab.optimize.run import (
 from tunelab.optimize.scoring import PER_EXAMPLE_METRICS
 from tunelab.optimize.search import Candidate, SearchResult, SearchSettings
 from tunelab.prompting import PromptStrategy, load_strategy
+from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line
 from tunelab.provenance import file_record, git_commit, package_versions
 
 
@@ -75,6 +76,7 @@ def optimize_command(
     max_new_tokens: int = typer.Option(32, min=1),
     batch_size: int = typer.Option(8, min=1),
     seed: int = typer.Option(0),
+    shot_pool: Path | None = typer.Option(None, help=SHOT_POOL_HELP),
     out: Path | None = typer.Option(None, help="Run folder (default runs/optimize-<time>)."),
     resume: bool = typer.Option(False, help="Continue in --out, reusing every cached score."),
     device: str = device_option(),
@@ -99,7 +101,10 @@ def optimize_command(
     label_set = resolve_labels(labels, train)
     train, test_examples, test_files = _split_test(test, train, input_field, output_field, seed)
     metric = _metric(metric, label_set, is_json_task([e.output for e in test_examples]))
-    setup = search_setup(train, test_examples, label_set, options, seed=seed)
+    if shot_pool:
+        test_files["shot_pool"] = file_record(shot_pool)
+    extra = load_dataset(shot_pool, input_field, output_field).examples if shot_pool else []
+    setup = search_setup(train, test_examples, label_set, options, seed=seed, extra_shot_rows=extra)
     splits, space, settings = setup.splits, setup.space, setup.settings
     eval_settings = EvalSettings(
         mode=choice("--mode", mode, ("auto", "score", "generate")),
@@ -251,6 +256,10 @@ def _print_plan(splits: OptimizeSplits, labels, metric, settings: SearchSettings
             f"[yellow]note[/]: {splits.dropped} training rows share an input with the test set "
             "and were left out of the dev split and the shot pool"
         )
+    extra = splits.extra_shot_rows
+    pool = shot_pool_line(len(splits.pool) - extra, extra, splits.left_out_shot_rows)
+    if pool:
+        console.print(pool)
 
 
 def _print_best(result: SearchResult, metric: str) -> None:

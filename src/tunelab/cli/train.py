@@ -19,6 +19,7 @@ from tunelab.models import DEFAULT_MODEL, resolve_model
 from tunelab.models.device import resolve_placement
 from tunelab.paths import require_file
 from tunelab.prompting import load_strategy
+from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line
 from tunelab.prompting.strategy import validate_strategy
 from tunelab.training.config import make_settings, parse_option_pairs
 from tunelab.training.methods import all_methods
@@ -45,8 +46,7 @@ def train_command(
     selector: str | None = typer.Option(None, help="Shots: similar | random | fixed."),
     shot_pool: Path | None = typer.Option(
         None,
-        help="More labelled rows to take shots from besides the training rows, in training "
-        "and at inference (stored with the run); rows with a dev or test input are left out.",
+        help=SHOT_POOL_HELP + " Stored with the run.",
     ),
     labels: str = typer.Option("auto", help="auto | none | comma-separated label list."),
     task_prefix: str | None = typer.Option(None, help='e.g. "[TECH_SUPPORT]", stored with it.'),
@@ -349,12 +349,9 @@ def _print_plan(settings, data, run_dir: Path) -> None:
         f"train {len(data.train)} / dev {len(data.dev)} / test {len(data.test or [])} · "
         f"{f'{len(data.labels)} labels' if data.labels else 'free text'} → {run_dir}"
     )
-    if data.extra_shot_rows or data.left_out_shot_rows:
-        console.print(
-            f"shot pool: {len(data.train)} training rows + {len(data.extra_shot_rows)} more "
-            f"labelled rows ({data.left_out_shot_rows} left out: their input is a dev or test "
-            "input)"
-        )
+    pool = shot_pool_line(len(data.train), len(data.extra_shot_rows), data.left_out_shot_rows)
+    if pool:
+        console.print(pool)
 
 
 def _print_outcome(outcome) -> None:

@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from tunelab.errors import TuneLabError
 from tunelab.models import DEFAULT_MODEL
 from tunelab.paths import require_file
+from tunelab.prompting.shot_pool import SHOT_POOL_HELP
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.training.config import TrainSettings
 from tunelab.training.search import SearchSettings
@@ -54,8 +55,7 @@ class DataSpec(Strict):
     labels: str = "auto"
     shot_pool: Path | None = Field(
         None,
-        description="more labelled rows that every strategy with shots retrieves them from, "
-        "besides train (rows whose input is a dev or test input are left out)",
+        description=SHOT_POOL_HELP + " Every strategy with shots uses it.",
     )
 
 

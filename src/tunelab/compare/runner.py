@@ -33,7 +33,7 @@ from tunelab.generation import GenerationConfig
 from tunelab.models.device import resolve_placement
 from tunelab.paths import write_json_atomic
 from tunelab.prompting import PromptStrategy, load_strategy
-from tunelab.prompting.shots import usable_shot_rows
+from tunelab.prompting.shot_pool import LeftOutShotRows, usable_shot_rows
 from tunelab.provenance import file_record, git_commit, package_versions, sha256_of
 from tunelab.runs import claim, read_marker, remove_run
 from tunelab.training.trainer import ReportSteps, peak_memory_mb, reset_peak_memory
@@ -50,6 +50,7 @@ class ExperimentData:
     labels: list[str] | None
     files: dict[str, Path]
     extra_shot_rows: list[Example] = field(default_factory=list)  # data.shot_pool, filtered
+    left_out_shot_rows: LeftOutShotRows = field(default_factory=LeftOutShotRows)
 
     @property
     def shot_rows(self) -> list[Example]:
@@ -76,12 +77,12 @@ def load_experiment_data(experiment: Experiment) -> ExperimentData:
         train, dev = split_examples(train, spec.dev_size, seed=seed, stratify=stratify)
     else:
         dev = []
-    extra = []
+    extra, left_out = [], LeftOutShotRows()
     if spec.shot_pool:
         pool = load_dataset(spec.shot_pool, spec.input, spec.output).examples
-        extra, _ = usable_shot_rows(train, pool, dev + test)
+        extra, left_out = usable_shot_rows(train, pool, dev + test, labels)
         files["shot_pool"] = spec.shot_pool
-    return ExperimentData(train, dev, test, labels, files, extra)
+    return ExperimentData(train, dev, test, labels, files, extra, left_out)
 
 
 def check_metrics(experiment: Experiment, data: ExperimentData) -> None:
@@ -180,7 +181,12 @@ class ExperimentRunner:
         """Everything that decides this strategy's result; a finished result with another
         key is stale (the experiment file or the data changed) and runs again."""
         source = spec.prompt_from or spec.run_from
-        hashes = {role: sha256_of(path) for role, path in self.data.files.items()}
+        pool = self.uses_shot_pool(spec)  # else adding a pool keeps this result current
+        hashes = {
+            role: sha256_of(path)
+            for role, path in self.data.files.items()
+            if role != "shot_pool" or pool
+        }
         if self.experiment.eval.format_schema is not None:
             hashes["format_schema"] = sha256_of(self.experiment.eval.format_schema)
         later = ("run_from", "constrain", "search", "trial")
@@ -198,12 +204,24 @@ class ExperimentRunner:
                 mode="json", exclude=_unset(self.experiment.eval, ("format_schema", "format_regex"))
             ),
             "data": self.experiment.data.model_dump(
-                mode="json", exclude=_unset(self.experiment.data, ("shot_pool",))
+                mode="json",
+                exclude=set() if pool and self.experiment.data.shot_pool else {"shot_pool"},
             ),  # a setting added later counts only when set: older results stay current
             "hashes": hashes,
             "source": self.spec_key(self.experiment.strategy(source)) if source else None,
         }
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    def uses_shot_pool(self, spec: StrategySpec) -> bool:
+        """Whether this strategy's prompts can hold shots (from the experiment's shot pool):
+        its own prompt has shots, an optimize search may add them, or its source's can."""
+        if spec.run_from or spec.prompt_from:
+            return self.uses_shot_pool(self.experiment.strategy(spec.run_from or spec.prompt_from))
+        if spec.kind == "optimize":
+            return spec.optimize.max_shots > 0
+        if spec.prompt_file:
+            return load_strategy(spec.prompt_file).shots > 0
+        return spec.prompt is not None and spec.prompt.shots > 0
 
     def finished(self, spec: StrategySpec) -> dict | None:
         """The stored result when it is current, else None."""
@@ -253,6 +271,7 @@ class ExperimentRunner:
         setup = search_setup(
             self.data.train + self.data.dev, self.data.test, self.data.labels,
             spec.optimize.search_options(), seed=self.experiment.seed,
+            extra_shot_rows=self.data.extra_shot_rows,
         )  # fmt: skip
         loaded = self._base_model()
         search_dir = _search_folder(claim(folder, "optimize"), self.spec_key(spec))
@@ -295,7 +314,7 @@ class ExperimentRunner:
 
         data = self.data
         return TrainData(data.train, data.dev, data.test, data.labels, data.files,
-                         data.extra_shot_rows)  # fmt: skip
+                         data.extra_shot_rows, data.left_out_shot_rows)  # fmt: skip
 
     def _train(self, spec: StrategySpec, folder: Path) -> dict:
         from tunelab.training import artifacts

@@ -422,6 +422,18 @@ def _score(answers, raw, references, labels, settings: EvalSettings, prefix: str
     )
 
 
+def check_paraphrases(
+    templates: list[str], examples: list[Example], labels: list[str] | None
+) -> None:
+    """Render every template with these examples, so a bad one stops before any is run."""
+    for index, template in enumerate(templates):
+        try:
+            for example in examples:
+                render_user_turn(template, example, labels)
+        except TuneLabError as err:
+            raise TuneLabError(f"paraphrase {index + 1} ({template[:40]!r}): {err}") from None
+
+
 def evaluate_consistency(
     model,
     tokenizer,
@@ -447,12 +459,8 @@ def evaluate_consistency(
     chosen_shots = select_shots(
         strategy, list(train), test, seed=settings.seed, embedder=settings.embedder
     )
-    for index, template in enumerate(templates):  # a bad one stops before any is run
-        try:
-            for example in test[:1] + [s for shots in chosen_shots[0][:1] for s in shots]:
-                render_user_turn(template, example, labels)
-        except TuneLabError as err:
-            raise TuneLabError(f"paraphrase {index + 1} ({template[:40]!r}): {err}") from None
+    check_paraphrases(templates, test[:1] + [s for shots in chosen_shots[0][:1] for s in shots],
+                      labels)  # fmt: skip
     per_template, answers = [], []
     for index, template in enumerate(templates):
         variant = strategy.model_copy(update={"template": template, "name": f"paraphrase-{index}"})

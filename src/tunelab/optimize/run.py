@@ -2,7 +2,7 @@
 survives Ctrl-C and crashes, and the final test comparison of the start and the winner."""
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -18,6 +18,7 @@ from tunelab.optimize.parts import PromptParts
 from tunelab.optimize.scoring import DevScorer, ScoreCache
 from tunelab.optimize.search import Candidate, Event, PromptSearch, SearchResult, SearchSettings
 from tunelab.paths import write_json_atomic, write_text_atomic
+from tunelab.prompting.shot_pool import LeftOutShotRows, usable_shot_rows
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.runs import RunFolder, check_request, claim, remove_run
 
@@ -32,6 +33,8 @@ class OptimizeSplits:
     dev: list[Example]  # every candidate is scored here
     test: list[Example]  # only the start and the winner, after the search
     dropped: int = 0  # training rows removed because the test set holds the same input
+    extra_shot_rows: int = 0  # rows of a shot pool file at the end of ``pool``
+    left_out_shot_rows: LeftOutShotRows = field(default_factory=LeftOutShotRows)
 
 
 def optimization_splits(
@@ -85,9 +88,14 @@ def search_setup(
     options: SearchOptions,
     *,
     seed: int,
+    extra_shot_rows: list[Example] = (),
 ) -> SearchSetup:
     """Splits, edit space and search settings, checked before any model is loaded (the
-    operator names are checked where they are read: the CLI option, the experiment file)."""
+    operator names are checked where they are read: the CLI option, the experiment file).
+
+    ``extra_shot_rows`` (a shot pool) join the rows shots come from, except those whose input
+    is one of the search's dev rows: candidates are scored without seeing a dev answer.
+    """
     if options.operators == () and not options.llm:
         raise TuneLabError("no operators and llm 0 leave nothing to propose")
     dev_rows = int(options.dev_rows) if options.dev_rows >= 1 else options.dev_rows
@@ -96,6 +104,11 @@ def search_setup(
             f"dev rows {options.dev_rows:g}: the training data has {len(train)} rows"
         )
     splits = optimization_splits(train, test, dev_rows, seed=seed, stratify=labels is not None)
+    if extra_shot_rows:
+        extra, left_out = usable_shot_rows(splits.pool, list(extra_shot_rows), splits.dev + test,
+                                           labels)  # fmt: skip
+        splits = replace(splits, pool=splits.pool + extra, extra_shot_rows=len(extra),
+                         left_out_shot_rows=left_out)  # fmt: skip
     space = EditSpace(
         classification=labels is not None,
         max_shots=min(options.max_shots, len(splits.pool)),

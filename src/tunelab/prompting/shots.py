@@ -47,7 +47,7 @@ def _own_rows_swapped(
     inputs = {normalize_text(s.input) for s in shared}
     stand_ins = None
     chosen = []
-    for index, query in enumerate(queries):
+    for query in queries:
         text = normalize_text(query.input)
         if text not in inputs:
             chosen.append(shared)
@@ -59,10 +59,26 @@ def _own_rows_swapped(
                 f"shots={len(shared)}: no row is left to stand in for a shot whose input is the "
                 "query's own"
             )
-        draw = random.Random(seed * 1_000_003 + index)
-        chosen.append([draw.choice(stand_ins) if normalize_text(s.input) == text else s
-                       for s in shared])  # fmt: skip
+        chosen.append(_swap_own_row(shared, text, stand_ins, seed))
     return chosen
+
+
+def _swap_own_row(
+    shared: list[Example], text: str, stand_ins: list[Example], seed: int
+) -> list[Example]:
+    """``shared`` with the shots whose input is ``text`` replaced by distinct stand-ins.
+
+    The draw is seeded by the query's text, not its position: the same question gets the same
+    prompt in a sharded evaluation, under --limit, and from the server.
+    """
+    own = [i for i, s in enumerate(shared) if normalize_text(s.input) == text]
+    rng = random.Random(f"{seed}:{text}")
+    distinct = min(len(own), len(stand_ins))
+    draw = rng.sample(stand_ins, distinct) + rng.choices(stand_ins, k=len(own) - distinct)
+    swapped = list(shared)
+    for i, stand_in in zip(own, draw, strict=True):
+        swapped[i] = stand_in
+    return swapped
 
 
 def _fixed(strategy: PromptStrategy, train: list[Example]) -> list[Example]:
@@ -115,30 +131,6 @@ class NearestShots:
              if v != -torch.inf]
             for idx, val in zip(top.indices, top.values, strict=True)
         ]  # fmt: skip
-
-
-def usable_shot_rows(
-    train: list[Example], extra: list[Example], held_out: list[Example]
-) -> tuple[list[Example], int]:
-    """The ``extra`` labelled rows a run may retrieve shots from besides its training rows
-    (those not already among them, none whose input is a held-out input: a prompt never
-    shows a dev or test answer), and how many were left out as held-out.
-
-    A pool larger than the training set gives closer neighbours: a user often has more
-    labelled rows than are worth training on. The training rows stay first in the pool, so
-    fixed ``shot_ids`` keep indexing them.
-    """
-    hidden = {normalize_text(e.input) for e in held_out}
-    seen = {(normalize_text(e.input), e.output) for e in train}
-    kept, left_out = [], 0
-    for example in extra:
-        key = (normalize_text(example.input), example.output)
-        if key[0] in hidden:
-            left_out += 1
-        elif key not in seen:
-            seen.add(key)
-            kept.append(example)
-    return kept, left_out
 
 
 def training_shots(

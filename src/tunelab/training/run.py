@@ -21,7 +21,8 @@ from tunelab.evaluation.runner import (
 from tunelab.generation import GenerationConfig
 from tunelab.models.device import Placement, resolve_placement
 from tunelab.paths import write_json_atomic
-from tunelab.prompting.shots import training_shots, usable_shot_rows
+from tunelab.prompting.shot_pool import LeftOutShotRows, usable_shot_rows
+from tunelab.prompting.shots import training_shots
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import with_task_prefix
 from tunelab.provenance import file_record, git_commit, package_versions
@@ -56,12 +57,12 @@ class TrainData:
     # filtered once, against this data's dev and test rows (a copy without its test split,
     # a search trial's, keeps them filtered against the test rows too)
     extra_shot_rows: list[Example] = field(default_factory=list)
-    left_out_shot_rows: int = 0  # extra rows whose input is a dev or test input
+    left_out_shot_rows: LeftOutShotRows = field(default_factory=LeftOutShotRows)
 
     def __post_init__(self):
         held_out = self.dev + (self.test or [])
         self.extra_shot_rows, left_out = usable_shot_rows(
-            self.train, self.extra_shot_rows, held_out
+            self.train, self.extra_shot_rows, held_out, self.labels
         )
         self.left_out_shot_rows += left_out
 
@@ -546,12 +547,16 @@ def _run_config(settings, data: TrainData, strategy, base_model: str) -> dict:
         "base_model": base_model,
         "settings": settings.model_dump(),
         "strategy": strategy.model_dump(),
-        "data": {role: file_record(path) for role, path in data.files.items()},
+        "data": {
+            role: file_record(path)
+            for role, path in data.files.items()
+            if role != "shot_pool" or strategy.shots  # a pool no prompt uses changes nothing
+        },
         "sizes": {
             "train": len(data.train),
             "dev": len(data.dev),
             "test": len(data.test or []),
-            "extra_shot_rows": len(data.extra_shot_rows),
+            "extra_shot_rows": len(data.extra_shot_rows) if strategy.shots else 0,
         },
         "labels": data.labels,
         "versions": package_versions(),

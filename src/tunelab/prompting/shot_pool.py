@@ -1,0 +1,92 @@
+"""The shot pool: the labelled rows a strategy's shots are retrieved from, and which rows of a
+user's extra file may join the training rows in it without leaking a held-out answer."""
+
+from collections import Counter, defaultdict
+from dataclasses import astuple, dataclass
+
+from tunelab.data.loading import Example
+from tunelab.data.stats import normalize_text
+
+
+@dataclass(frozen=True)
+class LeftOutShotRows:
+    """How many rows of a shot pool were left out, by reason."""
+
+    held_out: int = 0  # the input is a dev or test input: a prompt would show its answer
+    unknown_label: int = 0  # the answer is not one of the task's labels
+    conflicting: int = 0  # an earlier row (training rows first) answers the same input otherwise
+
+    def __add__(self, other: "LeftOutShotRows") -> "LeftOutShotRows":
+        return LeftOutShotRows(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
+
+    @property
+    def total(self) -> int:
+        return sum(astuple(self))
+
+    def describe(self) -> str:
+        """'5 left out: 3 with a dev or test input, 2 with a label outside the label set'"""
+        reasons = [
+            (self.held_out, "with a dev or test input"),
+            (self.unknown_label, "with a label outside the label set"),
+            (self.conflicting, "answering an input another row answers differently"),
+        ]
+        said = ", ".join(f"{n} {why}" for n, why in reasons if n)
+        return f"{self.total} left out" + (f": {said}" if said else "")
+
+
+SHOT_POOL_HELP = (
+    "More labelled rows to take shots from besides the training rows, in training and at "
+    "inference; rows with a dev or test input, a label outside the label set, or an answer "
+    "that contradicts another row's are left out."
+)
+
+
+def shot_pool_line(train: int, extra: int, left_out: LeftOutShotRows) -> str | None:
+    """What a plan says about a shot pool: its size and what was left out (None: no pool)."""
+    if not extra and not left_out.total:
+        return None
+    return f"shot pool: {train} training rows + {extra} more labelled rows ({left_out.describe()})"
+
+
+def usable_shot_rows(
+    train: list[Example],
+    extra: list[Example],
+    held_out: list[Example],
+    labels: list[str] | None = None,
+) -> tuple[list[Example], LeftOutShotRows]:
+    """The ``extra`` labelled rows a run may retrieve shots from besides its training rows,
+    and how many were left out, by reason.
+
+    A pool larger than the training set gives closer neighbours: a user often has more
+    labelled rows than are worth training on. Left out: rows whose input is a held-out input
+    (a prompt never shows a dev or test answer), rows whose answer is not a label (the model
+    could copy an answer it can never give), and rows that answer an input differently from
+    an earlier row (the training rows come first: they are the ground truth). Rows already in
+    the training set are dropped silently. The training rows stay first in the pool, so
+    fixed ``shot_ids`` keep indexing them.
+    """
+    hidden = {normalize_text(e.input) for e in held_out}
+    known = set(labels) if labels is not None else None
+    answers = defaultdict(set)
+    for example in train:
+        answers[normalize_text(example.input)].add(example.output)
+    kept, left_out = [], Counter()
+    for example in extra:
+        text = normalize_text(example.input)
+        if text in hidden:
+            left_out["held_out"] += 1
+        elif known is not None and example.output not in known:
+            left_out["unknown_label"] += 1
+        elif text in answers and example.output not in answers[text]:
+            left_out["conflicting"] += 1
+        elif example.output not in answers[text]:
+            answers[text].add(example.output)
+            kept.append(example)
+    return kept, LeftOutShotRows(**left_out)
+
+
+def without_held_out(pool: list[Example], held_out: list[Example]) -> list[Example]:
+    """``pool`` less the rows whose input is a held-out input: a stored pool evaluated on a
+    new test file must not show one test row's answer in another's prompt."""
+    hidden = {normalize_text(e.input) for e in held_out}
+    return [e for e in pool if normalize_text(e.input) not in hidden]
