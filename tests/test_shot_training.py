@@ -50,7 +50,7 @@ def test_training_shots_never_hold_the_example_or_its_input(selector):
 def test_too_many_shots_for_the_training_rows_is_refused():
     from tunelab.errors import TuneLabError
 
-    with pytest.raises(TuneLabError, match="shots=8 needs more training examples"):
+    with pytest.raises(TuneLabError, match="shots=8 needs more than the 8 rows of the shot pool"):
         training_shots(PromptStrategy(shots=8, selector="similar"), TRAIN)
 
 

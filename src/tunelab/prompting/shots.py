@@ -156,8 +156,9 @@ def training_shots(
         return [[] for _ in train], None
     if k >= len(pool):
         raise TuneLabError(
-            f"shots={k} needs more training examples than {len(pool)}: each training "
-            "example's shots come from the other rows"
+            f"shots={k} needs more than the {len(pool)} rows of the shot pool (the training "
+            "rows and any --shot-pool rows): each training example's shots come from the other "
+            "rows"
         )
     if strategy.selector == "similar":
         finder = NearestShots(pool, embedder)

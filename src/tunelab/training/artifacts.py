@@ -59,8 +59,9 @@ def save_adapted_model(
     run_dir: Path, model, tokenizer, meta: dict, shot_pool: list | None = None
 ) -> Path:
     """Write weights, tokenizer and metadata into ``RUN_DIR/adapter`` in one atomic step;
-    ``shot_pool`` (the training rows a run with shots retrieves from) goes beside them, so
-    chat, serve and export find the same shots as evaluation without the training file."""
+    ``shot_pool`` (the rows a run with shots retrieves from: its training rows and any
+    --shot-pool rows) goes beside them, so chat, serve and export find the same shots as
+    evaluation without the training file."""
     from tunelab.data.writing import write_examples_jsonl
 
     with atomic_directory(run_dir / ADAPTER_DIR) as scratch:  # replaced whole: TuneLab's own
