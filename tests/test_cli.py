@@ -142,7 +142,7 @@ def test_eval_rejects_empty_label_list(label_file, tiny_model_dir):
 def test_eval_with_more_shots_than_rows(label_file, tiny_model_dir):
     result = run("eval", "--data", label_file, "--model", tiny_model_dir, "--shots", "50")
     assert result.exit_code == 1
-    assert "shots=50 is more than the 10 training examples" in result.stderr
+    assert "shots=50 is more than the 10 rows to draw shots from" in result.stderr
 
 
 def test_eval_template_with_missing_field(label_file, tiny_model_dir, tmp_path):

@@ -150,7 +150,7 @@ def test_a_shot_pool_resolves_beside_the_file_and_never_holds_a_held_out_input(t
     assert [e.input for e in data.shot_rows] == ["reset my password", "refund please", "locked out"]
 
 
-def test_adding_a_shot_pool_reruns_only_the_strategies_whose_prompts_hold_shots(tmp_path):
+def test_adding_a_shot_pool_reruns_only_the_strategies_it_can_change(tmp_path):
     from tunelab.compare.runner import ExperimentRunner, load_experiment_data
 
     lines = "".join(
@@ -177,7 +177,7 @@ def test_adding_a_shot_pool_reruns_only_the_strategies_whose_prompts_hold_shots(
         runner = ExperimentRunner(experiment, load_experiment_data(experiment), tmp_path / "out")
         keys[pool] = {s.name: runner.spec_key(s) for s in experiment.strategies}
     changed = {name for name in keys[""] if keys[""][name] != keys[", shot_pool: more.jsonl"][name]}
-    assert changed == {"few", "opt", "lora-shots"}
+    assert changed == {"few", "opt", "opt0", "lora-shots"}  # a search reads the pool anyway
 
 
 def result(name, kind, value, low, high, trainable=0, seconds=0.0, latency=10.0, method=None,

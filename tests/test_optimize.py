@@ -196,7 +196,7 @@ def test_a_shot_pool_joins_the_search_pool_without_a_dev_or_test_input():
     )
     assert setup.splits.dev == first.splits.dev  # the pool does not move the dev split
     assert setup.splits.pool == [*first.splits.pool, extra[2]]
-    assert setup.splits.extra_shot_rows == 1
+    assert setup.splits.added_shot_rows == 1
     assert setup.splits.left_out_shot_rows.held_out == 2
     assert setup.splits.left_out_shot_rows.unknown_label == 1
 

@@ -63,7 +63,7 @@ def test_extra_shot_rows_leave_out_held_out_inputs_and_training_duplicates():
     ]
     test = [Example("Charged twice on my card", "billing", 1)]
     kept, left_out = usable_shot_rows(TRAIN, extra, test)
-    assert [e.line for e in kept] == [3] and left_out == LeftOutShotRows(held_out=1)
+    assert [e.line for e in kept] == [3] and left_out == LeftOutShotRows(held_out=1, repeated=2)
 
 
 def test_extra_shot_rows_leave_out_unknown_labels_and_contradicting_answers():
@@ -78,9 +78,9 @@ def test_extra_shot_rows_leave_out_unknown_labels_and_contradicting_answers():
     assert [e.line for e in kept] == [3]
     assert left_out == LeftOutShotRows(unknown_label=1, conflicting=2)
     said = left_out.describe()
-    assert said.startswith("3 left out: 1 with a label outside the label set, 2 answering")
-    kept, left_out = usable_shot_rows(TRAIN, extra, [], None)  # free text: any answer is one
-    assert [e.line for e in kept] == [2, 3] and left_out.total == 2
+    assert said.startswith("3 left out: 1 with a label outside the label set, 2 labelling")
+    kept, left_out = usable_shot_rows(TRAIN, extra, [], None)  # free text: answers may differ
+    assert [e.line for e in kept] == [1, 2, 3, 4] and left_out.total == 0
 
 
 def test_training_shots_from_a_larger_pool_never_hold_the_example():
@@ -208,9 +208,9 @@ def test_eval_on_rows_of_the_stored_pool_leaves_them_out_of_every_prompt(shot_ru
     out = tmp_path / "eval"
     result = CliRunner().invoke(app, [
         "eval", "--data", str(test), "--test", str(test), "--input", "text", "--output",
-        "label", "--adapter", str(run_dir), "--out", str(out),
+        "label", "--adapter", str(run_dir), "--limit", "2", "--out", str(out),
     ])  # fmt: skip
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0, result.output  # all 3, whatever --limit: the same pool
     assert "3 rows of the run's shot pool share an input with the test rows" in " ".join(
         result.output.split()
     )
@@ -305,7 +305,10 @@ def test_a_shot_pool_adds_rows_to_retrieve_from_but_never_a_held_out_one(
     result = CliRunner().invoke(app, [*args, "--shots", "3", "--selector", "similar"])
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
-    assert "8 training rows + 2 more labelled rows (3 left out" in said
+    assert (
+        "8 training rows + 2 more labelled rows (5 left out: 3 with a dev or test input, 2 "
+        "repeating a training or earlier pool row)" in said
+    )
     held_out = {normalize_text(t) for t, _ in dev + TEST_ROWS}
     shown = {normalize_text(s.input) for _, shots in seen for s in shots}
     assert not shown & held_out
@@ -315,3 +318,43 @@ def test_a_shot_pool_adds_rows_to_retrieve_from_but_never_a_held_out_one(
     run_dir = tmp_path / "run"
     stored = artifacts.read_shot_pool(run_dir, artifacts.read_meta(run_dir))
     assert [(e.input, e.output) for e in stored] == train + extra  # what eval and serve use
+
+
+def test_resume_compares_file_contents_and_names_a_changed_shot_pool(tmp_path):
+    from tunelab.errors import TuneLabError
+
+    stored = {"settings": {}, "strategy": {}, "base_model": "m",
+              "data": {"train": {"path": "a/train.jsonl", "sha256": "1"}}}  # fmt: skip
+    moved = {**stored, "data": {"train": {"path": "b/copy.jsonl", "sha256": "1"}}}
+    training_run._check_same_config(stored, moved, tmp_path)  # the same rows, elsewhere
+    pooled = {**moved, "data": {**moved["data"], "shot_pool": {"path": "p", "sha256": "2"}}}
+    with pytest.raises(TuneLabError, match=r"different: data \(shot_pool\)$"):
+        training_run._check_same_config(stored, pooled, tmp_path)
+
+
+def test_eval_draws_prompt_shots_from_a_shot_pool_too(tmp_path, tiny_model_dir, shot_run):
+    def write(name, pairs):
+        path = tmp_path / name
+        path.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in pairs))
+        return path
+
+    train = write("train.jsonl", [("refund my fee", "billing"), ("locked out", "login")] * 2)
+    test = write("test.jsonl", TEST_ROWS)
+    pool = write("pool.jsonl", [("my card was charged twice again", "billing"), TEST_ROWS[1]])
+    out = tmp_path / "eval"
+    args = ["eval", "--data", str(train), "--test", str(test), "--input", "text", "--output",
+            "label", "--model", str(tiny_model_dir), "--shots", "3", "--selector", "similar",
+            "--embedder", "tfidf", "--shot-pool", str(pool)]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "4 training rows + 1 more labelled rows (1 left out: 1 with a dev or test input)" in said
+    prompts = [json.loads(line)["prompt"] for line in (out / "predictions.jsonl").open()]
+    assert "my card was charged twice again" in prompts[0]  # the pool's row, retrieved
+    assert TEST_ROWS[1][0] not in prompts[0]  # a test input from the pool is never a shot
+    run_dir, _, _ = shot_run
+    refused = CliRunner().invoke(app, [*args, "--adapter", str(run_dir), "--out", str(out)])
+    assert (
+        refused.exit_code == 1
+        and "retrieves its shots from the pool it was trained" in " ".join(refused.output.split())
+    )

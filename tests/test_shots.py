@@ -62,7 +62,7 @@ def test_the_stand_in_for_a_query_own_row_depends_on_the_query_not_its_place():
 
 
 def test_more_shots_than_training_rows():
-    with pytest.raises(TuneLabError, match="shots=6 is more than the 5 training examples"):
+    with pytest.raises(TuneLabError, match="shots=6 is more than the 5 rows to draw shots from"):
         select_shots(PromptStrategy(shots=6), TRAIN, QUERIES)
 
 

@@ -13,6 +13,11 @@ from tunelab.yaml_files import read_yaml
         (b"a: 1\nb: [2\n", r"f\.yaml:3:1: not valid YAML: expected ',' or ']'"),
         (b'a: 1\nb: "x\x01"\n', r"f\.yaml:2:6: not valid YAML: character '\\x01' is not allowed"),
         (b"a: \xff\n", r"f\.yaml:1: not valid UTF-8 \(byte 0xff at column 4\)"),
+        (
+            b"a: 1\nb:\n  c: 2\n  c: 3\n",
+            r"f\.yaml:4:3: not valid YAML: key 'c' is given twice \("
+            r"first on line 3\)",
+        ),
     ],
 )
 def test_a_broken_file_is_one_line_with_its_place(tmp_path, content, expected):
@@ -22,6 +27,12 @@ def test_a_broken_file_is_one_line_with_its_place(tmp_path, content, expected):
         read_yaml(path, "--search-space ")
     assert "\n" not in str(caught.value)
     assert str(caught.value).startswith("--search-space ")
+
+
+def test_a_merge_key_may_be_overridden_but_a_key_not_repeated(tmp_path):
+    path = tmp_path / "f.yaml"
+    path.write_text("base: &b {x: 1, y: 2}\nuse:\n  <<: *b\n  y: 3\n", encoding="utf-8")
+    assert read_yaml(path)["use"] == {"x": 1, "y": 3}
 
 
 def test_an_unreadable_path_is_one_line(tmp_path):

@@ -18,11 +18,36 @@ def read_yaml(path: Path, what: str = ""):
     except TuneLabError as err:
         raise TuneLabError(f"{what}{err}") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
         raise TuneLabError(
             f"{what}{_where(path, text, err)}: not valid YAML: {_problem(err)}"
         ) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: YAML
+    forbids it, and silently keeping the last value would run a setting the user did not
+    mean (two ``strategies:`` lists, a ``lr`` set twice)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *x`, overridden on purpose
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if first is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None,
+                        f"key {key!r} is given twice (first on line {first.start_mark.line + 1})",
+                        key_node.start_mark,
+                    )  # fmt: skip
+        return super().construct_mapping(node, deep=deep)
 
 
 def _where(path: Path, text: str, err: yaml.YAMLError) -> str:

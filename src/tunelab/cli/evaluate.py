@@ -27,6 +27,7 @@ from tunelab.models import DEFAULT_MODEL, load_model
 from tunelab.models.device import resolve_placement
 from tunelab.paths import require_file
 from tunelab.prompting import PromptStrategy, load_strategy
+from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line, usable_shot_rows
 from tunelab.prompting.strategy import (
     PARAPHRASES_CLASSIFY,
     PARAPHRASES_FREE,
@@ -76,6 +77,10 @@ def eval_command(
     consistency: bool = typer.Option(False, help="Also run paraphrased templates."),
     paraphrases: Path | None = typer.Option(None, help="YAML list of templates for consistency."),
     embedder: str = typer.Option("auto", help="auto (MiniLM when installed) | tfidf."),
+    shot_pool: Path | None = typer.Option(
+        None,
+        help=SHOT_POOL_HELP + " Not with an --adapter run trained with shots (it has its own).",
+    ),
     seed: int = typer.Option(0),
     batch_size: int = typer.Option(8, min=1),
     out: Path | None = typer.Option(
@@ -103,12 +108,16 @@ def eval_command(
         train, held_out = train_set.examples, load_dataset(test, input_field, output_field).examples
     else:
         train, held_out = split_examples(train_set.examples, 0.2, seed=seed)
+    every_test_row = held_out  # the stored pool is filtered against all, whatever --limit
     held_out = held_out[:limit] if limit else held_out
     if labels == "auto" and "labels" in trained:
         label_set = trained["labels"]
     else:
         label_set = resolve_labels(labels, train)
     warn(label_warnings(label_set, held_out))
+    if shot_pool:
+        train = train + _usable_pool_rows(shot_pool, trained, train, every_test_row, label_set,
+                                          input_field, output_field)  # fmt: skip
     train = with_task_prefix(train, trained.get("task_prefix"))
     embedder = choice("--embedder", embedder, ("auto", "tfidf"))
     if trained.get("shot_pool") and strategy.shots:  # the rows the run was trained with
@@ -119,9 +128,9 @@ def eval_command(
         if strategy.selector == "similar":
             warn([w for w in [retriever_warning(trained.get("retriever"), embedder)] if w])
             embedder = run_embedder(trained.get("retriever"), embedder)
+            every_test_row = with_task_prefix(every_test_row, trained.get("task_prefix"))
+            train = _pool_without_test_rows(train, every_test_row)
     held_out = with_task_prefix(held_out, trained.get("task_prefix"))
-    if trained.get("shot_pool") and strategy.shots:
-        train = _pool_without_test_rows(train, held_out)
     settings = EvalSettings(
         mode=choice("--mode", mode, ("auto", "score", "generate", "both")),
         generation=GenerationConfig(
@@ -181,6 +190,7 @@ def eval_command(
         settings=settings,
         labels=label_set,
         limit=limit,
+        shot_pool=shot_pool,
         placement=placement.record(),
     )
     write_run(claim(run_dir, "eval"), result, config)
@@ -291,7 +301,9 @@ def _print_result(result: EvalResult, strategy: PromptStrategy, show: int) -> No
 
 
 def _pool_without_test_rows(pool: list, held_out: list) -> list:
-    """The run's stored shot pool less the rows that share an input with these test rows."""
+    """The run's stored shot pool less the rows that share an input with these test rows (for
+    retrieved shots; fixed and random ones keep the training pool's indices and draws, and
+    never show a query its own row)."""
     from tunelab.prompting.shot_pool import without_held_out
 
     kept = without_held_out(pool, held_out)
@@ -302,4 +314,18 @@ def _pool_without_test_rows(pool: list, held_out: list) -> list:
         )  # fmt: skip
     if not kept:
         raise TuneLabError("every row of the run's shot pool is a test row: no shots are left")
+    return kept
+
+
+def _usable_pool_rows(path: Path, trained: dict, train, test, labels, input_field, output_field):
+    """The rows of --shot-pool that may join the shot source (as `tunelab train` and
+    `optimize` filter them), with the plan's line saying what was left out."""
+    if trained.get("shot_pool"):
+        raise TuneLabError(
+            "--shot-pool: the --adapter run retrieves its shots from the pool it was trained "
+            "with (adapter/shots.jsonl); train it again with --shot-pool to change that pool"
+        )
+    extra = load_dataset(path, input_field, output_field).examples
+    kept, left_out = usable_shot_rows(train, extra, test, labels)
+    console.print(shot_pool_line(len(train), len(kept), left_out) or "")
     return kept

@@ -101,9 +101,8 @@ def optimize_command(
     label_set = resolve_labels(labels, train)
     train, test_examples, test_files = _split_test(test, train, input_field, output_field, seed)
     metric = _metric(metric, label_set, is_json_task([e.output for e in test_examples]))
-    if shot_pool:
-        test_files["shot_pool"] = file_record(shot_pool)
     extra = load_dataset(shot_pool, input_field, output_field).examples if shot_pool else []
+    files = {**test_files, **({"shot_pool": file_record(shot_pool)} if shot_pool else {})}
     setup = search_setup(train, test_examples, label_set, options, seed=seed, extra_shot_rows=extra)
     splits, space, settings = setup.splits, setup.space, setup.settings
     eval_settings = EvalSettings(
@@ -116,7 +115,7 @@ def optimize_command(
     run_dir = out or Path("runs") / time.strftime("optimize-%Y%m%d-%H%M%S")
     config = {
         "model": model,
-        "data": {"train": file_record(data), **test_files},
+        "data": {"train": file_record(data), **files},
         "labels": label_set,
         "start": start.model_dump(),
         "search": {**vars(settings), "operators": operators, "max_shots": max_shots},
@@ -155,6 +154,9 @@ def optimize_command(
     _print_best(result, metric)
     _print_test(test_results, metric)
     console.print(f"best prompt: {run_dir / 'best.yaml'}\nrun folder: {run_dir}")
+    if shot_pool:
+        console.print(f"its shots came from the training rows and {shot_pool}: evaluate it "
+                      f"with the same --shot-pool")  # fmt: skip
 
 
 def _start_strategy(prompt: Path | None, instruction: str | None) -> PromptStrategy:
@@ -256,8 +258,8 @@ def _print_plan(splits: OptimizeSplits, labels, metric, settings: SearchSettings
             f"[yellow]note[/]: {splits.dropped} training rows share an input with the test set "
             "and were left out of the dev split and the shot pool"
         )
-    extra = splits.extra_shot_rows
-    pool = shot_pool_line(len(splits.pool) - extra, extra, splits.left_out_shot_rows)
+    added = splits.added_shot_rows
+    pool = shot_pool_line(len(splits.pool) - added, added, splits.left_out_shot_rows)
     if pool:
         console.print(pool)
 

@@ -46,7 +46,7 @@ def train_command(
     selector: str | None = typer.Option(None, help="Shots: similar | random | fixed."),
     shot_pool: Path | None = typer.Option(
         None,
-        help=SHOT_POOL_HELP + " Stored with the run.",
+        help=SHOT_POOL_HELP + " Used in training and at inference (stored with the run).",
     ),
     labels: str = typer.Option("auto", help="auto | none | comma-separated label list."),
     task_prefix: str | None = typer.Option(None, help='e.g. "[TECH_SUPPORT]", stored with it.'),

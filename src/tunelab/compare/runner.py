@@ -183,10 +183,10 @@ class ExperimentRunner:
         source = spec.prompt_from or spec.run_from
         pool = self.uses_shot_pool(spec)  # else adding a pool keeps this result current
         hashes = {
-            role: sha256_of(path)
-            for role, path in self.data.files.items()
-            if role != "shot_pool" or pool
+            role: sha256_of(path) for role, path in self.data.files.items() if role != "shot_pool"
         }
+        if pool and self.data.files.get("shot_pool"):  # the rows kept, not the file: a change
+            hashes["shot_pool"] = _rows_hash(self.data.extra_shot_rows)  # of the rules counts
         if self.experiment.eval.format_schema is not None:
             hashes["format_schema"] = sha256_of(self.experiment.eval.format_schema)
         later = ("run_from", "constrain", "search", "trial")
@@ -213,12 +213,13 @@ class ExperimentRunner:
         return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
     def uses_shot_pool(self, spec: StrategySpec) -> bool:
-        """Whether this strategy's prompts can hold shots (from the experiment's shot pool):
-        its own prompt has shots, an optimize search may add them, or its source's can."""
+        """Whether the experiment's shot pool can change this strategy's result: its prompt
+        holds shots, its source's can, or it is a prompt search (whose edits, answer length
+        and instruction writer all read the pool)."""
+        if spec.kind == "optimize":
+            return True
         if spec.run_from or spec.prompt_from:
             return self.uses_shot_pool(self.experiment.strategy(spec.run_from or spec.prompt_from))
-        if spec.kind == "optimize":
-            return spec.optimize.max_shots > 0
         if spec.prompt_file:
             return load_strategy(spec.prompt_file).shots > 0
         return spec.prompt is not None and spec.prompt.shots > 0
@@ -552,6 +553,11 @@ def _run_costs(run_dir: Path) -> dict:
 
     cost = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))["training"]
     return cost | {"size_bytes": _weights_size(run_dir / ADAPTER_DIR)}
+
+
+def _rows_hash(rows: list[Example]) -> str:
+    pairs = [[e.input, e.output] for e in rows]
+    return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
 
 
 def _unset(model, names: tuple[str, ...]) -> set[str]:

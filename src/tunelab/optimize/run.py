@@ -33,7 +33,7 @@ class OptimizeSplits:
     dev: list[Example]  # every candidate is scored here
     test: list[Example]  # only the start and the winner, after the search
     dropped: int = 0  # training rows removed because the test set holds the same input
-    extra_shot_rows: int = 0  # rows of a shot pool file at the end of ``pool``
+    added_shot_rows: int = 0  # how many rows of a shot pool file end ``pool``
     left_out_shot_rows: LeftOutShotRows = field(default_factory=LeftOutShotRows)
 
 
@@ -88,13 +88,14 @@ def search_setup(
     options: SearchOptions,
     *,
     seed: int,
-    extra_shot_rows: list[Example] = (),
+    extra_shot_rows: list[Example] | None = None,
 ) -> SearchSetup:
     """Splits, edit space and search settings, checked before any model is loaded (the
     operator names are checked where they are read: the CLI option, the experiment file).
 
-    ``extra_shot_rows`` (a shot pool) join the rows shots come from, except those whose input
-    is one of the search's dev rows: candidates are scored without seeing a dev answer.
+    ``extra_shot_rows`` (a shot pool) join the rows shots come from, filtered as
+    ``usable_shot_rows`` says (against the search's dev rows and the test rows too, so no
+    candidate is scored with a dev answer in its prompt).
     """
     if options.operators == () and not options.llm:
         raise TuneLabError("no operators and llm 0 leave nothing to propose")
@@ -105,9 +106,8 @@ def search_setup(
         )
     splits = optimization_splits(train, test, dev_rows, seed=seed, stratify=labels is not None)
     if extra_shot_rows:
-        extra, left_out = usable_shot_rows(splits.pool, list(extra_shot_rows), splits.dev + test,
-                                           labels)  # fmt: skip
-        splits = replace(splits, pool=splits.pool + extra, extra_shot_rows=len(extra),
+        extra, left_out = usable_shot_rows(splits.pool, extra_shot_rows, splits.dev + test, labels)
+        splits = replace(splits, pool=splits.pool + extra, added_shot_rows=len(extra),
                          left_out_shot_rows=left_out)  # fmt: skip
     space = EditSpace(
         classification=labels is not None,

@@ -15,6 +15,7 @@ class LeftOutShotRows:
     held_out: int = 0  # the input is a dev or test input: a prompt would show its answer
     unknown_label: int = 0  # the answer is not one of the task's labels
     conflicting: int = 0  # an earlier row (training rows first) answers the same input otherwise
+    repeated: int = 0  # the same input and answer as an earlier row: nothing new to show
 
     def __add__(self, other: "LeftOutShotRows") -> "LeftOutShotRows":
         return LeftOutShotRows(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
@@ -28,15 +29,16 @@ class LeftOutShotRows:
         reasons = [
             (self.held_out, "with a dev or test input"),
             (self.unknown_label, "with a label outside the label set"),
-            (self.conflicting, "answering an input another row answers differently"),
+            (self.conflicting, "labelling an input another row labels differently"),
+            (self.repeated, "repeating a training or earlier pool row"),
         ]
         said = ", ".join(f"{n} {why}" for n, why in reasons if n)
         return f"{self.total} left out" + (f": {said}" if said else "")
 
 
 SHOT_POOL_HELP = (
-    "More labelled rows to take shots from besides the training rows, in training and at "
-    "inference; rows with a dev or test input, a label outside the label set, or an answer "
+    "More labelled rows to take shots from besides the training rows; rows with a dev or "
+    "test input, a label outside the label set, or a label "
     "that contradicts another row's are left out."
 )
 
@@ -59,11 +61,11 @@ def usable_shot_rows(
 
     A pool larger than the training set gives closer neighbours: a user often has more
     labelled rows than are worth training on. Left out: rows whose input is a held-out input
-    (a prompt never shows a dev or test answer), rows whose answer is not a label (the model
-    could copy an answer it can never give), and rows that answer an input differently from
-    an earlier row (the training rows come first: they are the ground truth). Rows already in
-    the training set are dropped silently. The training rows stay first in the pool, so
-    fixed ``shot_ids`` keep indexing them.
+    (a prompt never shows a dev or test answer) and, with a label set, rows whose answer is
+    not a label (the model could copy an answer it can never give) or that label an input
+    differently from an earlier row (the training rows come first: they are the ground
+    truth), and repeats of an earlier row. The training rows stay first in the pool, so fixed
+    ``shot_ids`` keep indexing them.
     """
     hidden = {normalize_text(e.input) for e in held_out}
     known = set(labels) if labels is not None else None
@@ -77,9 +79,11 @@ def usable_shot_rows(
             left_out["held_out"] += 1
         elif known is not None and example.output not in known:
             left_out["unknown_label"] += 1
-        elif text in answers and example.output not in answers[text]:
-            left_out["conflicting"] += 1
-        elif example.output not in answers[text]:
+        elif known is not None and text in answers and example.output not in answers[text]:
+            left_out["conflicting"] += 1  # (free-text answers may differ and both be right)
+        elif example.output in answers[text]:
+            left_out["repeated"] += 1
+        else:
             answers[text].add(example.output)
             kept.append(example)
     return kept, LeftOutShotRows(**left_out)

@@ -30,7 +30,7 @@ def select_shots(
     if k == 0:
         return [[] for _ in queries], None
     if k > len(train):
-        raise TuneLabError(f"shots={k} is more than the {len(train)} training examples")
+        raise TuneLabError(f"shots={k} is more than the {len(train)} rows to draw shots from")
     if strategy.selector == "fixed":
         return _own_rows_swapped(_fixed(strategy, train), train, queries, seed), None
     if strategy.selector == "random":
@@ -157,7 +157,7 @@ def training_shots(
     if k >= len(pool):
         raise TuneLabError(
             f"shots={k} needs more than the {len(pool)} rows of the shot pool (the training "
-            "rows and any --shot-pool rows): each training example's shots come from the other "
+            "rows and any shot-pool rows): each training example's shots come from the other "
             "rows"
         )
     if strategy.selector == "similar":

@@ -533,13 +533,22 @@ def _step_of(checkpoint: Path | None) -> int:
 
 
 def _check_same_config(stored: dict, requested: dict, run_dir: Path) -> None:
-    keys = ("settings", "strategy", "base_model", "data")
+    keys = ("settings", "strategy", "base_model")
     changed = [k for k in keys if stored.get(k) != requested.get(k)]
+    # the files' contents count, not their paths: a moved or copied file resumes
+    old, new = _contents(stored.get("data")), _contents(requested.get("data"))
+    roles = sorted(r for r in old.keys() | new.keys() if old.get(r) != new.get(r))
+    if roles:
+        changed.append(f"data ({', '.join(roles)})")
     if changed:
         raise TuneLabError(
             f"{run_dir}: --resume needs the same settings as the interrupted run; "
             f"different: {', '.join(changed)}"
         )
+
+
+def _contents(files: dict | None) -> dict[str, str | None]:
+    return {role: record.get("sha256") for role, record in (files or {}).items()}
 
 
 def _run_config(settings, data: TrainData, strategy, base_model: str) -> dict:
