@@ -352,6 +352,8 @@ def test_eval_draws_prompt_shots_from_a_shot_pool_too(tmp_path, tiny_model_dir, 
     prompts = [json.loads(line)["prompt"] for line in (out / "predictions.jsonl").open()]
     assert "my card was charged twice again" in prompts[0]  # the pool's row, retrieved
     assert TEST_ROWS[1][0] not in prompts[0]  # a test input from the pool is never a shot
+    no_shots = CliRunner().invoke(app, [*args, "--shots", "0", "--out", str(out)])
+    assert no_shots.exit_code == 1 and "it needs --shots N" in no_shots.output
     run_dir, _, _ = shot_run
     refused = CliRunner().invoke(app, [*args, "--adapter", str(run_dir), "--out", str(out)])
     assert (

@@ -116,8 +116,8 @@ def eval_command(
         label_set = resolve_labels(labels, train)
     warn(label_warnings(label_set, held_out))
     if shot_pool:
-        train = train + _usable_pool_rows(shot_pool, trained, train, every_test_row, label_set,
-                                          input_field, output_field)  # fmt: skip
+        train = train + _usable_pool_rows(shot_pool, strategy, trained, train, every_test_row,
+                                          label_set, input_field, output_field)  # fmt: skip
     train = with_task_prefix(train, trained.get("task_prefix"))
     embedder = choice("--embedder", embedder, ("auto", "tfidf"))
     if trained.get("shot_pool") and strategy.shots:  # the rows the run was trained with
@@ -317,9 +317,13 @@ def _pool_without_test_rows(pool: list, held_out: list) -> list:
     return kept
 
 
-def _usable_pool_rows(path: Path, trained: dict, train, test, labels, input_field, output_field):
+def _usable_pool_rows(
+    path: Path, strategy, trained: dict, train, test, labels, input_field, output_field
+):
     """The rows of --shot-pool that may join the shot source (as `tunelab train` and
     `optimize` filter them), with the plan's line saying what was left out."""
+    if not strategy.shots:
+        raise TuneLabError("--shot-pool is where shots come from: it needs --shots N (N > 0)")
     if trained.get("shot_pool"):
         raise TuneLabError(
             "--shot-pool: the --adapter run retrieves its shots from the pool it was trained "
@@ -327,5 +331,5 @@ def _usable_pool_rows(path: Path, trained: dict, train, test, labels, input_fiel
         )
     extra = load_dataset(path, input_field, output_field).examples
     kept, left_out = usable_shot_rows(train, extra, test, labels)
-    console.print(shot_pool_line(len(train), len(kept), left_out) or "")
+    console.print(shot_pool_line(len(train), len(kept), left_out) or f"{path}: no usable rows")
     return kept
