@@ -360,3 +360,19 @@ def test_eval_draws_prompt_shots_from_a_shot_pool_too(tmp_path, tiny_model_dir, 
         refused.exit_code == 1
         and "retrieves its shots from the pool it was trained" in " ".join(refused.output.split())
     )
+
+
+def test_a_shot_pool_is_read_with_the_training_files_fields(tmp_path):
+    from tunelab.data.loading import load_dataset, load_like
+    from tunelab.errors import TuneLabError
+
+    train = tmp_path / "train.jsonl"
+    train.write_text(json.dumps({"text": "card charged twice", "label": "billing"}) + "\n")
+    other = tmp_path / "pool.jsonl"  # fields another file would have guessed its own way
+    other.write_text(json.dumps({"question": "locked out", "answer": "login"}) + "\n")
+    same = tmp_path / "pool.csv"
+    same.write_text("text,label\nlocked out,login\n")
+    main = load_dataset(train)
+    assert [e.output for e in load_like(same, main).examples] == ["login"]
+    with pytest.raises(TuneLabError, match=r"pool\.jsonl:1: field 'text' \(the input\) not found"):
+        load_like(other, main)

@@ -10,6 +10,7 @@ from rich.table import Table
 from tunelab.cli.common import choice, device_option, dtype_option
 from tunelab.cli.output import console, inputs_cut_warning, warn
 from tunelab.data import load_dataset, split_examples
+from tunelab.data.loading import load_like
 from tunelab.data.stats import label_warnings, resolve_labels
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.runner import (
@@ -116,8 +117,8 @@ def eval_command(
         label_set = resolve_labels(labels, train)
     warn(label_warnings(label_set, held_out))
     if shot_pool:
-        train = train + _usable_pool_rows(shot_pool, strategy, trained, train, every_test_row,
-                                          label_set, input_field, output_field)  # fmt: skip
+        train = train + _usable_pool_rows(shot_pool, strategy, trained, train_set, train,
+                                          every_test_row, label_set)  # fmt: skip
     train = with_task_prefix(train, trained.get("task_prefix"))
     embedder = choice("--embedder", embedder, ("auto", "tfidf"))
     if trained.get("shot_pool") and strategy.shots:  # the rows the run was trained with
@@ -317,9 +318,7 @@ def _pool_without_test_rows(pool: list, held_out: list) -> list:
     return kept
 
 
-def _usable_pool_rows(
-    path: Path, strategy, trained: dict, train, test, labels, input_field, output_field
-):
+def _usable_pool_rows(path: Path, strategy, trained: dict, train_set, train, test, labels):
     """The rows of --shot-pool that may join the shot source (as `tunelab train` and
     `optimize` filter them), with the plan's line saying what was left out."""
     if not strategy.shots:
@@ -329,7 +328,7 @@ def _usable_pool_rows(
             "--shot-pool: the --adapter run retrieves its shots from the pool it was trained "
             "with (adapter/shots.jsonl); train it again with --shot-pool to change that pool"
         )
-    extra = load_dataset(path, input_field, output_field).examples
+    extra = load_like(path, train_set).examples
     kept, left_out = usable_shot_rows(train, extra, test, labels)
     console.print(shot_pool_line(len(train), len(kept), left_out) or f"{path}: no usable rows")
     return kept

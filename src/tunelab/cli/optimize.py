@@ -10,6 +10,7 @@ from rich.table import Table
 from tunelab.cli.common import choice, device_option, dtype_option
 from tunelab.cli.output import console
 from tunelab.data import load_dataset, split_examples
+from tunelab.data.loading import load_like
 from tunelab.data.stats import looks_like_classification, resolve_labels
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import is_json_task
@@ -97,11 +98,12 @@ def optimize_command(
         proposer_model=proposer_model, proposer_key_env=proposer_key_env,
     )  # fmt: skip
     start = _start_strategy(prompt, instruction)
-    train = load_dataset(data, input_field, output_field).examples
+    train_set = load_dataset(data, input_field, output_field)
+    train = train_set.examples
     label_set = resolve_labels(labels, train)
     train, test_examples, test_files = _split_test(test, train, input_field, output_field, seed)
     metric = _metric(metric, label_set, is_json_task([e.output for e in test_examples]))
-    extra = load_dataset(shot_pool, input_field, output_field).examples if shot_pool else []
+    extra = load_like(shot_pool, train_set).examples if shot_pool else []
     files = {**test_files, **({"shot_pool": file_record(shot_pool)} if shot_pool else {})}
     setup = search_setup(train, test_examples, label_set, options, seed=seed, extra_shot_rows=extra)
     splits, space, settings = setup.splits, setup.space, setup.settings

@@ -12,6 +12,7 @@ from tunelab import distributed
 from tunelab.cli.common import device_option, dtype_option
 from tunelab.cli.output import console, inputs_cut_warning, warn
 from tunelab.data import load_dataset, split_examples
+from tunelab.data.loading import load_like
 from tunelab.data.stats import label_warnings, resolve_labels
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import is_json_task
@@ -318,7 +319,8 @@ def _cuda() -> bool:
 def _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed, pool=None):
     from tunelab.training.run import TrainData
 
-    train = load_dataset(data, input_field, output_field).examples
+    train_set = load_dataset(data, input_field, output_field)
+    train = train_set.examples
     label_set = resolve_labels(labels, train)
     files = {"train": data}
     if dev:
@@ -336,7 +338,7 @@ def _load_data(data, dev, dev_size, test, input_field, output_field, labels, see
         files["test"] = test
     extra = []
     if pool:
-        extra = load_dataset(pool, input_field, output_field).examples
+        extra = load_like(pool, train_set).examples
         files["shot_pool"] = pool
     return TrainData(train, dev_examples, test_examples, label_set, files, extra)
 

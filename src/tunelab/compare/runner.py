@@ -18,7 +18,7 @@ from pathlib import Path
 from tunelab.compare.experiment import Experiment, StrategySpec
 from tunelab.compare.progress import ProgressFile
 from tunelab.data import load_dataset, split_examples
-from tunelab.data.loading import Example
+from tunelab.data.loading import Example, load_like
 from tunelab.data.stats import resolve_labels
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import JSON_METRICS, is_json_task
@@ -61,7 +61,8 @@ class ExperimentData:
 
 def load_experiment_data(experiment: Experiment) -> ExperimentData:
     spec, seed = experiment.data, experiment.seed
-    train = load_dataset(spec.train, spec.input, spec.output).examples
+    train_set = load_dataset(spec.train, spec.input, spec.output)
+    train = train_set.examples
     labels = resolve_labels(spec.labels, train)
     stratify = labels is not None
     files = {"train": spec.train}
@@ -79,7 +80,7 @@ def load_experiment_data(experiment: Experiment) -> ExperimentData:
         dev = []
     extra, left_out = [], LeftOutShotRows()
     if spec.shot_pool:
-        pool = load_dataset(spec.shot_pool, spec.input, spec.output).examples
+        pool = load_like(spec.shot_pool, train_set).examples
         extra, left_out = usable_shot_rows(train, pool, dev + test, labels)
         files["shot_pool"] = spec.shot_pool
     return ExperimentData(train, dev, test, labels, files, extra, left_out)

@@ -65,6 +65,14 @@ def load_dataset(
     raise TuneLabError(f"{path}: unsupported file type {suffix!r} (use .jsonl or .csv)")
 
 
+def load_like(path: str | Path, main: Dataset) -> Dataset:
+    """A file that must share ``main``'s fields (a shot pool): read with the fields ``main``
+    was read with, so a file with other names is a clear error, not a second guess."""
+    if main.format == "chat":
+        return load_dataset(path)
+    return load_dataset(path, main.input_field, main.output_field)
+
+
 def read_utf8(path: Path) -> str:
     """The file's text; bytes that are not UTF-8 are named by line and column."""
     data = path.read_bytes()
