@@ -168,8 +168,9 @@ def test_adding_a_shot_pool_reruns_only_the_strategies_it_can_change(tmp_path):
         "  - {name: lora-shots, train: {method: lora}, prompt: {shots: 2}}\n"
         "  - {name: lora-json, run_from: lora, constrain: json}\n"
     )
+    (tmp_path / "held-out.jsonl").write_text(lines.replace("question", "test"), encoding="utf-8")
     keys = {}
-    for pool in ("", ", shot_pool: more.jsonl"):
+    for pool in ("", ", shot_pool: more.jsonl", ", shot_pool: held-out.jsonl"):
         path = write_experiment(
             tmp_path, f"name: x\ndata: {{train: train.jsonl, test: test.jsonl{pool}}}\n{strategies}"
         )
@@ -178,6 +179,7 @@ def test_adding_a_shot_pool_reruns_only_the_strategies_it_can_change(tmp_path):
         keys[pool] = {s.name: runner.spec_key(s) for s in experiment.strategies}
     changed = {name for name in keys[""] if keys[""][name] != keys[", shot_pool: more.jsonl"][name]}
     assert changed == {"few", "opt", "opt0", "lora-shots"}  # a search reads the pool anyway
+    assert keys[""] == keys[", shot_pool: held-out.jsonl"]  # every row left out: no change
 
 
 def result(name, kind, value, low, high, trainable=0, seconds=0.0, latency=10.0, method=None,

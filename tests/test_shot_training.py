@@ -343,15 +343,16 @@ def test_eval_draws_prompt_shots_from_a_shot_pool_too(tmp_path, tiny_model_dir, 
     pool = write("pool.jsonl", [("my card was charged twice again", "billing"), TEST_ROWS[1]])
     out = tmp_path / "eval"
     args = ["eval", "--data", str(train), "--test", str(test), "--input", "text", "--output",
-            "label", "--model", str(tiny_model_dir), "--shots", "3", "--selector", "similar",
+            "label", "--model", str(tiny_model_dir), "--shots", "5", "--selector", "similar",
             "--embedder", "tfidf", "--shot-pool", str(pool)]  # fmt: skip
     result = CliRunner().invoke(app, [*args, "--out", str(out)])
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "4 training rows + 1 more labelled rows (1 left out: 1 with a dev or test input)" in said
     prompts = [json.loads(line)["prompt"] for line in (out / "predictions.jsonl").open()]
-    assert "my card was charged twice again" in prompts[0]  # the pool's row, retrieved
-    assert TEST_ROWS[1][0] not in prompts[0]  # a test input from the pool is never a shot
+    assert all("my card was charged twice again" in p for p in prompts)  # the pool's row
+    # 5 shots of the 5 rows left: the pool's copy of test row 2 would be one, were it kept
+    assert TEST_ROWS[1][0] not in prompts[0] and prompts[1].count(TEST_ROWS[1][0]) == 1
     no_shots = CliRunner().invoke(app, [*args, "--shots", "0", "--out", str(out)])
     assert no_shots.exit_code == 1 and "it needs --shots N" in no_shots.output
     run_dir, _, _ = shot_run

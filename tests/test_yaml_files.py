@@ -33,6 +33,8 @@ def test_a_merge_key_may_be_overridden_but_a_key_not_repeated(tmp_path):
     path = tmp_path / "f.yaml"
     path.write_text("base: &b {x: 1, y: 2}\nuse:\n  <<: *b\n  y: 3\n", encoding="utf-8")
     assert read_yaml(path)["use"] == {"x": 1, "y": 3}
+    path.write_text("c:\n  <<: &b\n    <<: {x: 1}\n    x: 2\nd: *b\n", encoding="utf-8")
+    assert read_yaml(path)["d"] == {"x": 2}  # a merged anchor, reused: no repeat
 
 
 def test_an_unreadable_path_is_one_line(tmp_path):

@@ -30,24 +30,32 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     forbids it, and silently keeping the last value would run a setting the user did not
     mean (two ``strategies:`` lists, a ``lr`` set twice)."""
 
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *x`, overridden on purpose
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    first = seen.setdefault(key, key_node)
-                except TypeError:  # an unhashable key: PyYAML's own error follows
-                    continue
-                if first is not key_node:
-                    raise yaml.constructor.ConstructorError(
-                        None, None,
-                        f"key {key!r} is given twice (first on line {first.start_mark.line + 1})",
-                        key_node.start_mark,
-                    )  # fmt: skip
-        return super().construct_mapping(node, deep=deep)
+    def flatten_mapping(self, node):
+        # Every mapping passes here before PyYAML folds its `<<` merges into it (in place,
+        # also for a merged anchor that an alias reuses later): check each one once, as
+        # written, so merged keys and their overrides never count as repeats.
+        checked = self.__dict__.setdefault("_checked", set())
+        if id(node) not in checked:
+            checked.add(id(node))
+            self._refuse_repeated_keys(node)
+        super().flatten_mapping(node)
+
+    def _refuse_repeated_keys(self, node) -> None:
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *x`, overridden on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: PyYAML's own error follows
+                continue
+            if first is not key_node:
+                raise yaml.constructor.ConstructorError(
+                    None, None,
+                    f"key {key!r} is given twice (first on line {first.start_mark.line + 1})",
+                    key_node.start_mark,
+                )  # fmt: skip
 
 
 def _where(path: Path, text: str, err: yaml.YAMLError) -> str:

@@ -157,8 +157,9 @@ def optimize_command(
     _print_test(test_results, metric)
     console.print(f"best prompt: {run_dir / 'best.yaml'}\nrun folder: {run_dir}")
     if shot_pool:
-        console.print(f"its shots came from the training rows and {shot_pool}: evaluate it "
-                      f"with the same --shot-pool")  # fmt: skip
+        console.print(f"its shots came from the training rows and {shot_pool}: give `tunelab "
+                      "eval` the same --shot-pool (eval also draws from the search's dev rows, "
+                      "so its prompts can differ a little)")  # fmt: skip
 
 
 def _start_strategy(prompt: Path | None, instruction: str | None) -> PromptStrategy:

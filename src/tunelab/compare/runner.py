@@ -186,8 +186,8 @@ class ExperimentRunner:
         hashes = {
             role: sha256_of(path) for role, path in self.data.files.items() if role != "shot_pool"
         }
-        if pool and self.data.files.get("shot_pool"):  # the rows kept, not the file: a change
-            hashes["shot_pool"] = _rows_hash(self.data.extra_shot_rows)  # of the rules counts
+        if pool and self.data.extra_shot_rows:  # the rows kept, not the file: a moved file
+            hashes["shot_pool"] = _rows_hash(self.data.extra_shot_rows)  # or new rules count
         if self.experiment.eval.format_schema is not None:
             hashes["format_schema"] = sha256_of(self.experiment.eval.format_schema)
         later = ("run_from", "constrain", "search", "trial")
@@ -204,10 +204,8 @@ class ExperimentRunner:
             "eval": self.experiment.eval.model_dump(
                 mode="json", exclude=_unset(self.experiment.eval, ("format_schema", "format_regex"))
             ),
-            "data": self.experiment.data.model_dump(
-                mode="json",
-                exclude=set() if pool and self.experiment.data.shot_pool else {"shot_pool"},
-            ),  # a setting added later counts only when set: older results stay current
+            "data": self.experiment.data.model_dump(mode="json", exclude={"shot_pool"}),
+            # (the pool counts by the rows kept from it, in hashes)
             "hashes": hashes,
             "source": self.spec_key(self.experiment.strategy(source)) if source else None,
         }
@@ -557,8 +555,10 @@ def _run_costs(run_dir: Path) -> dict:
 
 
 def _rows_hash(rows: list[Example]) -> str:
-    pairs = [[e.input, e.output] for e in rows]
-    return hashlib.sha256(json.dumps(pairs, ensure_ascii=False).encode()).hexdigest()
+    """The rows' content, every field included (a template may show any of them)."""
+    content = [[e.input, e.output, dict(e.fields)] for e in rows]
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False, sort_keys=True,
+                                     default=str).encode()).hexdigest()  # fmt: skip
 
 
 def _unset(model, names: tuple[str, ...]) -> set[str]:

@@ -14,7 +14,8 @@ class LeftOutShotRows:
 
     held_out: int = 0  # the input is a dev or test input: a prompt would show its answer
     unknown_label: int = 0  # the answer is not one of the task's labels
-    conflicting: int = 0  # an earlier row (training rows first) answers the same input otherwise
+    conflicting: int = 0  # label sets only: an earlier row (training rows first, then the pool
+    # in file order: the first wins) labels the same input otherwise
     repeated: int = 0  # the same input and answer as an earlier row: nothing new to show
 
     def __add__(self, other: "LeftOutShotRows") -> "LeftOutShotRows":
