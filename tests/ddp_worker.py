@@ -14,7 +14,8 @@ from transformers import TrainerCallback
 from tunelab import distributed
 from tunelab.data.loading import Example
 from tunelab.training.config import make_settings
-from tunelab.training.run import TrainData, default_training_strategy, train_run
+from tunelab.training.data import TrainData
+from tunelab.training.run import default_training_strategy, train_run
 from tunelab.training.trainer import TaskMetricTrainer
 
 

@@ -117,6 +117,7 @@ def test_bundled_example_is_valid_and_paths_resolve_next_to_it():
 
 def test_a_broken_prompt_file_is_refused_when_the_experiment_loads(tmp_path):
     (tmp_path / "bad.yaml").write_text("shots: many\n", encoding="utf-8")
+    (tmp_path / "t.jsonl").write_text('{"input": "a", "output": "b"}\n', encoding="utf-8")
     text = (
         "name: x\ndata: {train: t.jsonl}\nstrategies:\n  - {name: base, prompt: {}}\n"
         "  - {name: mine, prompt_file: PROMPT}\n"
@@ -127,6 +128,27 @@ def test_a_broken_prompt_file_is_refused_when_the_experiment_loads(tmp_path):
             load_experiment(path)
         assert str(err.value).startswith(f"{path}:5: strategies[1](mine).prompt_file: ")
         assert why in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "line", "value", "why"),
+    [("train", 3, "gone.jsonl", "no such data file"), ("shot_pool", 5, ".", "is a folder"),
+     ("test", 4, "gone.jsonl", "no such data file")],
+)  # fmt: skip
+def test_a_missing_data_file_is_named_with_its_line_when_the_experiment_loads(
+    tmp_path, field, line, value, why
+):
+    (tmp_path / "t.jsonl").write_text('{"input": "a", "output": "b"}\n', encoding="utf-8")
+    files = {"train": "t.jsonl", "test": "t.jsonl", "shot_pool": "t.jsonl"} | {field: value}
+    text = (
+        "name: x\ndata:\n  train: {train}\n  test: {test}\n  shot_pool: {shot_pool}\n"
+        "strategies:\n  - {{name: base, prompt: {{shots: 1}}}}\n"
+    ).format(**files)
+    path = write_experiment(tmp_path, text)
+    with pytest.raises(TuneLabError) as err:
+        load_experiment(path)
+    assert str(err.value).startswith(f"{path}:{line}: data.{field}: {tmp_path / value}")
+    assert why in str(err.value)
 
 
 def test_a_shot_pool_resolves_beside_the_file_and_never_holds_a_held_out_input(tmp_path):
@@ -147,7 +169,8 @@ def test_a_shot_pool_resolves_beside_the_file_and_never_holds_a_held_out_input(t
     experiment = load_experiment(path)
     assert experiment.data.shot_pool == tmp_path / "more.jsonl"
     data = load_experiment_data(experiment)
-    assert [e.input for e in data.shot_rows] == ["reset my password", "refund please", "locked out"]
+    pool = [e.input for e in data.shot_pool()]
+    assert pool == ["reset my password", "refund please", "locked out"]
 
 
 def test_adding_a_shot_pool_reruns_only_the_strategies_it_can_change(tmp_path):

@@ -10,7 +10,8 @@ from transformers import TrainerCallback
 from tunelab.errors import TuneLabError
 from tunelab.training import run as training_run
 from tunelab.training.config import make_settings
-from tunelab.training.run import TrainData, default_training_strategy
+from tunelab.training.data import TrainData
+from tunelab.training.run import default_training_strategy
 from tunelab.training.search import (
     SearchSettings,
     default_params,

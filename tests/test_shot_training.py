@@ -12,7 +12,7 @@ from tunelab.data.loading import Example
 from tunelab.data.stats import normalize_text
 from tunelab.prompting import PromptStrategy
 from tunelab.prompting.shot_pool import LeftOutShotRows, usable_shot_rows
-from tunelab.prompting.shots import training_shots
+from tunelab.prompting.shots import shuffled_shots, training_shots
 from tunelab.serving.pool import AdapterPool
 from tunelab.training import artifacts
 from tunelab.training import run as training_run
@@ -377,3 +377,47 @@ def test_a_shot_pool_is_read_with_the_training_files_fields(tmp_path):
     assert [e.output for e in load_like(same, main).examples] == ["login"]
     with pytest.raises(TuneLabError, match=r"pool\.jsonl:1: field 'text' \(the input\) not found"):
         load_like(other, main)
+
+
+def test_shuffled_shot_order_keeps_each_examples_shots_in_another_order():
+    strategy = PromptStrategy(shots=4, selector="similar")
+    nearest_last, _ = training_shots(strategy, TRAIN, embedder="tfidf")
+    shuffled = shuffled_shots(nearest_last, seed=0)
+    assert shuffled == shuffled_shots(nearest_last, seed=0)  # seeded: a resume sees the same
+    for before, after in zip(nearest_last, shuffled, strict=True):
+        assert sorted(map(id, before)) == sorted(map(id, after))  # the same shots
+    assert any(b != a for b, a in zip(nearest_last, shuffled, strict=True))  # reordered
+
+
+def test_a_run_stored_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    from tunelab.errors import TuneLabError
+
+    old = {"settings": {"method": "lora"}, "strategy": {}, "base_model": "m", "data": {}}
+    now = {**old, "settings": {"method": "lora", "head": "lm", "shot_order": "nearest_last"}}
+    training_run._check_same_config(old, now, tmp_path)
+    shuffled = {**old, "settings": {**now["settings"], "shot_order": "shuffled"}}
+    with pytest.raises(TuneLabError, match="different: settings"):
+        training_run._check_same_config(old, shuffled, tmp_path)
+
+
+@pytest.mark.parametrize("order", ["nearest_last", "shuffled"])
+def test_training_encodes_shots_in_the_order_the_settings_ask(monkeypatch, order):
+    from types import SimpleNamespace
+
+    from tunelab.training.config import make_settings
+
+    retrieved = [TRAIN[1:5], TRAIN[2:6], TRAIN[3:7]]
+    monkeypatch.setattr(training_run, "training_shots", lambda *a, **k: (retrieved, "tfidf"))
+    encoded: list = []
+
+    def spy(tokenizer, strategy, examples, labels, max_length, shots=None):
+        encoded.append(shots)
+        return SimpleNamespace(features=[1], skipped=0)
+
+    monkeypatch.setattr(training_run, "encode_examples", spy)
+    settings = make_settings(method="lora", shot_order=order, seed=3)
+    strategy = PromptStrategy(shots=4, selector="similar")
+    training_run._encode(None, strategy, TRAIN[:3], None, settings, None, TRAIN)
+    expected = retrieved if order == "nearest_last" else shuffled_shots(retrieved, 3)
+    assert encoded == [expected]
+    assert order == "nearest_last" or expected != retrieved

@@ -14,9 +14,10 @@ from tunelab.prompting.task_prefix import apply_task_prefix, with_task_prefix
 from tunelab.testing import make_tiny_model
 from tunelab.training import artifacts
 from tunelab.training.config import make_settings, parse_option_pairs
+from tunelab.training.data import TrainData
 from tunelab.training.encoding import IGNORE_INDEX, encode_examples
 from tunelab.training.methods import MethodContext, all_methods, get_method
-from tunelab.training.run import TrainData, default_training_strategy, train_run
+from tunelab.training.run import default_training_strategy, train_run
 from tunelab.training.soft_prompt import inference_view
 
 METHODS = list(all_methods())

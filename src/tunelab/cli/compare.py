@@ -21,7 +21,6 @@ from tunelab.compare.leaderboard import (
 from tunelab.compare.progress import ProgressFile
 from tunelab.compare.report import read_predictions
 from tunelab.compare.runner import (
-    ExperimentData,
     ExperimentRunner,
     check_metrics,
     experiment_record,
@@ -36,6 +35,7 @@ from tunelab.paths import write_json_atomic, write_text_atomic
 from tunelab.prompting.shot_pool import shot_pool_line
 from tunelab.runs import check_out, claim
 from tunelab.tracking import Tracking, check_trackers
+from tunelab.training.data import TrainData
 
 
 def compare_command(
@@ -156,7 +156,7 @@ def _sigterm_as_interrupt():
     return lambda: signal.signal(signal.SIGTERM, previous)
 
 
-def _tracked_context(experiment: Experiment, data: ExperimentData) -> dict[str, str]:
+def _tracked_context(experiment: Experiment, data: TrainData) -> dict[str, str]:
     """What every tracker run records besides the strategy: the model, seed, task prefix and
     the data files with their hashes (so runs of same-named experiments stay apart)."""
     from tunelab.provenance import sha256_of
@@ -202,7 +202,7 @@ def _selected(experiment: Experiment, only: list[str]):
     return [s for s in experiment.strategies if s.name in wanted]
 
 
-def _print_header(experiment, data: ExperimentData, out_dir: Path, cached: int) -> None:
+def _print_header(experiment, data: TrainData, out_dir: Path, cached: int) -> None:
     kind = f"{len(data.labels)} labels" if data.labels else (
         "JSON answers" if json_answers(data) else "free text"
     )  # fmt: skip
@@ -225,7 +225,7 @@ def _say_shot_pool(experiment_file: Path, runner: ExperimentRunner) -> None:
         warn([f"{experiment_file}: data.shot_pool is set, but no strategy's prompt holds shots"])
 
 
-def _print_data_check(runner: ExperimentRunner, data: ExperimentData) -> None:
+def _print_data_check(runner: ExperimentRunner, data: TrainData) -> None:
     from tunelab.cli.data import print_stats
     from tunelab.compare.plan import data_check
 

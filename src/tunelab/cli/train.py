@@ -49,6 +49,11 @@ def train_command(
         None,
         help=SHOT_POOL_HELP + " Used in training and at inference (stored with the run).",
     ),
+    shot_order: str = typer.Option(
+        "nearest_last",
+        help="nearest_last | shuffled: the order of each training example's shots (inference "
+        "keeps nearest_last); shuffled keeps the model from copying the nearest shot.",
+    ),
     labels: str = typer.Option("auto", help="auto | none | comma-separated label list."),
     task_prefix: str | None = typer.Option(None, help='e.g. "[TECH_SUPPORT]", stored with it.'),
     head: str = typer.Option(
@@ -129,6 +134,7 @@ def train_command(
         save_steps=save_steps,
         task_prefix=task_prefix,
         head=head,
+        shot_order=shot_order,
         report_to=report_to,
     )
     if resume and out is None:
@@ -144,6 +150,8 @@ def train_command(
     if any(v is not None for v in changes.values()):
         values = {k: v for k, v in changes.items() if v is not None}
         strategy = validate_strategy(strategy.model_dump() | values, where="--")
+    if settings.shot_order != "nearest_last" and not strategy.shots:
+        raise TuneLabError("--shot-order orders the training prompts' shots: it needs --shots N")
     if shot_pool and not strategy.shots:
         raise TuneLabError("--shot-pool is where shots come from: it needs --shots N (N > 0)")
     run_dir = out or default_run_dir(settings.method)
@@ -317,7 +325,7 @@ def _cuda() -> bool:
 
 
 def _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed, pool=None):
-    from tunelab.training.run import TrainData
+    from tunelab.training.data import TrainData
 
     train_set = load_dataset(data, input_field, output_field)
     train = train_set.examples

@@ -42,6 +42,9 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+DATA_FILES = ("train", "test", "dev", "shot_pool")  # the DataSpec fields that name files
+
+
 class DataSpec(Strict):
     train: Path
     test: Path | None = Field(None, description="held-out test file; default: a split of train")
@@ -316,26 +319,38 @@ def load_experiment(path: Path, constrain: list[str] | None = None) -> Experimen
         ]
         raise TuneLabError("\n".join(lines)) from None
     experiment = _with_paths_resolved(experiment, path.parent)
-    _check_prompt_files(experiment, path, raw)
+    _check_files(experiment, path, raw)
     # a schema file named on the command line is relative to where the command runs
     extra = [str(Path(v).resolve()) if Path(v).is_file() else v for v in constrain or []]
     return _with_constraints_expanded(experiment, path, extra)
 
 
-def _check_prompt_files(experiment: Experiment, path: Path, raw: dict) -> None:
-    """A strategy's prompt file is read now: a broken one stops the experiment before any
-    strategy runs, not when its turn comes after hours of training."""
+def _check_files(experiment: Experiment, path: Path, raw: dict) -> None:
+    """Every file the experiment names is there, and its prompt files parse, before any
+    strategy runs (not when its turn comes after hours of training); a problem names the
+    experiment file's line."""
     from tunelab.prompting import load_strategy
 
+    def fail(loc: tuple, problem: TuneLabError) -> None:
+        line = _line_of(yaml.compose(path.read_text(encoding="utf-8")), loc)
+        raise TuneLabError(f"{path}:{line}: {_location(loc, raw)}: {problem}") from None
+
+    named = [(("data", role), getattr(experiment.data, role), "data file")
+             for role in DATA_FILES]  # fmt: skip
+    named.append((("eval", "format_schema"), experiment.eval.format_schema, "schema file"))
+    for loc, file, what in named:
+        try:
+            if file is not None:
+                require_file(file, what)
+        except TuneLabError as err:
+            fail(loc, err)
     for index, spec in enumerate(experiment.strategies):
         if spec.prompt_file is None:
             continue
         try:
             load_strategy(spec.prompt_file)
         except TuneLabError as err:
-            loc = ("strategies", index, "prompt_file")
-            line = _line_of(yaml.compose(path.read_text(encoding="utf-8")), loc)
-            raise TuneLabError(f"{path}:{line}: {_location(loc, raw)}: {err}") from None
+            fail(("strategies", index, "prompt_file"), err)
 
 
 def _location(loc: tuple, raw: dict) -> str:
@@ -386,9 +401,8 @@ def _with_paths_resolved(experiment: Experiment, base: Path) -> Experiment:
     def resolve(path: Path | None) -> Path | None:
         return path if path is None or path.is_absolute() else base / path
 
-    files = ("train", "test", "dev", "shot_pool")
     data = experiment.data.model_copy(
-        update={name: resolve(getattr(experiment.data, name)) for name in files}
+        update={name: resolve(getattr(experiment.data, name)) for name in DATA_FILES}
     )
     strategies = [
         s.model_copy(update={"prompt_file": resolve(s.prompt_file)}) for s in experiment.strategies

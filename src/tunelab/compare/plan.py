@@ -14,11 +14,12 @@ from dataclasses import dataclass, replace
 from weakref import WeakKeyDictionary
 
 from tunelab.compare.experiment import StrategySpec
-from tunelab.compare.runner import ExperimentData, ExperimentRunner
+from tunelab.compare.runner import ExperimentRunner
 from tunelab.evaluation.runner import evaluate
 from tunelab.prompting import PromptStrategy
 from tunelab.prompting.render import build_prompts, encode_prompts
 from tunelab.prompting.shots import select_shots
+from tunelab.training.data import TrainData
 
 SAMPLE = 2  # examples timed per label-scoring estimate
 SHORT_TOKENS, TIMED_TOKENS = 4, 16  # generation is timed at these two lengths
@@ -97,7 +98,7 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
     loaded, settings = runner._base_model(), runner.settings
     generating = "generate" in resolve_modes(settings.mode, runner.data.labels, strategy.cot)
     sample = test[: settings.generation.batch_size if generating else SAMPLE]
-    shots, retriever = select_shots(strategy, runner.data.shot_rows, sample, seed=settings.seed)
+    shots, retriever = select_shots(strategy, runner.data.shot_pool(), sample, seed=settings.seed)
     prompts = build_prompts(loaded.tokenizer, strategy, sample, runner.data.labels, shots)
     tokens = sum(map(len, encode_prompts(loaded.tokenizer, prompts))) / max(len(prompts), 1)
     measured = _measured.setdefault(runner, {})
@@ -137,13 +138,11 @@ def _generation_seconds(loaded, prompts: list[str], settings) -> float:
 def _plan_training(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan:
     from tunelab.training.run import default_training_strategy, measure_training_speed
 
-    data: ExperimentData = runner.data
+    data: TrainData = runner.data
     settings = runner.train_settings(spec)
     strategy = _prompt_for(runner, spec) if _has_prompt(spec) \
         else default_training_strategy(spec.name)  # fmt: skip
-    timing = measure_training_speed(
-        settings, runner.train_data(), strategy, runner.experiment.model
-    )
+    timing = measure_training_speed(settings, runner.data, strategy, runner.experiment.model)
     per_example, tokens = _eval_speed(runner, strategy, data.test)
     epochs = settings.epochs
     train_seconds = epochs * timing.tokens_per_epoch / timing.tokens_per_second
@@ -162,7 +161,7 @@ def _plan_training(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan
     )  # fmt: skip
 
 
-def data_check(data: ExperimentData, tokenizer):
+def data_check(data: TrainData, tokenizer):
     """The `tunelab data inspect` statistics of the training split, with test overlap."""
     from tunelab.data.stats import compute_stats
 

@@ -12,7 +12,6 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.compare.experiment import Experiment, StrategySpec
@@ -33,33 +32,16 @@ from tunelab.generation import GenerationConfig
 from tunelab.models.device import resolve_placement
 from tunelab.paths import write_json_atomic
 from tunelab.prompting import PromptStrategy, load_strategy
-from tunelab.prompting.shot_pool import LeftOutShotRows, usable_shot_rows
 from tunelab.provenance import file_record, git_commit, package_versions, sha256_of
 from tunelab.runs import claim, read_marker, remove_run
+from tunelab.training.data import TrainData
 from tunelab.training.trainer import ReportSteps, peak_memory_mb, reset_peak_memory
 
 RESULT_FILE = "result.json"
 LATENCY_ROWS = 8  # test rows answered one at a time per strategy to time one request
 
 
-@dataclass
-class ExperimentData:
-    train: list[Example]
-    dev: list[Example]  # per-epoch evaluation of training methods ([] = none)
-    test: list[Example]
-    labels: list[str] | None
-    files: dict[str, Path]
-    extra_shot_rows: list[Example] = field(default_factory=list)  # data.shot_pool, filtered
-    left_out_shot_rows: LeftOutShotRows = field(default_factory=LeftOutShotRows)
-
-    @property
-    def shot_rows(self) -> list[Example]:
-        """Where every strategy with shots takes them from: the training rows, then the
-        shot pool's rows (none with a dev or test input)."""
-        return self.train + self.extra_shot_rows
-
-
-def load_experiment_data(experiment: Experiment) -> ExperimentData:
+def load_experiment_data(experiment: Experiment) -> TrainData:
     spec, seed = experiment.data, experiment.seed
     train_set = load_dataset(spec.train, spec.input, spec.output)
     train = train_set.examples
@@ -78,15 +60,14 @@ def load_experiment_data(experiment: Experiment) -> ExperimentData:
         train, dev = split_examples(train, spec.dev_size, seed=seed, stratify=stratify)
     else:
         dev = []
-    extra, left_out = [], LeftOutShotRows()
+    pool = []
     if spec.shot_pool:
-        pool = load_like(spec.shot_pool, train_set).examples
-        extra, left_out = usable_shot_rows(train, pool, dev + test, labels)
+        pool = load_like(spec.shot_pool, train_set).examples  # filtered by TrainData
         files["shot_pool"] = spec.shot_pool
-    return ExperimentData(train, dev, test, labels, files, extra, left_out)
+    return TrainData(train, dev, test, labels, files, pool)
 
 
-def check_metrics(experiment: Experiment, data: ExperimentData) -> None:
+def check_metrics(experiment: Experiment, data: TrainData) -> None:
     """Every listed metric must be one the evaluation produces for this kind of task."""
     json_task = json_answers(data)
     if data.labels is not None:
@@ -109,13 +90,13 @@ def check_metrics(experiment: Experiment, data: ExperimentData) -> None:
         )
 
 
-def json_answers(data: ExperimentData) -> bool:
+def json_answers(data: TrainData) -> bool:
     """No label set, and every test and dev answer is a JSON object or array (the dev split
     is where training keeps its best epoch by a JSON metric)."""
     return data.labels is None and is_json_task([e.output for e in data.test + data.dev])
 
 
-def headline_metric(experiment: Experiment, data: ExperimentData) -> str:
+def headline_metric(experiment: Experiment, data: TrainData) -> str:
     if experiment.metrics:
         return experiment.metrics[0]
     if data.labels is not None:
@@ -140,7 +121,7 @@ def eval_settings(experiment: Experiment) -> EvalSettings:
     )
 
 
-def experiment_record(experiment: Experiment, data: ExperimentData) -> dict:
+def experiment_record(experiment: Experiment, data: TrainData) -> dict:
     """What reproduces the experiment: settings, data hashes, versions, commit."""
     return {
         "experiment": json.loads(experiment.model_dump_json()),
@@ -169,7 +150,7 @@ Progress = Callable[[str], None]
 class ExperimentRunner:
     """Runs strategies in file order; the base model is loaded once for prompt strategies."""
 
-    def __init__(self, experiment: Experiment, data: ExperimentData, out: Path, console=None):
+    def __init__(self, experiment: Experiment, data: TrainData, out: Path, console=None):
         self.experiment, self.data, self.out, self.console = experiment, data, out, console
         # every strategy on the same device and dtype, so costs compare
         self.placement = resolve_placement(experiment.device, experiment.dtype)
@@ -192,8 +173,9 @@ class ExperimentRunner:
             hashes["format_schema"] = sha256_of(self.experiment.eval.format_schema)
         later = ("run_from", "constrain", "search", "trial")
         dumped = spec.model_dump(mode="json", exclude=_unset(spec, later))
-        if dumped.get("train") and dumped["train"].get("head") == "lm":
-            del dumped["train"]["head"]  # the default, added later
+        for name, default in (("head", "lm"), ("shot_order", "nearest_last")):
+            if dumped.get("train") and dumped["train"].get(name) == default:
+                del dumped["train"][name]  # the default, added later
         parts = {
             # settings added later count only when set, so older results stay current
             "spec": dumped,
@@ -309,13 +291,6 @@ class ExperimentRunner:
             self.data.labels is not None, json_answers(self.data)
         )
 
-    def train_data(self):
-        from tunelab.training.run import TrainData
-
-        data = self.data
-        return TrainData(data.train, data.dev, data.test, data.labels, data.files,
-                         data.extra_shot_rows, data.left_out_shot_rows)  # fmt: skip
-
     def _train(self, spec: StrategySpec, folder: Path) -> dict:
         from tunelab.training import artifacts
         from tunelab.training.run import can_resume, default_training_strategy, train_run
@@ -327,7 +302,7 @@ class ExperimentRunner:
                 f"{spec.name}: a training prompt cannot use chain of thought (from "
                 f"{spec.prompt_from or 'its prompt'}): the training answers hold no reasoning"
             )
-        data = self.train_data()
+        data = self.data
         if spec.search:
             return self._train_search(spec, folder, settings, strategy, data)
         # An interrupted run with the same settings continues; one whose strategy was edited
@@ -405,7 +380,7 @@ class ExperimentRunner:
         run_dir, source = _trained_run_of(self.out / spec.run_from, source, spec.trial)
         trained = load_trained_run(run_dir, **self.placement.record())
         test = with_task_prefix(self.data.test, trained.meta.get("task_prefix"))
-        pool = with_task_prefix(self.data.shot_rows, trained.meta.get("task_prefix"))
+        pool = with_task_prefix(self.data.shot_pool(), trained.meta.get("task_prefix"))
         with _progress(self.console, f"{spec.name}: test", len(test), self._report) as advance:
             final = evaluate(
                 trained.model, trained.tokenizer, strategy, test, train=pool,
@@ -458,7 +433,7 @@ class ExperimentRunner:
                 loaded.tokenizer,
                 strategy,
                 self.data.test,
-                train=pool if pool is not None else self.data.shot_rows,
+                train=pool if pool is not None else self.data.shot_pool(),
                 labels=self.data.labels,
                 settings=self.settings,
                 on_progress=advance,

@@ -9,7 +9,6 @@ import yaml
 
 from tunelab.data.loading import Example
 from tunelab.data.splits import split_examples
-from tunelab.data.stats import normalize_text
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.runner import EvalResult, EvalSettings, evaluate, write_run
 from tunelab.optimize.edits import EditSpace
@@ -18,7 +17,7 @@ from tunelab.optimize.parts import PromptParts
 from tunelab.optimize.scoring import DevScorer, ScoreCache
 from tunelab.optimize.search import Candidate, Event, PromptSearch, SearchResult, SearchSettings
 from tunelab.paths import write_json_atomic, write_text_atomic
-from tunelab.prompting.shot_pool import LeftOutShotRows, usable_shot_rows
+from tunelab.prompting.shot_pool import LeftOutShotRows, usable_shot_rows, without_held_out
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.runs import RunFolder, check_request, claim, remove_run
 
@@ -50,8 +49,7 @@ def optimization_splits(
     A training row whose input also appears in the test set would let a few-shot prompt copy
     the answer, or let the search tune on test; such rows are dropped and counted.
     """
-    held_out = {normalize_text(e.input) for e in test}
-    kept = [e for e in train if normalize_text(e.input) not in held_out]
+    kept = without_held_out(train, test)
     if len(kept) < 2:
         raise TuneLabError("after removing rows that are also in the test set, fewer than 2 remain")
     pool, dev = split_examples(kept, dev_rows, seed=seed, stratify=stratify)

@@ -68,17 +68,15 @@ def usable_shot_rows(
     truth), and repeats of an earlier row. The training rows stay first in the pool, so fixed
     ``shot_ids`` keep indexing them.
     """
-    hidden = {normalize_text(e.input) for e in held_out}
+    candidates = without_held_out(extra, held_out)
     known = set(labels) if labels is not None else None
     answers = defaultdict(set)
     for example in train:
         answers[normalize_text(example.input)].add(example.output)
-    kept, left_out = [], Counter()
-    for example in extra:
+    kept, left_out = [], Counter(held_out=len(extra) - len(candidates))
+    for example in candidates:
         text = normalize_text(example.input)
-        if text in hidden:
-            left_out["held_out"] += 1
-        elif known is not None and example.output not in known:
+        if known is not None and example.output not in known:
             left_out["unknown_label"] += 1
         elif known is not None and text in answers and example.output not in answers[text]:
             left_out["conflicting"] += 1  # (free-text answers may differ and both be right)
@@ -91,7 +89,8 @@ def usable_shot_rows(
 
 
 def without_held_out(pool: list[Example], held_out: list[Example]) -> list[Example]:
-    """``pool`` less the rows whose input is a held-out input: a stored pool evaluated on a
-    new test file must not show one test row's answer in another's prompt."""
+    """``pool`` less the rows whose input is a held-out input: no prompt may show a dev or
+    test answer (a stored pool evaluated on a new test file, extra shot rows, the rows an
+    optimiser searches with)."""
     hidden = {normalize_text(e.input) for e in held_out}
     return [e for e in pool if normalize_text(e.input) not in hidden]

@@ -37,6 +37,12 @@ class TrainSettings(BaseModel):
         description="lm: answer with the language model's words; classifier: a label head on "
         "the last token (label tasks, lora or full), one forward pass per answer",
     )
+    shot_order: Literal["nearest_last", "shuffled"] = Field(
+        "nearest_last",
+        description="order of each training example's retrieved shots: nearest_last (as at "
+        "inference) or shuffled (seeded), so the model learns to compare the query with every "
+        "shot instead of copying the one next to it; inference keeps nearest_last",
+    )
     report_to: list[str] = Field(default_factory=list)
 
     def resolved(self, classification: bool, json_task: bool = False) -> "TrainSettings":

@@ -4,7 +4,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,8 +21,7 @@ from tunelab.evaluation.runner import (
 from tunelab.generation import GenerationConfig
 from tunelab.models.device import Placement, resolve_placement
 from tunelab.paths import write_json_atomic
-from tunelab.prompting.shot_pool import LeftOutShotRows, usable_shot_rows
-from tunelab.prompting.shots import training_shots
+from tunelab.prompting.shots import shuffled_shots, training_shots
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import with_task_prefix
 from tunelab.provenance import file_record, git_commit, package_versions
@@ -30,6 +29,7 @@ from tunelab.runs import RunFolder, check_request, claim, remove_run
 from tunelab.training import artifacts
 from tunelab.training.classifier import HEAD, to_classifier
 from tunelab.training.config import TrainSettings
+from tunelab.training.data import TrainData
 from tunelab.training.encoding import FeatureList, encode_examples, encode_labelled
 from tunelab.training.methods import MethodContext, get_method
 from tunelab.training.soft_prompt import inference_view
@@ -44,31 +44,6 @@ from tunelab.training.trainer import (
     peak_memory_mb,
     truncate_metrics_file,
 )
-
-
-@dataclass
-class TrainData:
-    train: list[Example]
-    dev: list[Example]
-    test: list[Example] | None
-    labels: list[str] | None
-    files: dict[str, Path]  # role -> path, hashed into the run config
-    # labelled rows shots may also come from (--shot-pool), besides the training rows;
-    # filtered once, against this data's dev and test rows (a copy without its test split,
-    # a search trial's, keeps them filtered against the test rows too)
-    extra_shot_rows: list[Example] = field(default_factory=list)
-    left_out_shot_rows: LeftOutShotRows = field(default_factory=LeftOutShotRows)
-
-    def __post_init__(self):
-        held_out = self.dev + (self.test or [])
-        self.extra_shot_rows, left_out = usable_shot_rows(
-            self.train, self.extra_shot_rows, held_out, self.labels
-        )
-        self.left_out_shot_rows += left_out
-
-    def shot_pool(self, prefix: str | None) -> list[Example]:
-        """The rows a run with shots retrieves them from, in training and at inference."""
-        return with_task_prefix(self.train + self.extra_shot_rows, prefix)
 
 
 @dataclass
@@ -352,6 +327,8 @@ def _encode(tokenizer, strategy, train, labels, settings: TrainSettings, console
     """Training sequences; with ``shots`` in the strategy, each example's shots are retrieved
     from the other rows of ``pool`` (tunelab.prompting.shots.training_shots)."""
     shots, retriever = training_shots(strategy, train, pool=pool, seed=settings.seed)
+    if settings.shot_order == "shuffled":
+        shots = shuffled_shots(shots, settings.seed)
     if retriever and console:
         console.print(
             f"{strategy.shots} shots per training example, retrieved with {retriever} from "
@@ -534,6 +511,10 @@ def _step_of(checkpoint: Path | None) -> int:
 
 def _check_same_config(stored: dict, requested: dict, run_dir: Path) -> None:
     keys = ("settings", "strategy", "base_model")
+    stored, requested = (
+        config | {"settings": _with_later_defaults(config.get("settings") or {})}
+        for config in (stored, requested)
+    )
     changed = [k for k in keys if stored.get(k) != requested.get(k)]
     # the files' contents count, not their paths: a moved or copied file resumes
     old, new = _contents(stored.get("data")), _contents(requested.get("data"))
@@ -545,6 +526,12 @@ def _check_same_config(stored: dict, requested: dict, run_dir: Path) -> None:
             f"{run_dir}: --resume needs the same settings as the interrupted run; "
             f"different: {', '.join(changed)}"
         )
+
+
+def _with_later_defaults(settings: dict) -> dict:
+    """A run stored before a setting existed ran with that setting's default."""
+    later = {"head": "lm", "shot_order": "nearest_last"}
+    return {k: v for k, v in later.items() if k not in settings} | settings
 
 
 def _contents(files: dict | None) -> dict[str, str | None]:
