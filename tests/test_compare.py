@@ -132,23 +132,55 @@ def test_a_broken_prompt_file_is_refused_when_the_experiment_loads(tmp_path):
 
 @pytest.mark.parametrize(
     ("field", "line", "value", "why"),
-    [("train", 3, "gone.jsonl", "no such data file"), ("shot_pool", 5, ".", "is a folder"),
-     ("test", 4, "gone.jsonl", "no such data file")],
+    [("data.train", 3, "gone.jsonl", "no such data file"),
+     ("data.shot_pool", 6, ".", "is a folder"),
+     ("data.test", 4, "gone.jsonl", "no such data file"),
+     ("data.dev", 5, "gone.jsonl", "no such data file"),
+     ("eval.format_schema", 8, "gone.json", "cannot read JSON schema"),
+     ("eval.format_schema", 8, "t.jsonl", "cannot read JSON schema")],  # not JSON
 )  # fmt: skip
 def test_a_missing_data_file_is_named_with_its_line_when_the_experiment_loads(
     tmp_path, field, line, value, why
 ):
-    (tmp_path / "t.jsonl").write_text('{"input": "a", "output": "b"}\n', encoding="utf-8")
-    files = {"train": "t.jsonl", "test": "t.jsonl", "shot_pool": "t.jsonl"} | {field: value}
+    (tmp_path / "t.jsonl").write_text('{"input": "a", "output": "b"}\n' * 2, encoding="utf-8")
+    (tmp_path / "s.json").write_text('{"type": "object"}', encoding="utf-8")
+    files = {"train": "t.jsonl", "test": "t.jsonl", "dev": "t.jsonl", "shot_pool": "t.jsonl",
+             "format_schema": "s.json"} | {field.split(".")[1]: value}  # fmt: skip
     text = (
-        "name: x\ndata:\n  train: {train}\n  test: {test}\n  shot_pool: {shot_pool}\n"
+        "name: x\ndata:\n  train: {train}\n  test: {test}\n  dev: {dev}\n"
+        "  shot_pool: {shot_pool}\neval:\n  format_schema: {format_schema}\n"
         "strategies:\n  - {{name: base, prompt: {{shots: 1}}}}\n"
     ).format(**files)
     path = write_experiment(tmp_path, text)
     with pytest.raises(TuneLabError) as err:
         load_experiment(path)
-    assert str(err.value).startswith(f"{path}:{line}: data.{field}: {tmp_path / value}")
+    assert str(err.value).startswith(f"{path}:{line}: {field}: {tmp_path / value}")
     assert why in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_an_unused_shot_order_is_refused_and_a_default_one_changes_no_result(tmp_path):
+    from tunelab.compare.runner import check_strategy_prompt, load_experiment_data
+    from tunelab.prompting import PromptStrategy
+
+    (tmp_path / "t.jsonl").write_text(
+        "".join(f'{{"input": "q{i}", "output": "{"ab"[i % 2]}"}}\n' for i in range(10)),
+        encoding="utf-8",
+    )
+    keys = []
+    for order in ("", ", shot_order: nearest_last", ", shot_order: shuffled"):
+        path = write_experiment(tmp_path, (
+            "name: x\ndata: {train: t.jsonl}\nstrategies:\n"
+            f"  - {{name: lora, train: {{method: lora{order}}}}}\n"
+        ))  # fmt: skip
+        experiment = load_experiment(path)
+        runner = ExperimentRunner(experiment, load_experiment_data(experiment), tmp_path / "o")
+        spec = experiment.strategies[0]
+        keys.append(runner.spec_key(spec))
+    assert keys[0] == keys[1] != keys[2]  # the default written out keeps the result current
+    with pytest.raises(TuneLabError, match=r"^lora: shot_order shuffled orders .* has none"):
+        check_strategy_prompt(spec, runner.train_settings(spec), PromptStrategy(shots=0))
+    check_strategy_prompt(spec, runner.train_settings(spec), PromptStrategy(shots=2))
 
 
 def test_a_shot_pool_resolves_beside_the_file_and_never_holds_a_held_out_input(tmp_path):

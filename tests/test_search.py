@@ -18,6 +18,7 @@ from tunelab.training.search import (
     prune_on_dev,
     resolve_space,
     run_search,
+    same_search,
     with_start,
 )
 
@@ -209,3 +210,23 @@ def test_bad_search_requests_are_one_line_errors(
     assert result.exit_code != 0
     assert message in " ".join(result.output.split()), result.output
     assert not (tmp_path / "s").exists()  # refused before anything was written
+
+
+def test_a_search_stored_before_a_setting_existed_still_resumes(
+    tmp_path, tiny_model_dir, monkeypatch
+):
+    search(tmp_path, tiny_model_dir, 1)
+    stored = tmp_path / "search" / "search-config.json"
+    config = json.loads(stored.read_text())
+    for later in ("head", "shot_order"):  # what an older TuneLab did not write
+        del config["settings"][later]
+    stored.write_text(json.dumps(config))
+    strategy, space = default_training_strategy("lora"), SearchSettings(trials=1, space=SPACE)
+    assert same_search(tmp_path / "search", settings(), data(tmp_path), strategy,
+                       str(tiny_model_dir), space)  # fmt: skip
+    calls: list[str] = []
+    monkeypatch.setattr(training_run, "train_run", lambda *a, **k: calls.append("trained"))
+    search(tmp_path, tiny_model_dir, 1, resume=True)  # not refused, nothing to repeat
+    assert calls == []
+    assert not same_search(tmp_path / "search", settings(shot_order="shuffled"), data(tmp_path),
+                           strategy, str(tiny_model_dir), space)  # fmt: skip

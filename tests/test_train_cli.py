@@ -57,6 +57,8 @@ def test_train_then_eval_adapter_applies_the_task_prefix(files, tiny_model_dir, 
         (["--method", "adapters"], "unknown method 'adapters'"),
         (["--method", "lora", "-o", "target_modules=qq_proj"], "qq_proj not in the model"),
         (["--method", "lora", "--resume"], "no train run to resume here"),
+        (["--method", "lora", "--shot-order", "shuffled"], "this prompt has none: add shots"),
+        (["--method", "lora", "--shot-order", "nearest"], "--shot-order: Input should be"),
     ],
 )
 def test_bad_hyperparameters_give_one_line_errors(files, tiny_model_dir, tmp_path, args, message):

@@ -22,7 +22,12 @@ from tunelab.paths import require_file
 from tunelab.prompting import load_strategy
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line
 from tunelab.prompting.strategy import validate_strategy
-from tunelab.training.config import make_settings, parse_option_pairs
+from tunelab.training.config import (
+    TrainSettings,
+    check_training_prompt,
+    make_settings,
+    parse_option_pairs,
+)
 from tunelab.training.methods import all_methods
 
 
@@ -50,9 +55,8 @@ def train_command(
         help=SHOT_POOL_HELP + " Used in training and at inference (stored with the run).",
     ),
     shot_order: str = typer.Option(
-        "nearest_last",
-        help="nearest_last | shuffled: the order of each training example's shots (inference "
-        "keeps nearest_last); shuffled keeps the model from copying the nearest shot.",
+        TrainSettings.model_fields["shot_order"].default,
+        help="nearest_last | shuffled: " + TrainSettings.model_fields["shot_order"].description,
     ),
     labels: str = typer.Option("auto", help="auto | none | comma-separated label list."),
     task_prefix: str | None = typer.Option(None, help='e.g. "[TECH_SUPPORT]", stored with it.'),
@@ -150,8 +154,7 @@ def train_command(
     if any(v is not None for v in changes.values()):
         values = {k: v for k, v in changes.items() if v is not None}
         strategy = validate_strategy(strategy.model_dump() | values, where="--")
-    if settings.shot_order != "nearest_last" and not strategy.shots:
-        raise TuneLabError("--shot-order orders the training prompts' shots: it needs --shots N")
+    check_training_prompt(settings, strategy)
     if shot_pool and not strategy.shots:
         raise TuneLabError("--shot-pool is where shots come from: it needs --shots N (N > 0)")
     run_dir = out or default_run_dir(settings.method)

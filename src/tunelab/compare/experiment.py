@@ -16,7 +16,7 @@ Relative paths are relative to the experiment file, so an example folder runs fr
 
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -329,21 +329,26 @@ def _check_files(experiment: Experiment, path: Path, raw: dict) -> None:
     """Every file the experiment names is there, and its prompt files parse, before any
     strategy runs (not when its turn comes after hours of training); a problem names the
     experiment file's line."""
+    from tunelab.generation.constraints import read_schema
     from tunelab.prompting import load_strategy
 
-    def fail(loc: tuple, problem: TuneLabError) -> None:
+    def fail(loc: tuple, problem: TuneLabError) -> NoReturn:
         line = _line_of(yaml.compose(path.read_text(encoding="utf-8")), loc)
         raise TuneLabError(f"{path}:{line}: {_location(loc, raw)}: {problem}") from None
 
-    named = [(("data", role), getattr(experiment.data, role), "data file")
-             for role in DATA_FILES]  # fmt: skip
-    named.append((("eval", "format_schema"), experiment.eval.format_schema, "schema file"))
-    for loc, file, what in named:
+    for role in DATA_FILES:
+        file = getattr(experiment.data, role)
+        if file is None:
+            continue
         try:
-            if file is not None:
-                require_file(file, what)
+            require_file(file, "data file")
         except TuneLabError as err:
-            fail(loc, err)
+            fail(("data", role), err)
+    if experiment.eval.format_schema is not None:
+        try:
+            read_schema(experiment.eval.format_schema)
+        except TuneLabError as err:
+            fail(("eval", "format_schema"), err)
     for index, spec in enumerate(experiment.strategies):
         if spec.prompt_file is None:
             continue

@@ -34,6 +34,7 @@ from tunelab.paths import write_json_atomic
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.provenance import file_record, git_commit, package_versions, sha256_of
 from tunelab.runs import claim, read_marker, remove_run
+from tunelab.training.config import check_training_prompt, without_later_defaults
 from tunelab.training.data import TrainData
 from tunelab.training.trainer import ReportSteps, peak_memory_mb, reset_peak_memory
 
@@ -65,6 +66,16 @@ def load_experiment_data(experiment: Experiment) -> TrainData:
         pool = load_like(spec.shot_pool, train_set).examples  # filtered by TrainData
         files["shot_pool"] = spec.shot_pool
     return TrainData(train, dev, test, labels, files, pool)
+
+
+def check_strategy_prompt(spec: StrategySpec, settings, strategy: PromptStrategy) -> None:
+    """A training strategy's prompt can be trained on (tunelab.training.config), or a
+    one-line error naming the strategy and where its prompt came from."""
+    try:
+        check_training_prompt(settings, strategy)
+    except TuneLabError as err:
+        source = f" (prompt from {spec.prompt_from})" if spec.prompt_from else ""
+        raise TuneLabError(f"{spec.name}{source}: {err}") from None
 
 
 def check_metrics(experiment: Experiment, data: TrainData) -> None:
@@ -173,9 +184,8 @@ class ExperimentRunner:
             hashes["format_schema"] = sha256_of(self.experiment.eval.format_schema)
         later = ("run_from", "constrain", "search", "trial")
         dumped = spec.model_dump(mode="json", exclude=_unset(spec, later))
-        for name, default in (("head", "lm"), ("shot_order", "nearest_last")):
-            if dumped.get("train") and dumped["train"].get(name) == default:
-                del dumped["train"][name]  # the default, added later
+        if dumped.get("train"):
+            dumped["train"] = without_later_defaults(dumped["train"])
         parts = {
             # settings added later count only when set, so older results stay current
             "spec": dumped,
@@ -297,11 +307,7 @@ class ExperimentRunner:
 
         settings = self.train_settings(spec)
         strategy = self._strategy_of(spec, default=default_training_strategy(spec.name))
-        if strategy.cot:
-            raise TuneLabError(
-                f"{spec.name}: a training prompt cannot use chain of thought (from "
-                f"{spec.prompt_from or 'its prompt'}): the training answers hold no reasoning"
-            )
+        check_strategy_prompt(spec, settings, strategy)
         data = self.data
         if spec.search:
             return self._train_search(spec, folder, settings, strategy, data)
@@ -380,7 +386,7 @@ class ExperimentRunner:
         run_dir, source = _trained_run_of(self.out / spec.run_from, source, spec.trial)
         trained = load_trained_run(run_dir, **self.placement.record())
         test = with_task_prefix(self.data.test, trained.meta.get("task_prefix"))
-        pool = with_task_prefix(self.data.shot_pool(), trained.meta.get("task_prefix"))
+        pool = self.data.shot_pool(trained.meta.get("task_prefix"))
         with _progress(self.console, f"{spec.name}: test", len(test), self._report) as advance:
             final = evaluate(
                 trained.model, trained.tokenizer, strategy, test, train=pool,

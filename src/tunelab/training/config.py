@@ -39,9 +39,9 @@ class TrainSettings(BaseModel):
     )
     shot_order: Literal["nearest_last", "shuffled"] = Field(
         "nearest_last",
-        description="order of each training example's retrieved shots: nearest_last (as at "
-        "inference) or shuffled (seeded), so the model learns to compare the query with every "
-        "shot instead of copying the one next to it; inference keeps nearest_last",
+        description="order of each training prompt's shots: nearest_last (as at inference) or "
+        "shuffled (seeded), so the model compares the query with every shot instead of "
+        "copying the one next to it (selector similar; inference keeps nearest_last)",
     )
     report_to: list[str] = Field(default_factory=list)
 
@@ -77,6 +77,42 @@ class TrainSettings(BaseModel):
                 "batch_size": self.batch_size or method.batch_size,
                 "metric": metric,
             }
+        )
+
+
+# Settings added after runs were stored: a stored run without one ran with its default, so
+# resume checks and compare's cache keys compare them only when they differ from it.
+LATER_SETTINGS = ("head", "shot_order")
+
+
+def with_later_defaults(settings: dict) -> dict:
+    """``settings`` (a stored run's) with every later-added setting it lacks at its default."""
+    fields = TrainSettings.model_fields
+    return {name: fields[name].default for name in LATER_SETTINGS} | settings
+
+
+def without_later_defaults(settings: dict) -> dict:
+    """``settings`` less the later-added settings left at their defaults (cache keys)."""
+    fields = TrainSettings.model_fields
+    return {
+        k: v for k, v in settings.items()
+        if k not in LATER_SETTINGS or v != fields[k].default
+    }  # fmt: skip
+
+
+def check_training_prompt(settings: TrainSettings, strategy) -> None:
+    """What a training prompt cannot be, checked before anything loads."""
+    if strategy.cot:
+        raise TuneLabError(
+            "training prompts cannot use chain of thought: the training answers hold no "
+            "reasoning to learn from"
+        )
+    if settings.shot_order != TrainSettings.model_fields["shot_order"].default and not (
+        strategy.shots
+    ):
+        raise TuneLabError(
+            f"shot_order {settings.shot_order} orders the training prompts' shots, and this "
+            "prompt has none: add shots (--shots N, or shots: in the prompt)"
         )
 
 

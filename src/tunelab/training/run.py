@@ -28,7 +28,7 @@ from tunelab.provenance import file_record, git_commit, package_versions
 from tunelab.runs import RunFolder, check_request, claim, remove_run
 from tunelab.training import artifacts
 from tunelab.training.classifier import HEAD, to_classifier
-from tunelab.training.config import TrainSettings
+from tunelab.training.config import TrainSettings, check_training_prompt, with_later_defaults
 from tunelab.training.data import TrainData
 from tunelab.training.encoding import FeatureList, encode_examples, encode_labelled
 from tunelab.training.methods import MethodContext, get_method
@@ -82,11 +82,7 @@ def train_run(
     the Trainer's mixed precision for a half ``dtype``; evaluations run in ``dtype``.
     """
     placement = placement or resolve_placement()
-    if strategy.cot:
-        raise TuneLabError(
-            "training prompts cannot use chain of thought: the training answers hold no "
-            "reasoning to learn from"
-        )
+    check_training_prompt(settings, strategy)
     if not data.dev and not data.test:
         raise TuneLabError("training needs a dev or a test split for its final evaluation")
     if settings.head == HEAD:
@@ -262,6 +258,7 @@ def measure_training_speed(
 
     from transformers import TrainerCallback
 
+    check_training_prompt(settings, strategy)
     model, tokenizer = _adapted_model(settings, _portable_model_name(base_model), data.labels)
     train = with_task_prefix(data.train, settings.task_prefix)
     pool = data.shot_pool(settings.task_prefix) if strategy.shots else train
@@ -330,9 +327,10 @@ def _encode(tokenizer, strategy, train, labels, settings: TrainSettings, console
     if settings.shot_order == "shuffled":
         shots = shuffled_shots(shots, settings.seed)
     if retriever and console:
+        order = " (in shuffled order)" if settings.shot_order == "shuffled" else ""
         console.print(
-            f"{strategy.shots} shots per training example, retrieved with {retriever} from "
-            f"{len(pool)} rows"
+            f"{strategy.shots} shots per training example{order}, retrieved with {retriever} "
+            f"from {len(pool)} rows"
         )
     if settings.head == "classifier":
         encoded = encode_labelled(tokenizer, strategy, train, labels, settings.max_length, shots)
@@ -512,7 +510,7 @@ def _step_of(checkpoint: Path | None) -> int:
 def _check_same_config(stored: dict, requested: dict, run_dir: Path) -> None:
     keys = ("settings", "strategy", "base_model")
     stored, requested = (
-        config | {"settings": _with_later_defaults(config.get("settings") or {})}
+        config | {"settings": with_later_defaults(config.get("settings") or {})}
         for config in (stored, requested)
     )
     changed = [k for k in keys if stored.get(k) != requested.get(k)]
@@ -526,12 +524,6 @@ def _check_same_config(stored: dict, requested: dict, run_dir: Path) -> None:
             f"{run_dir}: --resume needs the same settings as the interrupted run; "
             f"different: {', '.join(changed)}"
         )
-
-
-def _with_later_defaults(settings: dict) -> dict:
-    """A run stored before a setting existed ran with that setting's default."""
-    later = {"head": "lm", "shot_order": "nearest_last"}
-    return {k: v for k, v in later.items() if k not in settings} | settings
 
 
 def _contents(files: dict | None) -> dict[str, str | None]:
