@@ -171,7 +171,7 @@ def test_an_unused_shot_order_is_refused_and_a_default_one_changes_no_result(tmp
     for order in ("", ", shot_order: nearest_last", ", shot_order: shuffled"):
         path = write_experiment(tmp_path, (
             "name: x\ndata: {train: t.jsonl}\nstrategies:\n"
-            f"  - {{name: lora, train: {{method: lora{order}}}}}\n"
+            f"  - {{name: lora, train: {{method: lora{order}}}, prompt: {{shots: 2}}}}\n"
         ))  # fmt: skip
         experiment = load_experiment(path)
         runner = ExperimentRunner(experiment, load_experiment_data(experiment), tmp_path / "o")
@@ -181,6 +181,27 @@ def test_an_unused_shot_order_is_refused_and_a_default_one_changes_no_result(tmp
     with pytest.raises(TuneLabError, match=r"^lora: shot_order shuffled orders .* has none"):
         check_strategy_prompt(spec, runner.train_settings(spec), PromptStrategy(shots=0))
     check_strategy_prompt(spec, runner.train_settings(spec), PromptStrategy(shots=2))
+
+    head = "name: x\ndata: {train: t.jsonl}\nstrategies:\n"
+    for source, refused in [
+        ("", True),  # the default training prompt: no shots
+        ("prompt: {shots: 0}", True),
+        ("prompt_from: few", False),
+        ("prompt_from: zero", True),
+        ("prompt_from: refined", False),  # a prompt search's result: known when it trains
+    ]:
+        text = head + (
+            "  - {name: zero, prompt: {}}\n  - {name: few, prompt: {shots: 2}}\n"
+            "  - {name: refined, optimize: {budget: 2}}\n"
+            f"  - {{name: lora, train: {{method: lora, shot_order: shuffled}}, {source}}}\n"
+        )
+        path = write_experiment(tmp_path, text)
+        if not refused:
+            load_experiment(path)
+            continue
+        with pytest.raises(TuneLabError, match=r"^\S+:7: strategies\[3\]\(lora\)\.train\."
+                           r"shot_order: shuffled orders .* has none"):  # fmt: skip
+            load_experiment(path)
 
 
 def test_a_shot_pool_resolves_beside_the_file_and_never_holds_a_held_out_input(tmp_path):

@@ -396,7 +396,8 @@ def test_a_run_stored_before_a_setting_existed_resumes_with_its_default(tmp_path
     now = {**old, "settings": {"method": "lora", "head": "lm", "shot_order": "nearest_last"}}
     training_run._check_same_config(old, now, tmp_path)
     shuffled = {**old, "settings": {**now["settings"], "shot_order": "shuffled"}}
-    with pytest.raises(TuneLabError, match="different: settings"):
+    changed = r"different: settings \(shot_order: nearest_last -> shuffled\)$"
+    with pytest.raises(TuneLabError, match=changed):
         training_run._check_same_config(old, shuffled, tmp_path)
 
 

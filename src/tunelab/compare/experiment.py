@@ -320,6 +320,7 @@ def load_experiment(path: Path, constrain: list[str] | None = None) -> Experimen
         raise TuneLabError("\n".join(lines)) from None
     experiment = _with_paths_resolved(experiment, path.parent)
     _check_files(experiment, path, raw)
+    _check_shot_orders(experiment, path, raw)
     # a schema file named on the command line is relative to where the command runs
     extra = [str(Path(v).resolve()) if Path(v).is_file() else v for v in constrain or []]
     return _with_constraints_expanded(experiment, path, extra)
@@ -356,6 +357,37 @@ def _check_files(experiment: Experiment, path: Path, raw: dict) -> None:
             load_strategy(spec.prompt_file)
         except TuneLabError as err:
             fail(("strategies", index, "prompt_file"), err)
+
+
+def _check_shot_orders(experiment: Experiment, path: Path, raw: dict) -> None:
+    """A training strategy that orders its prompt's shots needs a prompt with shots: refused
+    now where the prompt is known (not a prompt search's result, checked when it trains)."""
+    default = TrainSettings.model_fields["shot_order"].default
+    for index, spec in enumerate(experiment.strategies):
+        if not spec.train or spec.train.shot_order == default:
+            continue
+        if _known_shots(experiment, spec) == 0:
+            loc = ("strategies", index, "train", "shot_order")
+            line = _line_of(yaml.compose(path.read_text(encoding="utf-8")), loc)
+            raise TuneLabError(
+                f"{path}:{line}: {_location(loc, raw)}: {spec.train.shot_order} orders the "
+                "training prompt's shots, and this strategy's prompt has none: give it "
+                "prompt: {shots: N, selector: similar}"
+            )
+
+
+def _known_shots(experiment: Experiment, spec: StrategySpec) -> int | None:
+    """How many shots the strategy's prompt holds; None where only a run can tell (the
+    prompt comes from a prompt search)."""
+    if spec.prompt_from:
+        source = experiment.strategy(spec.prompt_from)
+        unknown = source.optimize or source.run_from  # a search's result, a trained run's
+        return None if unknown else _known_shots(experiment, source)
+    if spec.prompt_file:
+        from tunelab.prompting import load_strategy
+
+        return load_strategy(spec.prompt_file).shots  # (read, and checked, just before)
+    return spec.prompt.shots if spec.prompt is not None else 0
 
 
 def _location(loc: tuple, raw: dict) -> str:

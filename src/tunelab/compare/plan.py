@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from weakref import WeakKeyDictionary
 
 from tunelab.compare.experiment import StrategySpec
-from tunelab.compare.runner import ExperimentRunner, check_strategy_prompt
+from tunelab.compare.runner import ExperimentRunner
 from tunelab.evaluation.runner import evaluate
 from tunelab.prompting import PromptStrategy
 from tunelab.prompting.render import build_prompts, encode_prompts
@@ -142,7 +142,6 @@ def _plan_training(runner: ExperimentRunner, spec: StrategySpec) -> StrategyPlan
     settings = runner.train_settings(spec)
     strategy = _prompt_for(runner, spec) if _has_prompt(spec) \
         else default_training_strategy(spec.name)  # fmt: skip
-    check_strategy_prompt(spec, settings, strategy)
     timing = measure_training_speed(settings, runner.data, strategy, runner.experiment.model)
     per_example, tokens = _eval_speed(runner, strategy, data.test)
     epochs = settings.epochs

@@ -100,6 +100,16 @@ def without_later_defaults(settings: dict) -> dict:
     }  # fmt: skip
 
 
+def settings_changes(before: dict, after: dict) -> str:
+    """'settings (shot_order: shuffled -> nearest_last)': what a refused resume differs in."""
+    old, new = before.get("settings") or {}, after.get("settings") or {}
+    changed = [
+        f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k)
+    ]  # fmt: skip
+    return f"settings ({', '.join(changed)})"
+
+
 def check_training_prompt(settings: TrainSettings, strategy) -> None:
     """What a training prompt cannot be, checked before anything loads."""
     if strategy.cot:

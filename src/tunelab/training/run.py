@@ -28,7 +28,12 @@ from tunelab.provenance import file_record, git_commit, package_versions
 from tunelab.runs import RunFolder, check_request, claim, remove_run
 from tunelab.training import artifacts
 from tunelab.training.classifier import HEAD, to_classifier
-from tunelab.training.config import TrainSettings, check_training_prompt, with_later_defaults
+from tunelab.training.config import (
+    TrainSettings,
+    check_training_prompt,
+    settings_changes,
+    with_later_defaults,
+)
 from tunelab.training.data import TrainData
 from tunelab.training.encoding import FeatureList, encode_examples, encode_labelled
 from tunelab.training.methods import MethodContext, get_method
@@ -258,7 +263,6 @@ def measure_training_speed(
 
     from transformers import TrainerCallback
 
-    check_training_prompt(settings, strategy)
     model, tokenizer = _adapted_model(settings, _portable_model_name(base_model), data.labels)
     train = with_task_prefix(data.train, settings.task_prefix)
     pool = data.shot_pool(settings.task_prefix) if strategy.shots else train
@@ -326,11 +330,11 @@ def _encode(tokenizer, strategy, train, labels, settings: TrainSettings, console
     shots, retriever = training_shots(strategy, train, pool=pool, seed=settings.seed)
     if settings.shot_order == "shuffled":
         shots = shuffled_shots(shots, settings.seed)
-    if retriever and console:
+    if strategy.shots and console:
         order = " (in shuffled order)" if settings.shot_order == "shuffled" else ""
+        how = f"retrieved with {retriever}" if retriever else f"{strategy.selector} shots"
         console.print(
-            f"{strategy.shots} shots per training example{order}, retrieved with {retriever} "
-            f"from {len(pool)} rows"
+            f"{strategy.shots} shots per training example{order}, {how} from {len(pool)} rows"
         )
     if settings.head == "classifier":
         encoded = encode_labelled(tokenizer, strategy, train, labels, settings.max_length, shots)
@@ -514,6 +518,8 @@ def _check_same_config(stored: dict, requested: dict, run_dir: Path) -> None:
         for config in (stored, requested)
     )
     changed = [k for k in keys if stored.get(k) != requested.get(k)]
+    if "settings" in changed:
+        changed[changed.index("settings")] = settings_changes(stored, requested)
     # the files' contents count, not their paths: a moved or copied file resumes
     old, new = _contents(stored.get("data")), _contents(requested.get("data"))
     roles = sorted(r for r in old.keys() | new.keys() if old.get(r) != new.get(r))

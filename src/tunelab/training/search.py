@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tunelab.errors import TuneLabError
 from tunelab.paths import write_json_atomic
 from tunelab.runs import check_request, claim, remove_run
-from tunelab.training.config import TrainSettings, with_later_defaults
+from tunelab.training.config import TrainSettings, settings_changes, with_later_defaults
 
 STUDY = "tunelab"
 STORAGE = "search.db"
@@ -530,6 +530,8 @@ def _check_folder(out: Path, config: dict, *, resume: bool, overwrite: bool) -> 
     if stored.is_file():
         before, config = _stored_config(stored), _comparable(config)
         changed = [k for k in config if k != "search" and before.get(k) != config[k]]
+        if "settings" in changed:
+            changed[changed.index("settings")] = settings_changes(before, config)
         if changed:
             raise TuneLabError(
                 f"{out}: --resume needs the search as it was set up; different: "
