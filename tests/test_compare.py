@@ -70,6 +70,7 @@ strategies:
 
 
 def test_prefer_names_the_cost_that_decides(tmp_path):
+    (tmp_path / "t.jsonl").write_text('{"input": "a", "output": "b"}\n', encoding="utf-8")
     text = (
         "name: demo\ndata: {train: t.jsonl}\nprefer: PREF\nstrategies:\n  - {name: a, prompt: {}}\n"
     )
