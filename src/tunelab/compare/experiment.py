@@ -334,8 +334,7 @@ def _check_files(experiment: Experiment, path: Path, raw: dict) -> None:
     from tunelab.prompting import load_strategy
 
     def fail(loc: tuple, problem: TuneLabError) -> NoReturn:
-        line = _line_of(yaml.compose(path.read_text(encoding="utf-8")), loc)
-        raise TuneLabError(f"{path}:{line}: {_location(loc, raw)}: {problem}") from None
+        raise _error_at(path, raw, loc, str(problem)) from None
 
     for role in DATA_FILES:
         file = getattr(experiment.data, role)
@@ -367,13 +366,17 @@ def _check_shot_orders(experiment: Experiment, path: Path, raw: dict) -> None:
         if not spec.train or spec.train.shot_order == default:
             continue
         if _known_shots(experiment, spec) == 0:
-            loc = ("strategies", index, "train", "shot_order")
-            line = _line_of(yaml.compose(path.read_text(encoding="utf-8")), loc)
-            raise TuneLabError(
-                f"{path}:{line}: {_location(loc, raw)}: {spec.train.shot_order} orders the "
-                "training prompt's shots, and this strategy's prompt has none: give it "
-                "prompt: {shots: N, selector: similar}"
-            )
+            raise _error_at(
+                path, raw, ("strategies", index, "train", "shot_order"),
+                f"{spec.train.shot_order} orders the training prompt's shots, and this "
+                "strategy's prompt has none: give it prompt: {shots: N, selector: similar}",
+            )  # fmt: skip
+
+
+def _error_at(path: Path, raw: dict, loc: tuple, problem: str) -> TuneLabError:
+    """``experiment.yaml:LINE: strategies[2](lora).train.x: problem`` for one field."""
+    line = _line_of(yaml.compose(path.read_text(encoding="utf-8")), loc)
+    return TuneLabError(f"{path}:{line}: {_location(loc, raw)}: {problem}")
 
 
 def _known_shots(experiment: Experiment, spec: StrategySpec) -> int | None:

@@ -85,7 +85,7 @@ class TrainSettings(BaseModel):
 LATER_SETTINGS = ("head", "shot_order")
 
 
-def with_later_defaults(settings: dict) -> dict:
+def _with_later_defaults(settings: dict) -> dict:
     """``settings`` (a stored run's) with every later-added setting it lacks at its default."""
     fields = TrainSettings.model_fields
     return {name: fields[name].default for name in LATER_SETTINGS} | settings
@@ -100,14 +100,20 @@ def without_later_defaults(settings: dict) -> dict:
     }  # fmt: skip
 
 
-def settings_changes(before: dict, after: dict) -> str:
-    """'settings (shot_order: shuffled -> nearest_last)': what a refused resume differs in."""
-    old, new = before.get("settings") or {}, after.get("settings") or {}
-    changed = [
-        f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys())
-        if old.get(k) != new.get(k)
-    ]  # fmt: skip
-    return f"settings ({', '.join(changed)})"
+def config_changes(before: dict, after: dict, keys) -> list[str]:
+    """Which ``keys`` of a stored run or search config (``before``) differ from a request's,
+    settings named one by one ('settings (shot_order: shuffled -> nearest_last)'): what a
+    refused resume says. Settings added since ``before`` was stored count at their defaults."""
+    old, new = (_with_later_defaults(c.get("settings") or {}) for c in (before, after))
+    before, after = before | {"settings": old}, after | {"settings": new}
+    changed = [k for k in keys if before.get(k) != after.get(k)]
+    if "settings" in changed:
+        settings = [
+            f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys())
+            if old.get(k) != new.get(k)
+        ]  # fmt: skip
+        changed[changed.index("settings")] = f"settings ({', '.join(settings)})"
+    return changed
 
 
 def check_training_prompt(settings: TrainSettings, strategy) -> None:

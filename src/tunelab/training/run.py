@@ -28,12 +28,7 @@ from tunelab.provenance import file_record, git_commit, package_versions
 from tunelab.runs import RunFolder, check_request, claim, remove_run
 from tunelab.training import artifacts
 from tunelab.training.classifier import HEAD, to_classifier
-from tunelab.training.config import (
-    TrainSettings,
-    check_training_prompt,
-    settings_changes,
-    with_later_defaults,
-)
+from tunelab.training.config import TrainSettings, check_training_prompt, config_changes
 from tunelab.training.data import TrainData
 from tunelab.training.encoding import FeatureList, encode_examples, encode_labelled
 from tunelab.training.methods import MethodContext, get_method
@@ -512,14 +507,7 @@ def _step_of(checkpoint: Path | None) -> int:
 
 
 def _check_same_config(stored: dict, requested: dict, run_dir: Path) -> None:
-    keys = ("settings", "strategy", "base_model")
-    stored, requested = (
-        config | {"settings": with_later_defaults(config.get("settings") or {})}
-        for config in (stored, requested)
-    )
-    changed = [k for k in keys if stored.get(k) != requested.get(k)]
-    if "settings" in changed:
-        changed[changed.index("settings")] = settings_changes(stored, requested)
+    changed = config_changes(stored, requested, ("settings", "strategy", "base_model"))
     # the files' contents count, not their paths: a moved or copied file resumes
     old, new = _contents(stored.get("data")), _contents(requested.get("data"))
     roles = sorted(r for r in old.keys() | new.keys() if old.get(r) != new.get(r))

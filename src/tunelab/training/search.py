@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tunelab.errors import TuneLabError
 from tunelab.paths import write_json_atomic
 from tunelab.runs import check_request, claim, remove_run
-from tunelab.training.config import TrainSettings, settings_changes, with_later_defaults
+from tunelab.training.config import TrainSettings, config_changes
 
 STUDY = "tunelab"
 STORAGE = "search.db"
@@ -509,8 +509,8 @@ def same_search(out: Path, settings, data, strategy, base_model, search) -> bool
     if not is_run(out, "search") or not stored.is_file():
         return False
     config = _config(settings, data, strategy, base_model, search, resolve_space(settings, search))
-    before = _stored_config(stored)
-    return all(before.get(k) == v for k, v in _comparable(config).items() if k != "search")
+    before = json.loads(stored.read_text(encoding="utf-8"))
+    return not config_changes(before, config, [k for k in config if k != "search"])
 
 
 def _check_folder(out: Path, config: dict, *, resume: bool, overwrite: bool) -> None:
@@ -528,24 +528,13 @@ def _check_folder(out: Path, config: dict, *, resume: bool, overwrite: bool) -> 
             "trials), --overwrite to start again, or choose another --out"
         )
     if stored.is_file():
-        before, config = _stored_config(stored), _comparable(config)
-        changed = [k for k in config if k != "search" and before.get(k) != config[k]]
-        if "settings" in changed:
-            changed[changed.index("settings")] = settings_changes(before, config)
+        before = json.loads(stored.read_text(encoding="utf-8"))
+        changed = config_changes(before, config, [k for k in config if k != "search"])
         if changed:
             raise TuneLabError(
                 f"{out}: --resume needs the search as it was set up; different: "
                 f"{', '.join(changed)}"
             )
-
-
-def _stored_config(path: Path) -> dict:
-    return _comparable(json.loads(path.read_text(encoding="utf-8")))
-
-
-def _comparable(config: dict) -> dict:
-    """A search config with the settings added since it was stored at their defaults."""
-    return config | {"settings": with_later_defaults(config.get("settings") or {})}
 
 
 def _show(value) -> str:
