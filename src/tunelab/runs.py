@@ -24,7 +24,7 @@ from tunelab.paths import write_json_atomic
 
 MARKER = "tunelab-run.json"
 FORMAT = 1
-Kind = Literal["eval", "train", "optimize", "compare", "export", "search"]
+Kind = Literal["eval", "train", "optimize", "compare", "export", "search", "retriever"]
 State = Literal["new", "existing"]
 
 

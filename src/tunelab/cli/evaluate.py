@@ -26,6 +26,7 @@ from tunelab.generation import GenerationConfig
 from tunelab.generation.constraints import Constraint, constraint_value, read_schema
 from tunelab.models import DEFAULT_MODEL, load_model
 from tunelab.models.device import resolve_placement
+from tunelab.models.embeddings import EMBEDDER_HELP, embedder_choice
 from tunelab.paths import require_file
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line, usable_shot_rows
@@ -77,7 +78,7 @@ def eval_command(
     ),
     consistency: bool = typer.Option(False, help="Also run paraphrased templates."),
     paraphrases: Path | None = typer.Option(None, help="YAML list of templates for consistency."),
-    embedder: str = typer.Option("auto", help="auto (MiniLM when installed) | tfidf."),
+    embedder: str = typer.Option("auto", help=EMBEDDER_HELP),
     shot_pool: Path | None = typer.Option(
         None,
         help=SHOT_POOL_HELP + " Not with an --adapter run trained with shots (it has its own).",
@@ -120,15 +121,14 @@ def eval_command(
         train = train + _usable_pool_rows(shot_pool, strategy, trained, train_set, train,
                                           every_test_row, label_set)  # fmt: skip
     train = with_task_prefix(train, trained.get("task_prefix"))
-    embedder = choice("--embedder", embedder, ("auto", "tfidf"))
+    embedder = embedder_choice(embedder)
     if trained.get("shot_pool") and strategy.shots:  # the rows the run was trained with
-        from tunelab.prompting.shots import retriever_warning, run_embedder
-        from tunelab.training.artifacts import read_shot_pool
+        from tunelab.training.artifacts import read_shot_pool, run_retriever
 
         train = read_shot_pool(adapter, trained)
         if strategy.selector == "similar":
-            warn([w for w in [retriever_warning(trained.get("retriever"), embedder)] if w])
-            embedder = run_embedder(trained.get("retriever"), embedder)
+            embedder, why = run_retriever(adapter, trained, embedder)
+            warn([why] if why else [])
             every_test_row = with_task_prefix(every_test_row, trained.get("task_prefix"))
             train = _pool_without_test_rows(train, every_test_row)
     held_out = with_task_prefix(held_out, trained.get("task_prefix"))

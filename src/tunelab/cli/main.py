@@ -77,6 +77,7 @@ def _register_commands() -> None:
         export,
         models,
         optimize,
+        retriever,
         serve,
         train,
         ui,
@@ -88,6 +89,7 @@ def _register_commands() -> None:
     app.command("train")(train.train_command)
     app.command("methods")(train.methods_command)
     app.command("optimize")(optimize.optimize_command)
+    app.command("tune-retriever")(retriever.tune_retriever_command)
     app.command("compare")(compare.compare_command)
     app.command("serve")(serve.serve_command)
     app.command("chat")(chat.chat_command)

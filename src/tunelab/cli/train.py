@@ -18,6 +18,7 @@ from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import is_json_task
 from tunelab.models import DEFAULT_MODEL, resolve_model
 from tunelab.models.device import resolve_placement
+from tunelab.models.embeddings import EMBEDDER_HELP, embedder_choice
 from tunelab.paths import require_file
 from tunelab.prompting import load_strategy
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line
@@ -53,6 +54,9 @@ def train_command(
     shot_pool: Path | None = typer.Option(
         None,
         help=SHOT_POOL_HELP + " Used in training and at inference (stored with the run).",
+    ),
+    embedder: str = typer.Option(
+        "auto", help=EMBEDDER_HELP + " Stored with the run: inference retrieves alike."
     ),
     shot_order: str = typer.Option(
         TrainSettings.model_fields["shot_order"].default,
@@ -143,8 +147,8 @@ def train_command(
     )
     if resume and out is None:
         raise TuneLabError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
-    train_data = _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed,
-                            shot_pool)  # fmt: skip
+    train_data = load_train_data(data, dev, dev_size, test, input_field, output_field, labels, seed,
+                                 shot_pool, embedder_choice(embedder))  # fmt: skip
     warn(label_warnings(train_data.labels, train_data.test or train_data.dev))
     held_out = [e.output for e in (train_data.test or []) + train_data.dev]  # dev: best epoch
     json_task = train_data.labels is None and is_json_task(held_out)
@@ -327,7 +331,11 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _load_data(data, dev, dev_size, test, input_field, output_field, labels, seed, pool=None):
+def load_train_data(
+    data, dev, dev_size, test, input_field, output_field, labels, seed, pool=None, embedder="auto"
+):
+    """The splits and shot pool of `tunelab train` (and `tune-retriever`, which learns from
+    the same rows)."""
     from tunelab.training.data import TrainData
 
     train_set = load_dataset(data, input_field, output_field)
@@ -351,7 +359,7 @@ def _load_data(data, dev, dev_size, test, input_field, output_field, labels, see
     if pool:
         extra = load_like(pool, train_set).examples
         files["shot_pool"] = pool
-    return TrainData(train, dev_examples, test_examples, label_set, files, extra)
+    return TrainData(train, dev_examples, test_examples, label_set, files, extra, embedder=embedder)
 
 
 def _print_plan(settings, data, run_dir: Path) -> None:

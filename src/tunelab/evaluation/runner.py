@@ -397,7 +397,10 @@ def _score(answers, raw, references, labels, settings: EvalSettings, prefix: str
             lambda p, r: m.macro_f1(p, r, labels), answers, references, seed=settings.seed
         )
     elif not json_task:
-        embedder = get_embedder(answers + references, settings.embedder)
+        # the stock embedder for the metric: a tuned retriever (--embedder FOLDER) would make
+        # it incomparable across runs
+        stock = "tfidf" if settings.embedder == "tfidf" else "auto"
+        embedder = get_embedder(answers + references, stock)
         per_example |= {
             "exact_match": m.exact_match(answers, references),
             "token_f1": m.token_f1(answers, references),

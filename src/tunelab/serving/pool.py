@@ -15,10 +15,10 @@ from tunelab.errors import TuneLabError
 from tunelab.generation.constraints import Constraint, grammar_problem
 from tunelab.generation.engine import BASE_ADAPTER, Engine, Request, Route
 from tunelab.prompting.render import encode_chat, shot_turns, system_text
-from tunelab.prompting.shots import ShotSource, retriever_warning, run_embedder
+from tunelab.prompting.shots import ShotSource, retriever_warning
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import apply_task_prefix
-from tunelab.training.artifacts import read_shot_pool
+from tunelab.training.artifacts import read_shot_pool, run_retriever
 
 
 @dataclass
@@ -104,7 +104,7 @@ class AdapterPool:
         if served.strategy.shots:
             pool = read_shot_pool(run_dir, meta)
             seed = (meta.get("settings") or {}).get("seed", 0)
-            embedder = run_embedder(meta.get("retriever"))
+            embedder, _ = run_retriever(run_dir, meta)  # warned at start-up (warnings)
             served.shots = ShotSource(served.strategy, pool, seed=seed, embedder=embedder)
         adapter = run_dir / "adapter"
         if meta["method"] != "full" and meta["base_model"] != self.base_name:

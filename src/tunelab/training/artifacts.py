@@ -18,6 +18,7 @@ its final evaluation resumes with that evaluation alone).
 
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ FINAL_METRICS = "metrics.json"
 FORMAT_VERSION = 1
 METRICS_LOG = "metrics.jsonl"
 SHOT_POOL = "shots.jsonl"  # in adapter/: the rows a run with shots retrieves them from
+RETRIEVER_DIR = "retriever"  # in adapter/: the tuned retriever those shots are found with
 
 
 @dataclass
@@ -56,19 +58,28 @@ def is_finished(run_dir: Path) -> bool:
 
 
 def save_adapted_model(
-    run_dir: Path, model, tokenizer, meta: dict, shot_pool: list | None = None
+    run_dir: Path,
+    model,
+    tokenizer,
+    meta: dict,
+    shot_pool: list | None = None,
+    retriever: Path | None = None,
 ) -> Path:
     """Write weights, tokenizer and metadata into ``RUN_DIR/adapter`` in one atomic step;
     ``shot_pool`` (the rows a run with shots retrieves from: its training rows and any
-    --shot-pool rows) goes beside them, so chat, serve and export find the same shots as
-    evaluation without the training file."""
+    --shot-pool rows) and a tuned ``retriever`` folder go beside them, so chat, serve and
+    export find the same shots as evaluation without the training files."""
     from tunelab.data.writing import write_examples_jsonl
+    from tunelab.runs import MARKER
 
     with atomic_directory(run_dir / ADAPTER_DIR) as scratch:  # replaced whole: TuneLab's own
         model.save_pretrained(scratch)
         tokenizer.save_pretrained(scratch)
         if shot_pool is not None:
             write_examples_jsonl(scratch / SHOT_POOL, shot_pool, keep_fields=True)
+        if retriever is not None:
+            ignore = shutil.ignore_patterns(MARKER)  # a part of this run, not a run of its own
+            shutil.copytree(retriever, scratch / RETRIEVER_DIR, ignore=ignore)
         write_json_atomic(scratch / META_FILE, {"format": FORMAT_VERSION, **meta})
     return run_dir / ADAPTER_DIR
 
@@ -85,6 +96,26 @@ def read_shot_pool(run_dir: Path, meta: dict) -> list:
     if not path.is_file():
         raise TuneLabError(f"{path}: the run's shot pool is missing; train the run again")
     return with_task_prefix(load_dataset(path).examples, meta.get("task_prefix"))
+
+
+def run_retriever(run_dir: Path, meta: dict, prefer: str = "auto") -> tuple[str, str | None]:
+    """The embedder to retrieve a trained run's shots with (by default the one it was trained
+    with: its stored tuned retriever, else MiniLM or TF-IDF as recorded), and why the shots
+    will differ from training's when ``prefer`` (--embedder) or the install says otherwise."""
+    from tunelab.prompting.shots import retriever_warning, run_embedder
+
+    if not meta.get("retriever_dir"):
+        retriever = meta.get("retriever")
+        return run_embedder(retriever, prefer), retriever_warning(retriever, prefer)
+    own = run_dir / ADAPTER_DIR / meta["retriever_dir"]
+    if prefer != "auto":
+        return prefer, (
+            f"this run was trained with shots retrieved by its own tuned retriever ({own}); "
+            f"--embedder {prefer} picks other neighbours than in training"
+        )
+    if not (own / "config.json").is_file():
+        raise TuneLabError(f"{own}: the run's tuned retriever is missing; train the run again")
+    return str(own), None
 
 
 def read_meta(run_dir: Path) -> dict:

@@ -24,6 +24,9 @@ class TrainData:
     # split, a search trial's, filters the kept rows again: a no-op)
     extra_shot_rows: list[Example] = field(default_factory=list)
     left_out_shot_rows: LeftOutShotRows = field(default_factory=LeftOutShotRows)
+    # what similar shots are retrieved with: auto (MiniLM), tfidf, or a tuned retriever's
+    # folder (`tunelab tune-retriever`), stored with the run so inference retrieves alike
+    embedder: str = "auto"
 
     def __post_init__(self):
         held_out = self.dev + (self.test or [])
@@ -31,6 +34,13 @@ class TrainData:
             self.train, self.extra_shot_rows, held_out, self.labels
         )
         self.left_out_shot_rows += left_out
+        if self.retriever is not None:  # its weights count like a data file's contents
+            self.files = self.files | {"retriever": self.retriever / "model.safetensors"}
+
+    @property
+    def retriever(self) -> Path | None:
+        """The tuned retriever's folder, if shots are retrieved with one."""
+        return None if self.embedder in ("auto", "tfidf") else Path(self.embedder)
 
     def shot_pool(self, prefix: str | None = None) -> list[Example]:
         """The rows a strategy with shots retrieves them from (training and inference): the

@@ -4,7 +4,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -102,12 +102,14 @@ def train_run(
     train = with_task_prefix(data.train, settings.task_prefix)
     dev = with_task_prefix(data.dev, settings.task_prefix)
     pool = data.shot_pool(settings.task_prefix) if strategy.shots else train
-    encoded = _encode(tokenizer, strategy, train, data.labels, settings, console, pool)
+    encoded = _encode(tokenizer, strategy, train, data, settings, console, pool)
     longest = max(len(f["input_ids"]) for f in encoded.features)
     _check_virtual_tokens(settings.options.get("virtual_tokens", 0), model.config, longest)
     checkpoint = start.checkpoint
     generation = GenerationConfig(max_new_tokens=_answer_budget(tokenizer, train), batch_size=8)
-    dev_settings = EvalSettings(generation=generation, seed=settings.seed, resamples=200)
+    dev_settings = EvalSettings(
+        generation=generation, seed=settings.seed, resamples=200, embedder=data.embedder
+    )
 
     def task_eval(view) -> EvalResult:
         return evaluate_sharded(
@@ -149,6 +151,7 @@ def train_run(
     if best:
         load_checkpoint_weights(model, Path(best))
     model.eval()
+    own_retriever = bool(strategy.shots and strategy.selector == "similar" and data.retriever)
     meta = {
         "method": settings.method,
         "base_model": base_model,
@@ -160,14 +163,19 @@ def train_run(
         "shot_pool": artifacts.SHOT_POOL if strategy.shots else None,
         "head": settings.head,
         "retriever": encoded.retriever,
+        "retriever_dir": artifacts.RETRIEVER_DIR if own_retriever else None,
     }
     summary = _summary(trainer, model, settings, encoded, best)
     if main:
         write_json_atomic(run_dir / artifacts.SUMMARY_FILE, summary)
         artifacts.save_adapted_model(
-            run_dir, model, tokenizer, meta, shot_pool=pool if strategy.shots else None
-        )
-    final_settings = final_eval or EvalSettings(generation=generation, seed=settings.seed)
+            run_dir, model, tokenizer, meta, shot_pool=pool if strategy.shots else None,
+            retriever=data.retriever if own_retriever else None,
+        )  # fmt: skip
+    final_settings = replace(
+        final_eval or EvalSettings(generation=generation, seed=settings.seed),
+        embedder=data.embedder,
+    )
     model.to(getattr(torch, placement.dtype))  # evaluated like every other strategy
     final = evaluate_sharded(
         inference_view(model), tokenizer, strategy, held_out or dev, train=pool,
@@ -224,7 +232,8 @@ def evaluate_saved_run(
     return evaluate_sharded(
         trained.model, trained.tokenizer, strategy, with_task_prefix(rows, prefix),
         train=data.shot_pool(prefix), labels=data.labels,
-        settings=final_eval or EvalSettings(generation=generation, seed=seed),
+        settings=replace(final_eval or EvalSettings(generation=generation, seed=seed),
+                         embedder=data.embedder),
     )  # fmt: skip
 
 
@@ -261,7 +270,7 @@ def measure_training_speed(
     model, tokenizer = _adapted_model(settings, _portable_model_name(base_model), data.labels)
     train = with_task_prefix(data.train, settings.task_prefix)
     pool = data.shot_pool(settings.task_prefix) if strategy.shots else train
-    encoded = _encode(tokenizer, strategy, train, data.labels, settings, None, pool)
+    encoded = _encode(tokenizer, strategy, train, data, settings, None, pool)
     marks: list[tuple[float, int]] = []
 
     class Clock(TrainerCallback):
@@ -319,10 +328,13 @@ def _check_virtual_tokens(virtual: int, config, longest: int = 1) -> None:
         )
 
 
-def _encode(tokenizer, strategy, train, labels, settings: TrainSettings, console, pool):
+def _encode(tokenizer, strategy, train, data: TrainData, settings: TrainSettings, console, pool):
     """Training sequences; with ``shots`` in the strategy, each example's shots are retrieved
     from the other rows of ``pool`` (tunelab.prompting.shots.training_shots)."""
-    shots, retriever = training_shots(strategy, train, pool=pool, seed=settings.seed)
+    labels = data.labels
+    shots, retriever = training_shots(
+        strategy, train, pool=pool, seed=settings.seed, embedder=data.embedder
+    )
     if settings.shot_order == "shuffled":
         shots = shuffled_shots(shots, settings.seed)
     if strategy.shots and console:
