@@ -601,3 +601,49 @@ strategies:
     assert all(row["prompt"].count("user") >= 3 for row in shots)  # two shots and the query
     again = run_compare(experiment, "--out", out, "--no-estimate")
     assert again.exit_code == 0 and "3 already finished" in again.output
+
+
+def test_a_retriever_resolves_beside_the_file_and_reruns_only_strategies_with_shots(tmp_path):
+    from tunelab.compare.runner import ExperimentRunner, load_experiment_data
+
+    lines = "".join(
+        json.dumps({"input": f"question {i}", "output": "yes" if i % 2 else "no"}) + "\n"
+        for i in range(12)
+    )
+    for name in ("train.jsonl", "test.jsonl"):
+        (tmp_path / name).write_text(lines.replace("question", name[:4]), encoding="utf-8")
+    folder = tmp_path / "retriever"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    (folder / "model.safetensors").write_bytes(b"weights")
+    strategies = (
+        "strategies:\n  - {name: zero, prompt: {}}\n"
+        "  - {name: few, prompt: {shots: 2, selector: similar}}\n"
+        "  - {name: lora, train: {method: lora}}\n"
+        "  - {name: lora-shots, train: {method: lora}, prompt: {shots: 2}}\n"
+    )
+    keys = {}
+    for retriever in ("", ", retriever: retriever", ", retriever: retriever "):
+        if retriever.endswith(" "):
+            (folder / "model.safetensors").write_bytes(b"tuned again")
+        path = write_experiment(
+            tmp_path,
+            f"name: x\ndata: {{train: train.jsonl, test: test.jsonl{retriever}}}\n" + strategies,
+        )
+        experiment = load_experiment(path)
+        data = load_experiment_data(experiment)
+        runner = ExperimentRunner(experiment, data, tmp_path / "out")
+        keys[retriever] = {s.name: runner.spec_key(s) for s in experiment.strategies}
+    assert data.embedder == str(folder) and runner.settings.embedder == str(folder)
+    for before, after in (("", ", retriever: retriever"),
+                          (", retriever: retriever", ", retriever: retriever ")):  # fmt: skip
+        changed = {n for n in keys[before] if keys[before][n] != keys[after][n]}
+        assert changed == {"few", "lora-shots"}
+
+    path = write_experiment(tmp_path, (
+        "name: x\ndata:\n  train: train.jsonl\n  retriever: gone\n"
+        "strategies:\n  - {name: few, prompt: {shots: 2, selector: similar}}\n"
+    ))  # fmt: skip
+    with pytest.raises(TuneLabError) as err:
+        load_experiment(path)
+    assert str(err.value).startswith(f"{path}:4: data.retriever: {tmp_path / 'gone'}: no such")

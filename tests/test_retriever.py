@@ -16,6 +16,7 @@ from tunelab.training.retriever import (
     check_rows,
     label_pairs,
     pair_batches,
+    same_label_mask,
     shot_quality,
 )
 
@@ -46,19 +47,25 @@ def test_each_pair_joins_two_different_rows_of_one_label_and_singletons_sit_out(
     assert "rare" not in {label for _, _, label in pairs}
 
 
-def test_a_step_never_holds_two_pairs_of_one_label_and_no_pair_is_dropped():
-    pairs = label_pairs(ROWS * 3, random.Random(1))
-    steps = list(pair_batches(pairs, size=8))
-    for step in steps:
-        labels = [label for _, _, label in step]
-        assert len(labels) == len(set(labels)) >= 2
-    assert sorted(p for step in steps for p in step) == sorted(pairs)
+def test_imbalanced_labels_lose_no_pair_and_a_same_label_pair_is_no_negative():
+    import torch
+
+    data = rows(*[(f"card problem {i}", "billing") for i in range(9)], ("login a", "login"),
+                ("login b", "login"))  # fmt: skip
+    pairs = label_pairs(data, random.Random(1))
+    steps = list(pair_batches(pairs, size=4))
+    assert len(pairs) == 11 and [len(step) for step in steps] == [4, 4, 3]
+    batch = [("a", "b", "x"), ("c", "d", "x"), ("e", "f", "y")]
+    mask = same_label_mask(batch)
+    assert mask[0, 1] == mask[1, 0] == -torch.inf  # the other x pair: not pushed away
+    assert mask[0, 0] == mask[0, 2] == mask[2, 0] == 0
 
 
 def test_one_label_gives_nothing_to_contrast():
-    pairs = label_pairs(rows(("a b", "x"), ("c d", "x"), ("e f", "x")), random.Random(0))
-    assert list(pair_batches(pairs, size=4)) == []
-    with pytest.raises(TuneLabError, match="at least 2 labels with 2 or more rows"):
+    assert list(pair_batches(label_pairs(ROWS, random.Random(0))[:5], size=4)) == [
+        label_pairs(ROWS, random.Random(0))[:4]
+    ]  # a last step of one pair has nothing to contrast
+    with pytest.raises(TuneLabError, match="tune-retriever: needs rows of at least 2 labels"):
         check_rows(rows(("a b", "x"), ("c d", "x"), ("free text", "y")))
 
 
@@ -107,6 +114,9 @@ def test_a_tuned_retriever_is_a_marked_folder_that_eval_retrieves_with(
     summary = json.loads((run_dir / "metrics.json").read_text())
     assert summary["retriever"] == f"all-MiniLM-L6-v2 tuned ({out.resolve()})"
 
+    from tunelab.models.embeddings import get_embedder
+
+    first = get_embedder([], str(out))
     (out / "my-notes.txt").write_text("kept")  # a second tuning replaces ours, keeps theirs
     result = runner.invoke(app, [
         "tune-retriever", "--data", str(train), "--batch-size", "3", "--out", str(out),
@@ -114,6 +124,7 @@ def test_a_tuned_retriever_is_a_marked_folder_that_eval_retrieves_with(
     assert result.exit_code == 0, result.output
     assert json.loads((out / "retriever.json").read_text())["steps"] == 4
     assert (out / "my-notes.txt").read_text() == "kept"
+    assert get_embedder([], str(out)) is not first  # retuned weights are loaded again
 
 
 def test_tune_retriever_never_writes_into_a_folder_it_did_not_make(tmp_path, write_jsonl):
@@ -162,16 +173,19 @@ def tuned_run(tmp_path_factory, tiny_model_dir):
     train.write_text("".join(json.dumps({"text": e.input, "label": e.output}) + "\n" for e in ROWS))
     test = folder / "test.jsonl"
     test.write_text(json.dumps({"text": "charged two times", "label": "billing"}) + "\n")
+    dev = folder / "dev.jsonl"
+    dev.write_text(json.dumps({"text": "parcel missing", "label": "shipping"}) + "\n")
+    held_out = ["--dev", str(dev), "--test", str(test)]
     runner = CliRunner()
     result = runner.invoke(app, [
-        "tune-retriever", "--data", str(train), "--batch-size", "3", "--out",
+        "tune-retriever", "--data", str(train), *held_out, "--batch-size", "3", "--out",
         str(folder / "retriever"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, [
-        "train", "--data", str(train), "--test", str(test), "--model", str(tiny_model_dir),
+        "train", "--data", str(train), *held_out, "--model", str(tiny_model_dir),
         "--method", "lora", "-o", "r=4", "--epochs", "1", "--batch-size", "4", "--shots", "2",
-        "--selector", "similar", "--embedder", str(folder / "retriever"), "--dev-size", "0.25",
+        "--selector", "similar", "--embedder", str(folder / "retriever"),
         "--out", str(folder / "run"),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
@@ -232,16 +246,63 @@ def test_a_changed_retriever_refuses_the_resume(tuned_run, tmp_path, tiny_model_
     shutil.copytree(finished, run_dir)
     (run_dir / artifacts.FINAL_METRICS).unlink()
     other = tmp_path / "other"
+    held_out = ["--dev", str(finished.parent / "dev.jsonl"), "--test", str(test)]
     result = CliRunner().invoke(app, [
-        "tune-retriever", "--data", str(finished.parent / "train.jsonl"), "--batch-size", "3",
-        "--seed", "1", "--out", str(other),
+        "tune-retriever", "--data", str(finished.parent / "train.jsonl"), *held_out,
+        "--batch-size", "3", "--seed", "1", "--out", str(other),
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    result = CliRunner().invoke(app, [
-        "train", "--data", str(finished.parent / "train.jsonl"), "--test", str(test),
-        "--model", str(tiny_model_dir), "--method", "lora", "-o", "r=4", "--epochs", "1", "--batch-size", "4",
-        "--shots", "2", "--selector", "similar", "--embedder", str(other), "--dev-size", "0.25",
-        "--out", str(run_dir), "--resume",
-    ])  # fmt: skip
+
+    def resume(embedder):
+        return CliRunner().invoke(app, [
+            "train", "--data", str(finished.parent / "train.jsonl"), *held_out,
+            "--model", str(tiny_model_dir), "--method", "lora", "-o", "r=4", "--epochs", "1",
+            "--batch-size", "4", "--shots", "2", "--selector", "similar", "--embedder",
+            embedder, "--out", str(run_dir), "--resume",
+        ])  # fmt: skip
+
+    result = resume(str(other))
     assert result.exit_code == 1
     assert "different: data (retriever)\n" in result.stderr
+    result = resume("tfidf")
+    assert result.exit_code == 1
+    assert "different: embedder, data (retriever)\n" in result.stderr
+
+
+@needs_minilm
+def test_a_retriever_that_learned_held_out_rows_is_refused(tuned_run, tmp_path):
+    run_dir, test = tuned_run
+    retriever = run_dir.parent / "retriever"
+    train = run_dir.parent / "train.jsonl"
+    result = CliRunner().invoke(app, [  # eval's own 20% split holds rows it learned
+        "eval", "--data", str(train), "--model", "unused", "--shots", "2", "--selector",
+        "similar", "--embedder", str(retriever), "--out", str(tmp_path / "e"),
+    ])  # fmt: skip
+    assert result.exit_code == 1
+    assert "this tuned retriever learned 2 of the 2 test inputs" in result.stderr
+    result = CliRunner().invoke(app, [  # train's dev split too
+        "train", "--data", str(train), "--test", str(test), "--method", "lora", "--shots", "2",
+        "--selector", "similar", "--embedder", str(retriever), "--out", str(tmp_path / "t"),
+    ])  # fmt: skip
+    assert result.exit_code == 1
+    assert "learned 1 of the 2 dev and test inputs" in result.stderr
+    assert not (tmp_path / "e").exists() and not (tmp_path / "t").exists()
+
+
+def test_a_retriever_without_similar_shots_and_bad_settings_are_refused(tmp_path, write_jsonl):
+    folder = tmp_path / "encoder"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"architectures": ["BertModel"]}')
+    data = write_jsonl([{"text": e.input, "label": e.output} for e in ROWS], "train.jsonl")
+    result = CliRunner().invoke(app, [
+        "eval", "--data", str(data), "--model", "unused", "--shots", "2", "--embedder",
+        str(folder),
+    ])  # fmt: skip
+    assert result.exit_code == 1 and "it needs --shots N --selector similar" in result.stderr
+    (folder / "config.json").write_text('{"architectures": ["LlamaForCausalLM"]}')
+    with pytest.raises(TuneLabError, match="holds a language model"):
+        embedder_choice(str(folder))
+    result = CliRunner().invoke(
+        app, ["tune-retriever", "--data", str(data), "--lr", "0", "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 1 and "error: --lr: Input should be greater than 0" in result.stderr

@@ -26,7 +26,7 @@ from tunelab.generation import GenerationConfig
 from tunelab.generation.constraints import Constraint, constraint_value, read_schema
 from tunelab.models import DEFAULT_MODEL, load_model
 from tunelab.models.device import resolve_placement
-from tunelab.models.embeddings import EMBEDDER_HELP, embedder_choice
+from tunelab.models.embeddings import EMBEDDER_HELP, check_not_learned, embedder_choice
 from tunelab.paths import require_file
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line, usable_shot_rows
@@ -122,6 +122,13 @@ def eval_command(
                                           every_test_row, label_set)  # fmt: skip
     train = with_task_prefix(train, trained.get("task_prefix"))
     embedder = embedder_choice(embedder)
+    if embedder not in ("auto", "tfidf"):  # a tuned retriever: only for similar shots
+        if not (strategy.shots and strategy.selector == "similar"):
+            raise TuneLabError(
+                f"--embedder {embedder}: a retriever finds similar shots; it needs --shots N "
+                "--selector similar"
+            )
+        check_not_learned(Path(embedder), every_test_row, "test")
     if trained.get("shot_pool") and strategy.shots:  # the rows the run was trained with
         from tunelab.training.artifacts import read_shot_pool, run_retriever
 

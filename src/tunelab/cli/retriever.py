@@ -9,7 +9,7 @@ from tunelab.cli.output import console
 from tunelab.errors import TuneLabError
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line, without_held_out
 from tunelab.runs import check_out
-from tunelab.training.retriever import RetrieverSettings
+from tunelab.training.retriever import RetrieverSettings, check_rows
 
 _FIELDS = RetrieverSettings.model_fields
 
@@ -58,7 +58,8 @@ def tune_retriever_command(
         )
     except ValidationError as err:
         first = err.errors()[0]
-        raise TuneLabError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+        flag = {"learning_rate": "lr"}.get(str(first["loc"][0]), str(first["loc"][0]))
+        raise TuneLabError(f"--{flag.replace('_', '-')}: {first['msg']}") from None
     data_ = load_train_data(
         data, dev, 0.0, test, input_field, output_field, "auto", seed, shot_pool
     )
@@ -76,6 +77,7 @@ def tune_retriever_command(
     if dropped := len(data_.shot_pool()) - len(rows):
         rows_ = "row" if dropped == 1 else "rows"
         console.print(f"left out {dropped} training {rows_} with a dev or test input")
+    check_rows(rows, where=f"--data {data}")
     outcome = tune_retriever(rows, data_.dev, settings, out, log=console.print)
     console.print(f"{outcome.steps} steps in {outcome.seconds:.0f} s", highlight=False)
     if outcome.dev_before and outcome.dev_after:

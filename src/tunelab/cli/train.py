@@ -161,6 +161,11 @@ def train_command(
     check_training_prompt(settings, strategy)
     if shot_pool and not strategy.shots:
         raise TuneLabError("--shot-pool is where shots come from: it needs --shots N (N > 0)")
+    if train_data.retriever and not (strategy.shots and strategy.selector == "similar"):
+        raise TuneLabError(
+            f"--embedder {embedder}: a retriever finds similar shots; it needs --shots N "
+            "--selector similar"
+        )
     run_dir = out or default_run_dir(settings.method)
     _print_plan(settings, train_data, run_dir)
     if search or search_space:

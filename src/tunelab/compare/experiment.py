@@ -43,6 +43,7 @@ class Strict(BaseModel):
 
 
 DATA_FILES = ("train", "test", "dev", "shot_pool")  # the DataSpec fields that name files
+DATA_FOLDERS = (*DATA_FILES, "retriever")  # ... and folders (paths relative to the experiment)
 
 
 class DataSpec(Strict):
@@ -59,6 +60,11 @@ class DataSpec(Strict):
     shot_pool: Path | None = Field(
         None,
         description=SHOT_POOL_HELP + " Every strategy with shots uses it.",
+    )
+    retriever: Path | None = Field(
+        None,
+        description="a tuned retriever folder (`tunelab tune-retriever`): every strategy with "
+        "similar shots retrieves them with it (training runs keep it)",
     )
 
 
@@ -331,6 +337,7 @@ def _check_files(experiment: Experiment, path: Path, raw: dict) -> None:
     strategy runs (not when its turn comes after hours of training); a problem names the
     experiment file's line."""
     from tunelab.generation.constraints import read_schema
+    from tunelab.models.embeddings import embedder_choice
     from tunelab.prompting import load_strategy
 
     def fail(loc: tuple, problem: TuneLabError) -> NoReturn:
@@ -344,6 +351,11 @@ def _check_files(experiment: Experiment, path: Path, raw: dict) -> None:
             require_file(file, "data file")
         except TuneLabError as err:
             fail(("data", role), err)
+    if experiment.data.retriever is not None:
+        try:
+            embedder_choice(str(experiment.data.retriever), "")
+        except TuneLabError as err:
+            fail(("data", "retriever"), TuneLabError(str(err).strip()))
     if experiment.eval.format_schema is not None:
         try:
             read_schema(experiment.eval.format_schema)
@@ -442,7 +454,7 @@ def _with_paths_resolved(experiment: Experiment, base: Path) -> Experiment:
         return path if path is None or path.is_absolute() else base / path
 
     data = experiment.data.model_copy(
-        update={name: resolve(getattr(experiment.data, name)) for name in DATA_FILES}
+        update={name: resolve(getattr(experiment.data, name)) for name in DATA_FOLDERS}
     )
     strategies = [
         s.model_copy(update={"prompt_file": resolve(s.prompt_file)}) for s in experiment.strategies

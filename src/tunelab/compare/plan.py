@@ -98,7 +98,9 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
     loaded, settings = runner._base_model(), runner.settings
     generating = "generate" in resolve_modes(settings.mode, runner.data.labels, strategy.cot)
     sample = test[: settings.generation.batch_size if generating else SAMPLE]
-    shots, retriever = select_shots(strategy, runner.data.shot_pool(), sample, seed=settings.seed)
+    shots, retriever = select_shots(
+        strategy, runner.data.shot_pool(), sample, seed=settings.seed, embedder=settings.embedder
+    )
     prompts = build_prompts(loaded.tokenizer, strategy, sample, runner.data.labels, shots)
     tokens = sum(map(len, encode_prompts(loaded.tokenizer, prompts))) / max(len(prompts), 1)
     measured = _measured.setdefault(runner, {})

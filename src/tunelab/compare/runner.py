@@ -65,7 +65,15 @@ def load_experiment_data(experiment: Experiment) -> TrainData:
     if spec.shot_pool:
         pool = load_like(spec.shot_pool, train_set).examples  # filtered by TrainData
         files["shot_pool"] = spec.shot_pool
-    return TrainData(train, dev, test, labels, files, pool)
+    return TrainData(
+        train, dev, test, labels, files, pool, embedder=experiment_embedder(experiment)
+    )
+
+
+def experiment_embedder(experiment: Experiment) -> str:
+    """What the experiment's similar shots are retrieved with: its tuned retriever, or MiniLM."""
+    retriever = experiment.data.retriever
+    return str(retriever) if retriever is not None else "auto"
 
 
 def check_strategy_prompt(spec: StrategySpec, settings, strategy: PromptStrategy) -> None:
@@ -129,6 +137,7 @@ def eval_settings(experiment: Experiment) -> EvalSettings:
         seed=experiment.seed,
         checklist_field=spec.checklist_field,
         latency_rows=LATENCY_ROWS,
+        embedder=experiment_embedder(experiment),
     )
 
 
@@ -175,11 +184,14 @@ class ExperimentRunner:
         key is stale (the experiment file or the data changed) and runs again."""
         source = spec.prompt_from or spec.run_from
         pool = self.uses_shot_pool(spec)  # else adding a pool keeps this result current
+        retrieval = ("shot_pool", "retriever")  # they count only where shots are drawn
         hashes = {
-            role: sha256_of(path) for role, path in self.data.files.items() if role != "shot_pool"
+            role: sha256_of(path) for role, path in self.data.files.items() if role not in retrieval
         }
         if pool and self.data.extra_shot_rows:  # the rows kept, not the file: a moved file
             hashes["shot_pool"] = _rows_hash(self.data.extra_shot_rows)  # or new rules count
+        if pool and self.data.retriever is not None:  # its weights, wherever the folder is
+            hashes["retriever"] = sha256_of(self.data.files["retriever"])
         if self.experiment.eval.format_schema is not None:
             hashes["format_schema"] = sha256_of(self.experiment.eval.format_schema)
         later = ("run_from", "constrain", "search", "trial")
@@ -196,8 +208,8 @@ class ExperimentRunner:
             "eval": self.experiment.eval.model_dump(
                 mode="json", exclude=_unset(self.experiment.eval, ("format_schema", "format_regex"))
             ),
-            "data": self.experiment.data.model_dump(mode="json", exclude={"shot_pool"}),
-            # (the pool counts by the rows kept from it, in hashes)
+            "data": self.experiment.data.model_dump(mode="json", exclude=set(retrieval)),
+            # (the pool counts by the rows kept from it, the retriever by its weights: hashes)
             "hashes": hashes,
             "source": self.spec_key(self.experiment.strategy(source)) if source else None,
         }

@@ -7,6 +7,7 @@ folder (MiniLM tuned on the user's rows by `tunelab tune-retriever`, or any enco
 named instead, for retrieving shots.
 """
 
+import hashlib
 import importlib.util
 import json
 import math
@@ -41,12 +42,17 @@ class EncoderEmbedder(Embedder):
 
         self.tokenizer = AutoTokenizer.from_pretrained(str(path))
         self.model = AutoModel.from_pretrained(str(path)).eval()
-        self.name = name or str(path)
+        self.path, self.name = str(path), name or str(path)
+        self.max_length = 256  # a tuned retriever embeds as far as it was tuned
 
-    def encode(self, texts: list[str], max_length: int = 256) -> torch.Tensor:
+    def encode(self, texts: list[str], max_length: int | None = None) -> torch.Tensor:
         """One batch, with gradients when the caller trains (tuning the retriever)."""
         batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=max_length or self.max_length,
+            return_tensors="pt",
         )
         hidden = self.model(**batch).last_hidden_state  # (B, T, D)
         mask = batch["attention_mask"][..., None].float()
@@ -135,20 +141,74 @@ def embedder_choice(value: str, option: str = "--embedder") -> str:
     folder = Path(value)
     if not folder.is_dir():
         raise TuneLabError(
-            f"{option} {value}: not auto or tfidf, and no such folder (give a sentence-"
-            "embedding model folder, e.g. one written by `tunelab tune-retriever`)"
+            f"{option} {value}: no such folder (give auto, tfidf, or a sentence-embedding "
+            "model folder, e.g. one written by `tunelab tune-retriever`)"
         )
-    if not (folder / "config.json").is_file():
+    config = folder / "config.json"
+    if not config.is_file():
         raise TuneLabError(
             f"{option} {value}: the folder holds no model (no config.json); give one written "
             "by `tunelab tune-retriever` or a transformers encoder folder"
         )
+    try:
+        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    except (OSError, ValueError, AttributeError):
+        architectures = []
+    if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
+        raise TuneLabError(
+            f"{option} {value}: holds a language model ({architectures[0]}), not a sentence "
+            "encoder; give a folder written by `tunelab tune-retriever`"
+        )
     return value
 
 
-@lru_cache(maxsize=2)
+def weights_file(folder: Path) -> Path:
+    """The file that changes when an encoder is tuned again: its (first) safetensors or
+    PyTorch weights, else its config (a retune rewrites every shard)."""
+    for pattern in ("*.safetensors", "*.bin"):
+        found = sorted(folder.glob(pattern))
+        if found:
+            return found[0]
+    return folder / "config.json"
+
+
+def input_hash(text: str) -> str:
+    """A short hash of a normalised input: what a tuned retriever records of its rows."""
+    from tunelab.data.stats import normalize_text
+
+    return hashlib.sha256(normalize_text(text).encode()).hexdigest()[:16]
+
+
+def check_not_learned(folder: Path, held_out: list, what: str = "held-out") -> None:
+    """Refuse a tuned retriever that learned any of ``held_out``'s inputs (their labels
+    shaped its neighbourhoods, so their shots would be chosen with the answer known)."""
+    meta_file = folder / RETRIEVER_META
+    if not held_out or not meta_file.is_file():
+        return
+    learned = set(json.loads(meta_file.read_text(encoding="utf-8")).get("learned_inputs", []))
+    seen = sum(input_hash(e.input) in learned for e in held_out)
+    if seen:
+        raise TuneLabError(
+            f"{folder}: this tuned retriever learned {seen} of the {len(held_out)} {what} "
+            "inputs; tune it again with --dev/--test naming the rows you hold out"
+        )
+
+
 def _folder_embedder(path: str) -> EncoderEmbedder:
+    """Loaded once per folder and per version of its weights (a folder tuned again is
+    reloaded)."""
+    stat = weights_file(Path(path)).stat()
+    return _load_folder(path, stat.st_mtime_ns, stat.st_size)
+
+
+@lru_cache(maxsize=2)
+def _load_folder(path: str, _mtime: int, _size: int) -> EncoderEmbedder:
     meta_file = Path(path) / RETRIEVER_META
     meta = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
     base = meta.get("base")
-    return EncoderEmbedder(path, f"{base} tuned ({path})" if base else path)
+    try:
+        embedder = EncoderEmbedder(path, f"{base} tuned ({path})" if base else path)
+    except (OSError, ValueError) as err:
+        raise TuneLabError(f"--embedder {path}: cannot load it as an encoder ({err})") from None
+    embedder.max_length = meta.get("max_length", embedder.max_length)
+    return embedder

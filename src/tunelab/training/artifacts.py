@@ -18,7 +18,6 @@ its final evaluation resumes with that evaluation alone).
 
 import json
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,14 +62,14 @@ def save_adapted_model(
     tokenizer,
     meta: dict,
     shot_pool: list | None = None,
-    retriever: Path | None = None,
+    retriever=None,
 ) -> Path:
     """Write weights, tokenizer and metadata into ``RUN_DIR/adapter`` in one atomic step;
     ``shot_pool`` (the rows a run with shots retrieves from: its training rows and any
-    --shot-pool rows) and a tuned ``retriever`` folder go beside them, so chat, serve and
-    export find the same shots as evaluation without the training files."""
+    --shot-pool rows) and a tuned ``retriever`` (the EncoderEmbedder that found them) go
+    beside them, so chat, serve and export find the same shots as evaluation without the
+    training files."""
     from tunelab.data.writing import write_examples_jsonl
-    from tunelab.runs import MARKER
 
     with atomic_directory(run_dir / ADAPTER_DIR) as scratch:  # replaced whole: TuneLab's own
         model.save_pretrained(scratch)
@@ -78,8 +77,7 @@ def save_adapted_model(
         if shot_pool is not None:
             write_examples_jsonl(scratch / SHOT_POOL, shot_pool, keep_fields=True)
         if retriever is not None:
-            ignore = shutil.ignore_patterns(MARKER)  # a part of this run, not a run of its own
-            shutil.copytree(retriever, scratch / RETRIEVER_DIR, ignore=ignore)
+            save_retriever(retriever, scratch / RETRIEVER_DIR)
         write_json_atomic(scratch / META_FILE, {"format": FORMAT_VERSION, **meta})
     return run_dir / ADAPTER_DIR
 
@@ -96,6 +94,19 @@ def read_shot_pool(run_dir: Path, meta: dict) -> list:
     if not path.is_file():
         raise TuneLabError(f"{path}: the run's shot pool is missing; train the run again")
     return with_task_prefix(load_dataset(path).examples, meta.get("task_prefix"))
+
+
+def save_retriever(embedder, folder: Path) -> None:
+    """The retriever that chose the training shots, as it was in memory (the folder it came
+    from may have been tuned again since), with its record: only the files that make it."""
+    from tunelab.models.embeddings import RETRIEVER_META
+
+    embedder.model.save_pretrained(folder)
+    embedder.tokenizer.save_pretrained(folder)
+    source = Path(embedder.path) / RETRIEVER_META
+    record = json.loads(source.read_text(encoding="utf-8")) if source.is_file() else {}
+    record |= {"max_length": embedder.max_length, "copied_from": str(embedder.path)}
+    (folder / RETRIEVER_META).write_text(json.dumps(record, indent=2), encoding="utf-8")
 
 
 def run_retriever(run_dir: Path, meta: dict, prefer: str = "auto") -> tuple[str, str | None]:

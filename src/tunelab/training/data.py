@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.data.loading import Example
+from tunelab.models.embeddings import check_not_learned, weights_file
 from tunelab.prompting.shot_pool import LeftOutShotRows, usable_shot_rows
 from tunelab.prompting.task_prefix import with_task_prefix
 
@@ -35,7 +36,8 @@ class TrainData:
         )
         self.left_out_shot_rows += left_out
         if self.retriever is not None:  # its weights count like a data file's contents
-            self.files = self.files | {"retriever": self.retriever / "model.safetensors"}
+            check_not_learned(self.retriever, held_out, "dev and test")
+            self.files = self.files | {"retriever": weights_file(self.retriever)}
 
     @property
     def retriever(self) -> Path | None:

@@ -11,7 +11,7 @@ The result is an ordinary encoder folder: ``--embedder FOLDER`` retrieves with i
 import json
 import random
 import time
-from collections import defaultdict, deque
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +26,7 @@ from tunelab.models.embeddings import (
     RETRIEVER_META,
     EncoderEmbedder,
     MiniLMEmbedder,
+    input_hash,
     minilm_available,
 )
 from tunelab.paths import atomic_directory
@@ -66,14 +67,15 @@ class RetrieverOutcome:
 
 
 def label_pairs(rows: list[Example], rng: random.Random) -> list[tuple[str, str, str]]:
-    """(anchor, positive, label) for every row whose label has another row with a different
-    input; a shuffled list, a new draw of positives each epoch."""
-    inputs = defaultdict(list)
+    """(anchor, positive, label) for every row whose label has a row with another input
+    (case and spacing aside); a shuffled list, a new draw of positives each epoch."""
+    inputs = defaultdict(dict)
     for row in rows:
-        inputs[row.output].append(row.input)
+        inputs[row.output].setdefault(normalize_text(row.input), row.input)
     pairs = []
     for row in rows:
-        others = [text for text in inputs[row.output] if text != row.input]
+        own = normalize_text(row.input)
+        others = [text for key, text in inputs[row.output].items() if key != own]
         if others:
             pairs.append((row.input, rng.choice(others), row.output))
     rng.shuffle(pairs)
@@ -81,20 +83,13 @@ def label_pairs(rows: list[Example], rng: random.Random) -> list[tuple[str, str,
 
 
 def pair_batches(pairs: list[tuple[str, str, str]], size: int) -> Iterator[list]:
-    """Steps of up to ``size`` pairs, each label at most once: a second pair of the same
-    label would be scored as a negative though it is a positive. Pairs that do not fit a
-    step wait for the next; a step of one pair (nothing to contrast) ends the epoch."""
-    pending = deque(pairs)
-    while pending:
-        batch, labels, deferred = [], set(), []
-        while pending and len(batch) < size:
-            pair = pending.popleft()
-            (deferred if pair[2] in labels else batch).append(pair)
-            labels.add(pair[2])
-        pending.extendleft(reversed(deferred))
-        if len(batch) < 2:
-            return
-        yield batch
+    """Steps of ``size`` pairs (the last may be smaller); a step of one pair has nothing to
+    contrast and is left out. Pairs of one label may share a step: the loss does not count
+    them as each other's negatives."""
+    for start in range(0, len(pairs), size):
+        batch = pairs[start : start + size]
+        if len(batch) >= 2:
+            yield batch
 
 
 def shot_quality(embedder, pool: list[Example], queries: list[Example]) -> ShotQuality:
@@ -118,13 +113,13 @@ def shot_quality(embedder, pool: list[Example], queries: list[Example]) -> ShotQ
     return ShotQuality(nearest / len(queries), recall / len(queries))
 
 
-def check_rows(rows: list[Example]) -> None:
+def check_rows(rows: list[Example], where: str = "tune-retriever") -> None:
     """Refuse data the contrastive loss cannot learn from, before a model is loaded."""
     pairs = label_pairs(rows, random.Random(0))
     labels = {label for _, _, label in pairs}
     if len(labels) < 2:
         raise TuneLabError(
-            f"tune-retriever needs rows of at least 2 labels with 2 or more rows each (here "
+            f"{where}: needs rows of at least 2 labels with 2 or more rows each (here "
             f"{len(labels)} of {len({r.output for r in rows})} answers repeat): it learns "
             "which rows share a label; free-text tasks keep the stock retriever"
         )
@@ -152,7 +147,8 @@ def tune_retriever(
     before = shot_quality(embedder, rows, dev) if dev else None
     optimizer = torch.optim.AdamW(embedder.model.parameters(), lr=settings.learning_rate)
     started, steps = time.perf_counter(), 0
-    labels = len({r.output for r in rows})
+    pairs = label_pairs(rows, random.Random(0))
+    labels = len({label for _, _, label in pairs})
     for epoch in range(settings.epochs):
         embedder.model.train()
         for batch in pair_batches(label_pairs(rows, rng), settings.batch_size):
@@ -166,33 +162,57 @@ def tune_retriever(
         embedder.model.eval()
     after = shot_quality(embedder, rows, dev) if dev else None
     outcome = RetrieverOutcome(
-        rows=len(label_pairs(rows, random.Random(0))),
+        rows=len(pairs),
         labels=labels,
         steps=steps,
         seconds=round(time.perf_counter() - started, 1),
         dev_before=before,
         dev_after=after,
     )
-    _save(embedder, settings, outcome, out)
+    _save(embedder, settings, outcome, rows, out)
     return outcome
 
 
 def _contrastive_loss(embedder: EncoderEmbedder, batch: list, settings) -> torch.Tensor:
     """Each anchor must pick its own positive among the step's positives (in-batch
-    negatives: the multiple-negatives ranking loss of sentence-transformers)."""
+    negatives: the multiple-negatives ranking loss of sentence-transformers); another pair's
+    positive of the same label is no negative, so it is masked out rather than pushed away."""
     anchors = embedder.encode([a for a, _, _ in batch], settings.max_length)
     positives = embedder.encode([p for _, p, _ in batch], settings.max_length)
     logits = anchors @ positives.T / settings.temperature
-    return torch.nn.functional.cross_entropy(logits, torch.arange(len(batch)))
+    return torch.nn.functional.cross_entropy(
+        logits + same_label_mask(batch), torch.arange(len(batch))
+    )
 
 
-def _save(embedder: EncoderEmbedder, settings, outcome: RetrieverOutcome, out: Path) -> None:
+def same_label_mask(batch: list) -> torch.Tensor:
+    """-inf where row i's label equals column j's (j != i): not a negative for anchor i."""
+    labels = [label for _, _, label in batch]
+    same = torch.tensor([[a == b for b in labels] for a in labels])
+    same.fill_diagonal_(False)
+    return torch.zeros(same.shape).masked_fill(same, -torch.inf)
+
+
+def learned_input_hashes(rows: list[Example]) -> set[str]:
+    """Short hashes of the normalised inputs a retriever learned: kept with it, so a later
+    run can refuse it when its held-out rows were among them (check_not_learned)."""
+    return {input_hash(row.input) for row in rows}
+
+
+def _save(
+    embedder: EncoderEmbedder, settings, outcome: RetrieverOutcome, rows: list, out: Path
+) -> None:
     try:
         with atomic_directory(out, keep=user_entries(out)) as scratch:
             embedder.model.save_pretrained(scratch)
             embedder.tokenizer.save_pretrained(scratch)
-            meta = {"base": MiniLMEmbedder.name, "settings": settings.model_dump()}
-            meta |= asdict(outcome)
+            meta = {
+                "base": MiniLMEmbedder.name,
+                "max_length": settings.max_length,  # retrieval embeds as tuning did
+                "settings": settings.model_dump(),
+                **asdict(outcome),
+                "learned_inputs": sorted(learned_input_hashes(rows)),
+            }
             (scratch / RETRIEVER_META).write_text(json.dumps(meta, indent=2), encoding="utf-8")
             claim(scratch, "retriever", files=sorted(entry.name for entry in scratch.iterdir()))
     except OSError as err:  # --out under a file, a folder we may not write, a full disk ...

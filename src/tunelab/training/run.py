@@ -20,6 +20,7 @@ from tunelab.evaluation.runner import (
 )
 from tunelab.generation import GenerationConfig
 from tunelab.models.device import Placement, resolve_placement
+from tunelab.models.embeddings import get_embedder
 from tunelab.paths import write_json_atomic
 from tunelab.prompting.shots import shuffled_shots, training_shots
 from tunelab.prompting.strategy import PromptStrategy
@@ -102,7 +103,14 @@ def train_run(
     train = with_task_prefix(data.train, settings.task_prefix)
     dev = with_task_prefix(data.dev, settings.task_prefix)
     pool = data.shot_pool(settings.task_prefix) if strategy.shots else train
-    encoded = _encode(tokenizer, strategy, train, data, settings, console, pool)
+    encoded = _encode(tokenizer, strategy, train, data.labels, settings, console, pool,
+                      data.embedder)  # fmt: skip
+    # the retriever as it chose these shots, kept for the run even if its folder is retuned
+    own_retriever = (
+        get_embedder([], data.embedder)
+        if strategy.shots and strategy.selector == "similar" and data.retriever
+        else None
+    )
     longest = max(len(f["input_ids"]) for f in encoded.features)
     _check_virtual_tokens(settings.options.get("virtual_tokens", 0), model.config, longest)
     checkpoint = start.checkpoint
@@ -151,7 +159,6 @@ def train_run(
     if best:
         load_checkpoint_weights(model, Path(best))
     model.eval()
-    own_retriever = bool(strategy.shots and strategy.selector == "similar" and data.retriever)
     meta = {
         "method": settings.method,
         "base_model": base_model,
@@ -163,14 +170,14 @@ def train_run(
         "shot_pool": artifacts.SHOT_POOL if strategy.shots else None,
         "head": settings.head,
         "retriever": encoded.retriever,
-        "retriever_dir": artifacts.RETRIEVER_DIR if own_retriever else None,
+        "retriever_dir": artifacts.RETRIEVER_DIR if own_retriever is not None else None,
     }
     summary = _summary(trainer, model, settings, encoded, best)
     if main:
         write_json_atomic(run_dir / artifacts.SUMMARY_FILE, summary)
         artifacts.save_adapted_model(
             run_dir, model, tokenizer, meta, shot_pool=pool if strategy.shots else None,
-            retriever=data.retriever if own_retriever else None,
+            retriever=own_retriever,
         )  # fmt: skip
     final_settings = replace(
         final_eval or EvalSettings(generation=generation, seed=settings.seed),
@@ -270,7 +277,7 @@ def measure_training_speed(
     model, tokenizer = _adapted_model(settings, _portable_model_name(base_model), data.labels)
     train = with_task_prefix(data.train, settings.task_prefix)
     pool = data.shot_pool(settings.task_prefix) if strategy.shots else train
-    encoded = _encode(tokenizer, strategy, train, data, settings, None, pool)
+    encoded = _encode(tokenizer, strategy, train, data.labels, settings, None, pool, data.embedder)
     marks: list[tuple[float, int]] = []
 
     class Clock(TrainerCallback):
@@ -328,12 +335,13 @@ def _check_virtual_tokens(virtual: int, config, longest: int = 1) -> None:
         )
 
 
-def _encode(tokenizer, strategy, train, data: TrainData, settings: TrainSettings, console, pool):
+def _encode(tokenizer, strategy, train, labels, settings: TrainSettings, console, pool,
+            embedder: str = "auto"):  # fmt: skip
     """Training sequences; with ``shots`` in the strategy, each example's shots are retrieved
-    from the other rows of ``pool`` (tunelab.prompting.shots.training_shots)."""
-    labels = data.labels
+    from the other rows of ``pool`` (tunelab.prompting.shots.training_shots) with
+    ``embedder``."""
     shots, retriever = training_shots(
-        strategy, train, pool=pool, seed=settings.seed, embedder=data.embedder
+        strategy, train, pool=pool, seed=settings.seed, embedder=embedder
     )
     if settings.shot_order == "shuffled":
         shots = shuffled_shots(shots, settings.seed)
@@ -519,7 +527,8 @@ def _step_of(checkpoint: Path | None) -> int:
 
 
 def _check_same_config(stored: dict, requested: dict, run_dir: Path) -> None:
-    changed = config_changes(stored, requested, ("settings", "strategy", "base_model"))
+    keys = ("settings", "strategy", "base_model", "embedder")
+    changed = config_changes(stored, requested, keys)
     # the files' contents count, not their paths: a moved or copied file resumes
     old, new = _contents(stored.get("data")), _contents(requested.get("data"))
     roles = sorted(r for r in old.keys() | new.keys() if old.get(r) != new.get(r))
@@ -537,6 +546,7 @@ def _contents(files: dict | None) -> dict[str, str | None]:
 
 
 def _run_config(settings, data: TrainData, strategy, base_model: str) -> dict:
+    similar = bool(strategy.shots) and strategy.selector == "similar"
     return {
         "base_model": base_model,
         "settings": settings.model_dump(),
@@ -544,8 +554,11 @@ def _run_config(settings, data: TrainData, strategy, base_model: str) -> dict:
         "data": {
             role: file_record(path)
             for role, path in data.files.items()
-            if role != "shot_pool" or strategy.shots  # a pool no prompt uses changes nothing
+            # a pool no prompt uses, a retriever no prompt's shots are found with: no change
+            if (role != "shot_pool" or strategy.shots) and (role != "retriever" or similar)
         },
+        # what similar shots are found with, if not MiniLM (older runs: MiniLM)
+        **({"embedder": "tfidf"} if similar and data.embedder == "tfidf" else {}),
         "sizes": {
             "train": len(data.train),
             "dev": len(data.dev),
