@@ -647,3 +647,9 @@ def test_a_retriever_resolves_beside_the_file_and_reruns_only_strategies_with_sh
     with pytest.raises(TuneLabError) as err:
         load_experiment(path)
     assert str(err.value).startswith(f"{path}:4: data.retriever: {tmp_path / 'gone'}: no such")
+    path = write_experiment(tmp_path, (
+        "name: x\ndata:\n  train: train.jsonl\n  retriever: retriever\n"
+        "strategies:\n  - {name: opt, optimize: {budget: 2}}\n"
+    ))  # fmt: skip
+    with pytest.raises(TuneLabError, match=r":4: data.retriever: prompt searches \(opt\) score"):
+        load_experiment(path)

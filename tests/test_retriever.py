@@ -306,3 +306,31 @@ def test_a_retriever_without_similar_shots_and_bad_settings_are_refused(tmp_path
         app, ["tune-retriever", "--data", str(data), "--lr", "0", "--out", str(tmp_path / "r")]
     )
     assert result.exit_code == 1 and "error: --lr: Input should be greater than 0" in result.stderr
+
+
+@needs_minilm
+def test_a_run_folder_given_as_retriever_names_its_own_and_a_broken_copy_stops_serve(
+    tuned_run, tiny_model_dir, tmp_path
+):
+    import shutil
+
+    from tunelab.serving.pool import AdapterPool
+    from tunelab.training import artifacts
+
+    run_dir, _ = tuned_run
+    with pytest.raises(TuneLabError, match="holds a tunelab train run, not a retriever; its tun"):
+        embedder_choice(str(run_dir))
+    broken = tmp_path / "broken"
+    shutil.copytree(run_dir, broken)
+    (broken / artifacts.ADAPTER_DIR / artifacts.RETRIEVER_DIR / "model.safetensors").unlink()
+    with pytest.raises(TuneLabError, match="the run's tuned retriever is missing"):
+        AdapterPool(str(tiny_model_dir), [broken])
+
+
+def test_an_out_folder_under_a_file_is_refused_before_any_work(tmp_path, write_jsonl):
+    data = write_jsonl([{"text": e.input, "label": e.output} for e in ROWS], "train.jsonl")
+    result = CliRunner().invoke(
+        app, ["tune-retriever", "--data", str(data), "--out", str(data / "x")]
+    )
+    assert result.exit_code == 1
+    assert f"{data} is a file, not a folder" in result.stderr and "tuning" not in result.output

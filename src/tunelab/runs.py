@@ -65,6 +65,11 @@ def check_out(path: Path, kind: Kind, *, flag: str = "--out") -> RunFolder:
         )
     if path.exists() and not path.is_dir():
         raise TuneLabError(f"{flag} {path}: is a file, not a folder; choose another {flag}")
+    under_file = next((parent for parent in path.parents if parent.is_file()), None)
+    if under_file is not None:
+        raise TuneLabError(
+            f"{flag} {path}: {under_file} is a file, not a folder; choose another {flag}"
+        )
     if not path.exists() or not any(path.iterdir()):
         return RunFolder(path, kind, "new")
     marker = read_marker(path)

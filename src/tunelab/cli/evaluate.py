@@ -111,6 +111,7 @@ def eval_command(
     else:
         train, held_out = split_examples(train_set.examples, 0.2, seed=seed)
     every_test_row = held_out  # the stored pool is filtered against all, whatever --limit
+    test_rows = held_out  # as read (no task prefix): what a tuned retriever's record holds
     held_out = held_out[:limit] if limit else held_out
     if labels == "auto" and "labels" in trained:
         label_set = trained["labels"]
@@ -122,13 +123,12 @@ def eval_command(
                                           every_test_row, label_set)  # fmt: skip
     train = with_task_prefix(train, trained.get("task_prefix"))
     embedder = embedder_choice(embedder)
-    if embedder not in ("auto", "tfidf"):  # a tuned retriever: only for similar shots
-        if not (strategy.shots and strategy.selector == "similar"):
-            raise TuneLabError(
-                f"--embedder {embedder}: a retriever finds similar shots; it needs --shots N "
-                "--selector similar"
-            )
-        check_not_learned(Path(embedder), every_test_row, "test")
+    similar = strategy.shots and strategy.selector == "similar"
+    if embedder not in ("auto", "tfidf") and not similar:  # a retriever is for similar shots
+        raise TuneLabError(
+            f"--embedder {embedder}: a retriever finds similar shots; it needs --shots N "
+            "--selector similar"
+        )
     if trained.get("shot_pool") and strategy.shots:  # the rows the run was trained with
         from tunelab.training.artifacts import read_shot_pool, run_retriever
 
@@ -138,6 +138,8 @@ def eval_command(
             warn([why] if why else [])
             every_test_row = with_task_prefix(every_test_row, trained.get("task_prefix"))
             train = _pool_without_test_rows(train, every_test_row)
+    if embedder not in ("auto", "tfidf"):  # given, or the run's own: no test row learned
+        check_not_learned(Path(embedder), test_rows, "test")
     held_out = with_task_prefix(held_out, trained.get("task_prefix"))
     settings = EvalSettings(
         mode=choice("--mode", mode, ("auto", "score", "generate", "both")),

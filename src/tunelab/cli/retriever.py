@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
-from tunelab.cli.output import console
+from tunelab.cli.output import console, warn
 from tunelab.errors import TuneLabError
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line, without_held_out
 from tunelab.runs import check_out
@@ -31,11 +31,11 @@ def tune_retriever_command(
     ),
     input_field: str | None = typer.Option(None, "--input", help="Input field/column."),
     output_field: str | None = typer.Option(None, "--output", help="Output field/column."),
-    epochs: int = _option("epochs", min=1),
-    learning_rate: float = typer.Option(_FIELDS["learning_rate"].default, "--lr", min=0.0),
-    batch_size: int = _option("batch_size", min=2),
+    epochs: int = _option("epochs"),  # ranges: checked by the settings, one-line errors
+    learning_rate: float = typer.Option(_FIELDS["learning_rate"].default, "--lr"),
+    batch_size: int = _option("batch_size"),
     temperature: float = _option("temperature"),
-    max_length: int = _option("max_length", min=8),
+    max_length: int = _option("max_length"),
     seed: int = _option("seed"),
     out: Path = typer.Option(
         ..., help="Folder to write: new, empty, or an earlier retriever (replaced in one swap)."
@@ -65,6 +65,11 @@ def tune_retriever_command(
     )
     held_out = data_.dev + (data_.test or [])
     rows = without_held_out(data_.shot_pool(), held_out)  # dev scores must stay honest
+    if not rows:
+        raise TuneLabError(
+            f"--data {data}: every row has a --dev or --test input; nothing to learn"
+        )
+    check_rows(rows, where=f"--data {data}")
     console.print(
         f"tuning all-MiniLM-L6-v2 on {len(rows)} rows · {settings.epochs} epoch(s) · lr "
         f"{settings.learning_rate:g} · {settings.batch_size} pairs a step → {out}",
@@ -77,7 +82,6 @@ def tune_retriever_command(
     if dropped := len(data_.shot_pool()) - len(rows):
         rows_ = "row" if dropped == 1 else "rows"
         console.print(f"left out {dropped} training {rows_} with a dev or test input")
-    check_rows(rows, where=f"--data {data}")
     outcome = tune_retriever(rows, data_.dev, settings, out, log=console.print)
     console.print(f"{outcome.steps} steps in {outcome.seconds:.0f} s", highlight=False)
     if outcome.dev_before and outcome.dev_after:
@@ -87,4 +91,9 @@ def tune_retriever_command(
             f"{a.nearest:.3f}; answer among 8 shots: {b.recall:.3f} → {a.recall:.3f}",
             highlight=False,
         )
+        if a.nearest < b.nearest:
+            warn([
+                "tuning made the dev rows' nearest shots worse: keep the stock retriever, or "
+                "try a lower --lr or fewer --epochs"
+            ])  # fmt: skip
     console.print(f"retrieve with it: --embedder {out}", highlight=False)

@@ -355,7 +355,13 @@ def _check_files(experiment: Experiment, path: Path, raw: dict) -> None:
         try:
             embedder_choice(str(experiment.data.retriever), "")
         except TuneLabError as err:
-            fail(("data", "retriever"), TuneLabError(str(err).strip()))
+            fail(("data", "retriever"), err)
+        searches = [spec.name for spec in experiment.strategies if spec.optimize is not None]
+        if searches:  # its dev rows are carved from the training rows the retriever learned
+            fail(("data", "retriever"), TuneLabError(
+                f"prompt searches ({', '.join(searches)}) score on rows carved from the training "
+                "data, which a tuned retriever learned; leave them out, or the retriever"
+            ))  # fmt: skip
     if experiment.eval.format_schema is not None:
         try:
             read_schema(experiment.eval.format_schema)

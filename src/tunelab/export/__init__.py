@@ -92,7 +92,9 @@ def _with_shot_pool(exported: Exported, meta: dict, adapter: Path, folder: Path)
         run_retriever(adapter.parent, meta)  # a missing retriever: a clear error
         shutil.copytree(adapter / own, folder / own)
     strategy = PromptStrategy.model_validate(meta["strategy"])
-    retriever = own or meta.get("retriever") or "none"
+    retriever = meta.get("retriever") or "none"
+    if own:
+        retriever = f"the tuned retriever in {own}/"
     note = (
         f"this run was trained and evaluated with {strategy.shots} {strategy.selector} shots "
         f"from {meta['shot_pool']} (retriever: {retriever}) before each "

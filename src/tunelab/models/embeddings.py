@@ -135,19 +135,24 @@ EMBEDDER_HELP = (
 
 
 def embedder_choice(value: str, option: str = "--embedder") -> str:
-    """``value`` checked before any work: auto, tfidf, or a folder holding an encoder."""
-    if value in ("auto", "tfidf"):
+    """``value`` checked before any work: auto, tfidf, or a folder holding an encoder
+    (``option`` '': an experiment's data.retriever, which takes a folder only)."""
+    if option and value in ("auto", "tfidf"):
         return value
+    where = f"{option} {value}".strip()
+    give = "give auto, tfidf, or" if option else "give"
     folder = Path(value)
     if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "no such folder"
         raise TuneLabError(
-            f"{option} {value}: no such folder (give auto, tfidf, or a sentence-embedding "
-            "model folder, e.g. one written by `tunelab tune-retriever`)"
+            f"{where}: {what} ({give} a sentence-embedding model folder, e.g. one written by "
+            "`tunelab tune-retriever`)"
         )
+    _refuse_other_runs(folder, where)
     config = folder / "config.json"
     if not config.is_file():
         raise TuneLabError(
-            f"{option} {value}: the folder holds no model (no config.json); give one written "
+            f"{where}: the folder holds no model (no config.json); give one written "
             "by `tunelab tune-retriever` or a transformers encoder folder"
         )
     try:
@@ -156,10 +161,22 @@ def embedder_choice(value: str, option: str = "--embedder") -> str:
         architectures = []
     if any(name.endswith(("ForCausalLM", "LMHeadModel")) for name in architectures):
         raise TuneLabError(
-            f"{option} {value}: holds a language model ({architectures[0]}), not a sentence "
+            f"{where}: holds a language model ({architectures[0]}), not a sentence "
             "encoder; give a folder written by `tunelab tune-retriever`"
         )
     return value
+
+
+def _refuse_other_runs(folder: Path, where: str) -> None:
+    """A train or eval run folder named by mistake: say where its retriever is, if any."""
+    from tunelab.runs import read_marker
+
+    marker = read_marker(folder)
+    if marker is None or marker["kind"] == "retriever":
+        return
+    own = folder / "adapter" / "retriever"
+    hint = f"its tuned retriever is {own}" if own.is_dir() else "it holds no tuned retriever"
+    raise TuneLabError(f"{where}: holds a tunelab {marker['kind']} run, not a retriever; {hint}")
 
 
 def weights_file(folder: Path) -> Path:
@@ -209,6 +226,7 @@ def _load_folder(path: str, _mtime: int, _size: int) -> EncoderEmbedder:
     try:
         embedder = EncoderEmbedder(path, f"{base} tuned ({path})" if base else path)
     except (OSError, ValueError) as err:
-        raise TuneLabError(f"--embedder {path}: cannot load it as an encoder ({err})") from None
+        first = (str(err).strip().splitlines() or ["unreadable"])[0]
+        raise TuneLabError(f"{path}: cannot load it as a sentence encoder ({first})") from None
     embedder.max_length = meta.get("max_length", embedder.max_length)
     return embedder

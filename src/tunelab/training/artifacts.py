@@ -124,7 +124,9 @@ def run_retriever(run_dir: Path, meta: dict, prefer: str = "auto") -> tuple[str,
             f"this run was trained with shots retrieved by its own tuned retriever ({own}); "
             f"--embedder {prefer} picks other neighbours than in training"
         )
-    if not (own / "config.json").is_file():
+    from tunelab.models.embeddings import weights_file
+
+    if weights_file(own).suffix not in (".safetensors", ".bin"):  # no weights (or no config)
         raise TuneLabError(f"{own}: the run's tuned retriever is missing; train the run again")
     return str(own), None
 
