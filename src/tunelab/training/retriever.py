@@ -41,7 +41,7 @@ class RetrieverSettings(BaseModel):
     epochs: int = Field(1, gt=0, description="passes over the rows (each row anchors one pair)")
     learning_rate: float = Field(2e-5, gt=0)
     batch_size: int = Field(
-        32, ge=2, description="pairs per step; each pair's negatives are the step's other pairs"
+        32, ge=2, description="pairs per step; a pair's negatives: the others of another label"
     )
     temperature: float = Field(0.05, gt=0, description="of the contrastive softmax")
     max_length: int = Field(64, ge=8, description="longest input kept, in tokens")
