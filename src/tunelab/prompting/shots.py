@@ -8,7 +8,7 @@ import torch
 from tunelab.data.loading import Example
 from tunelab.data.stats import normalize_text
 from tunelab.errors import TuneLabError
-from tunelab.models.embeddings import MiniLMEmbedder, get_embedder, minilm_available
+from tunelab.models.embeddings import Embedder, MiniLMEmbedder, get_embedder, minilm_available
 from tunelab.prompting.strategy import PromptStrategy
 
 
@@ -108,9 +108,13 @@ class NearestShots:
     queries) keep one instance instead of re-embedding the pool for every question.
     """
 
-    def __init__(self, train: list[Example], prefer: str = "auto"):
+    def __init__(self, train: list[Example], prefer: "str | Embedder" = "auto"):
         self.train = train
-        self.embedder = get_embedder([e.input for e in train], prefer)
+        self.embedder = (  # an instance: a retriever being tuned, scored as it is
+            prefer
+            if isinstance(prefer, Embedder)
+            else get_embedder([e.input for e in train], prefer)
+        )
         self.name = self.embedder.name
         self.pool = self.embedder.embed([e.input for e in train])
         self.columns_of = defaultdict(list)

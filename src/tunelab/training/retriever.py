@@ -30,6 +30,7 @@ from tunelab.models.embeddings import (
     minilm_available,
 )
 from tunelab.paths import atomic_directory
+from tunelab.prompting.shots import NearestShots
 from tunelab.runs import claim, user_entries
 
 RECALL_SHOTS = 8  # the shot count the benchmarks and the demo retrieve
@@ -93,23 +94,12 @@ def pair_batches(pairs: list[tuple[str, str, str]], size: int) -> Iterator[list]
 
 
 def shot_quality(embedder, pool: list[Example], queries: list[Example]) -> ShotQuality:
-    """Nearest-shot accuracy and recall of ``queries`` against ``pool``, a row never its own
-    shot (as in training prompts)."""
-    similarity = (
-        embedder.embed([q.input for q in queries]) @ embedder.embed([e.input for e in pool]).T
-    )
-    columns = defaultdict(list)
-    for column, example in enumerate(pool):
-        columns[normalize_text(example.input)].append(column)
-    for row, query in enumerate(queries):
-        similarity[row, columns.get(normalize_text(query.input), [])] = -torch.inf
-    top = similarity.topk(min(RECALL_SHOTS, len(pool)), dim=-1)
-    shots = [  # nearest first; a masked row (the query itself) is no shot
-        [pool[i].output for i, v in zip(ids, values, strict=True) if v != -torch.inf]
-        for ids, values in zip(top.indices.tolist(), top.values.tolist(), strict=True)
-    ]
-    nearest = sum(bool(a) and a[0] == q.output for a, q in zip(shots, queries, strict=True))
-    recall = sum(q.output in a for a, q in zip(shots, queries, strict=True))
+    """Nearest-shot accuracy and recall of ``queries`` against ``pool``, retrieved as prompts
+    retrieve them (a row never its own shot)."""
+    shots = NearestShots(pool, embedder).select(queries, RECALL_SHOTS)  # nearest last
+    pairs = list(zip(shots, queries, strict=True))
+    nearest = sum(bool(row) and row[-1].output == q.output for row, q in pairs)
+    recall = sum(q.output in {s.output for s in row} for row, q in pairs)
     return ShotQuality(nearest / len(queries), recall / len(queries))
 
 
