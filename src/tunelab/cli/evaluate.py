@@ -30,6 +30,7 @@ from tunelab.models.embeddings import EMBEDDER_HELP, check_not_learned, embedder
 from tunelab.paths import require_file
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line, usable_shot_rows
+from tunelab.prompting.shots import check_retriever_use
 from tunelab.prompting.strategy import (
     PARAPHRASES_CLASSIFY,
     PARAPHRASES_FREE,
@@ -123,12 +124,7 @@ def eval_command(
                                           every_test_row, label_set)  # fmt: skip
     train = with_task_prefix(train, trained.get("task_prefix"))
     embedder = embedder_choice(embedder)
-    similar = strategy.shots and strategy.selector == "similar"
-    if embedder not in ("auto", "tfidf") and not similar:  # a retriever is for similar shots
-        raise TuneLabError(
-            f"--embedder {embedder}: a retriever finds similar shots; it needs --shots N "
-            "--selector similar"
-        )
+    check_retriever_use(embedder, strategy)
     if trained.get("shot_pool") and strategy.shots:  # the rows the run was trained with
         from tunelab.training.artifacts import read_shot_pool, run_retriever
 

@@ -22,6 +22,7 @@ from tunelab.models.embeddings import EMBEDDER_HELP, embedder_choice
 from tunelab.paths import require_file
 from tunelab.prompting import load_strategy
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line
+from tunelab.prompting.shots import check_retriever_use
 from tunelab.prompting.strategy import validate_strategy
 from tunelab.training.config import (
     TrainSettings,
@@ -161,11 +162,7 @@ def train_command(
     check_training_prompt(settings, strategy)
     if shot_pool and not strategy.shots:
         raise TuneLabError("--shot-pool is where shots come from: it needs --shots N (N > 0)")
-    if train_data.retriever and not (strategy.shots and strategy.selector == "similar"):
-        raise TuneLabError(
-            f"--embedder {embedder}: a retriever finds similar shots; it needs --shots N "
-            "--selector similar"
-        )
+    check_retriever_use(train_data.embedder, strategy)
     run_dir = out or default_run_dir(settings.method)
     _print_plan(settings, train_data, run_dir)
     if search or search_space:

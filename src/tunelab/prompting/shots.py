@@ -180,6 +180,17 @@ def shuffled_shots(shots: list[list[Example]], seed: int) -> list[list[Example]]
     return [rng.sample(row, len(row)) for row in shots]
 
 
+def check_retriever_use(embedder: str, strategy: PromptStrategy) -> None:
+    """A model folder given as --embedder only finds similar shots: refuse it elsewhere
+    (auto and tfidf also serve the embedding-similarity metric, so they pass)."""
+    similar = strategy.shots and strategy.selector == "similar"
+    if embedder not in ("auto", "tfidf") and not similar:
+        raise TuneLabError(
+            f"--embedder {embedder}: a retriever finds similar shots; it needs --shots N "
+            "--selector similar"
+        )
+
+
 def run_embedder(trained_with: str | None, prefer: str = "auto") -> str:
     """The embedder to retrieve a run's shots with: by default the one it was trained with
     (a run trained where MiniLM was missing keeps TF-IDF where MiniLM is installed)."""
