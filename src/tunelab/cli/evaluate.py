@@ -26,7 +26,12 @@ from tunelab.generation import GenerationConfig
 from tunelab.generation.constraints import Constraint, constraint_value, read_schema
 from tunelab.models import DEFAULT_MODEL, load_model
 from tunelab.models.device import resolve_placement
-from tunelab.models.embeddings import EMBEDDER_HELP, check_not_learned, embedder_choice
+from tunelab.models.embeddings import (
+    EMBEDDER_HELP,
+    check_not_learned,
+    embedder_choice,
+    is_model_folder,
+)
 from tunelab.paths import require_file
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line, usable_shot_rows
@@ -134,7 +139,7 @@ def eval_command(
             warn([why] if why else [])
             every_test_row = with_task_prefix(every_test_row, trained.get("task_prefix"))
             train = _pool_without_test_rows(train, every_test_row)
-    if embedder not in ("auto", "tfidf"):  # given, or the run's own: no test row learned
+    if is_model_folder(embedder):  # given, or the run's own: no test row learned
         check_not_learned(Path(embedder), test_rows, "test")
     held_out = with_task_prefix(held_out, trained.get("task_prefix"))
     settings = EvalSettings(

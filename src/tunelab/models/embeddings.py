@@ -115,10 +115,18 @@ def _minilm() -> MiniLMEmbedder:
     return MiniLMEmbedder()
 
 
+STOCK = ("auto", "tfidf")  # the --embedder values that name no model folder
+
+
+def is_model_folder(embedder: str) -> bool:
+    """Whether an --embedder value names a model folder (a tuned retriever), not a stock one."""
+    return embedder not in STOCK
+
+
 def get_embedder(corpus: list[str], prefer: str = "auto") -> Embedder:
     """MiniLM when installed (``prefer='auto'``); a model folder when ``prefer`` names one
     (see :func:`embedder_choice`); else TF-IDF fitted on ``corpus``."""
-    if prefer not in ("auto", "tfidf"):
+    if is_model_folder(prefer):
         return _folder_embedder(str(Path(prefer).resolve()))
     if prefer != "tfidf" and minilm_available():
         return _minilm()
@@ -137,7 +145,7 @@ EMBEDDER_HELP = (
 def embedder_choice(value: str, option: str = "--embedder") -> str:
     """``value`` checked before any work: auto, tfidf, or a folder holding an encoder
     (``option`` '': an experiment's data.retriever, which takes a folder only)."""
-    if option and value in ("auto", "tfidf"):
+    if option and not is_model_folder(value):
         return value
     where = f"{option} {value}".strip()
     give = "give auto, tfidf, or" if option else "give"

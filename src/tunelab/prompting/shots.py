@@ -8,7 +8,13 @@ import torch
 from tunelab.data.loading import Example
 from tunelab.data.stats import normalize_text
 from tunelab.errors import TuneLabError
-from tunelab.models.embeddings import Embedder, MiniLMEmbedder, get_embedder, minilm_available
+from tunelab.models.embeddings import (
+    Embedder,
+    MiniLMEmbedder,
+    get_embedder,
+    is_model_folder,
+    minilm_available,
+)
 from tunelab.prompting.strategy import PromptStrategy
 
 
@@ -184,7 +190,7 @@ def check_retriever_use(embedder: str, strategy: PromptStrategy) -> None:
     """A model folder given as --embedder only finds similar shots: refuse it elsewhere
     (auto and tfidf also serve the embedding-similarity metric, so they pass)."""
     similar = strategy.shots and strategy.selector == "similar"
-    if embedder not in ("auto", "tfidf") and not similar:
+    if is_model_folder(embedder) and not similar:
         raise TuneLabError(
             f"--embedder {embedder}: a retriever finds similar shots; it needs --shots N "
             "--selector similar"

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tunelab.data.loading import Example
-from tunelab.models.embeddings import check_not_learned, weights_file
+from tunelab.models.embeddings import check_not_learned, is_model_folder, weights_file
 from tunelab.prompting.shot_pool import LeftOutShotRows, usable_shot_rows
 from tunelab.prompting.task_prefix import with_task_prefix
 
@@ -42,7 +42,7 @@ class TrainData:
     @property
     def retriever(self) -> Path | None:
         """The tuned retriever's folder, if shots are retrieved with one."""
-        return None if self.embedder in ("auto", "tfidf") else Path(self.embedder)
+        return Path(self.embedder) if is_model_folder(self.embedder) else None
 
     def shot_pool(self, prefix: str | None = None) -> list[Example]:
         """The rows a strategy with shots retrieves them from (training and inference): the
