@@ -64,7 +64,8 @@ def tune_retriever_command(
         data, dev, 0.0, test, input_field, output_field, "auto", seed, shot_pool
     )
     held_out = data_.dev + (data_.test or [])
-    rows = without_held_out(data_.shot_pool(), held_out)  # dev scores must stay honest
+    pool = data_.shot_pool()
+    rows = without_held_out(pool, held_out)  # dev scores must stay honest
     if not rows:
         raise TuneLabError(
             f"--data {data}: every row has a --dev or --test input; nothing to learn"
@@ -79,7 +80,7 @@ def tune_retriever_command(
                                data_.left_out_shot_rows)  # fmt: skip
     if pool_line:
         console.print(pool_line, highlight=False)
-    if dropped := len(data_.shot_pool()) - len(rows):
+    if dropped := len(pool) - len(rows):
         rows_ = "row" if dropped == 1 else "rows"
         console.print(f"left out {dropped} training {rows_} with a dev or test input")
     outcome = tune_retriever(rows, data_.dev, settings, out, log=console.print)

@@ -142,7 +142,7 @@ class DevScorer:
         }
 
     def _shots(self, strategy: PromptStrategy, examples: list[Example]):
-        if strategy.shots and strategy.selector == "similar":
+        if strategy.similar_shots:
             if strategy.shots > len(self.pool):
                 raise TuneLabError(f"shots={strategy.shots}: the pool has {len(self.pool)} rows")
             self._nearest = self._nearest or NearestShots(self.pool, self.settings.embedder)

@@ -189,8 +189,7 @@ def shuffled_shots(shots: list[list[Example]], seed: int) -> list[list[Example]]
 def check_retriever_use(embedder: str, strategy: PromptStrategy) -> None:
     """A model folder given as --embedder only finds similar shots: refuse it elsewhere
     (auto and tfidf also serve the embedding-similarity metric, so they pass)."""
-    similar = strategy.shots and strategy.selector == "similar"
-    if is_model_folder(embedder) and not similar:
+    if is_model_folder(embedder) and not strategy.similar_shots:
         raise TuneLabError(
             f"--embedder {embedder}: a retriever finds similar shots; it needs --shots N "
             "--selector similar"

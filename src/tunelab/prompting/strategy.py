@@ -103,6 +103,11 @@ class PromptStrategy(BaseModel):
             )
         return self
 
+    @property
+    def similar_shots(self) -> bool:
+        """Whether its shots are retrieved per query (the only shots a retriever finds)."""
+        return bool(self.shots) and self.selector == "similar"
+
     def resolved_template(self) -> str:
         return self.template or DEFAULT_TEMPLATE
 

@@ -15,7 +15,7 @@ from tunelab.errors import TuneLabError
 from tunelab.generation.constraints import Constraint, grammar_problem
 from tunelab.generation.engine import BASE_ADAPTER, Engine, Request, Route
 from tunelab.prompting.render import encode_chat, shot_turns, system_text
-from tunelab.prompting.shots import ShotSource, retriever_warning
+from tunelab.prompting.shots import ShotSource
 from tunelab.prompting.strategy import PromptStrategy
 from tunelab.prompting.task_prefix import apply_task_prefix
 from tunelab.training.artifacts import read_shot_pool, run_retriever
@@ -36,6 +36,7 @@ class Served:
     max_new_tokens: int | None = None
     constraint: Constraint | None = None  # the run's own (its strategy's constrain)
     shots: ShotSource | None = None  # a run trained with shots retrieves them the same way
+    retriever_warning: str | None = None  # why its similar shots differ from training's
     classifier: object = None  # a classification-head run: answers with a label, no decoding
     meta: dict = field(default_factory=dict)
     route: Route | None = None  # how the engine runs it (set once every run is loaded)
@@ -104,7 +105,8 @@ class AdapterPool:
         if served.strategy.shots:
             pool = read_shot_pool(run_dir, meta)
             seed = (meta.get("settings") or {}).get("seed", 0)
-            embedder, _ = run_retriever(run_dir, meta)  # warned at start-up (warnings)
+            embedder, why = run_retriever(run_dir, meta)
+            served.retriever_warning = why if served.strategy.similar_shots else None
             served.shots = ShotSource(served.strategy, pool, seed=seed, embedder=embedder)
         adapter = run_dir / "adapter"
         if meta["method"] != "full" and meta["base_model"] != self.base_name:
@@ -130,13 +132,11 @@ class AdapterPool:
 
     def warnings(self) -> list[str]:
         """What the person starting the server should know about the runs it serves."""
-        found = []
-        for served in self.models.values():
-            similar = served.shots and served.strategy.selector == "similar"
-            why = similar and retriever_warning(served.meta.get("retriever"))
-            if why:
-                found.append(f"{served.name}: {why}")
-        return found
+        return [
+            f"{served.name}: {served.retriever_warning}"
+            for served in self.models.values()
+            if served.retriever_warning
+        ]
 
     def _load_lora(self, adapter: Path, name: str) -> None:
         from peft import PeftModel

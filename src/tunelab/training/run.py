@@ -107,9 +107,7 @@ def train_run(
                       data.embedder)  # fmt: skip
     # the retriever as it chose these shots, kept for the run even if its folder is retuned
     own_retriever = (
-        get_embedder([], data.embedder)
-        if strategy.shots and strategy.selector == "similar" and data.retriever
-        else None
+        get_embedder([], data.embedder) if strategy.similar_shots and data.retriever else None
     )
     longest = max(len(f["input_ids"]) for f in encoded.features)
     _check_virtual_tokens(settings.options.get("virtual_tokens", 0), model.config, longest)
@@ -546,7 +544,7 @@ def _contents(files: dict | None) -> dict[str, str | None]:
 
 
 def _run_config(settings, data: TrainData, strategy, base_model: str) -> dict:
-    similar = bool(strategy.shots) and strategy.selector == "similar"
+    similar = strategy.similar_shots
     return {
         "base_model": base_model,
         "settings": settings.model_dump(),
