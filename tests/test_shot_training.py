@@ -422,3 +422,31 @@ def test_training_encodes_shots_in_the_order_the_settings_ask(monkeypatch, order
     expected = retrieved if order == "nearest_last" else shuffled_shots(retrieved, 3)
     assert encoded == [expected]
     assert order == "nearest_last" or expected != retrieved
+
+
+def test_a_run_with_a_neighbour_vote_keeps_it_in_eval_and_serve_says_it_does_not(
+    shot_run, tiny_model_dir, tmp_path
+):
+    import shutil
+
+    from tunelab.paths import write_json_atomic
+
+    run_dir = tmp_path / "voted-run"  # as `train --knn-weight 0.5` stores it
+    shutil.copytree(shot_run[0], run_dir)
+    meta_path = run_dir / artifacts.ADAPTER_DIR / artifacts.META_FILE
+    meta = json.loads(meta_path.read_text())
+    write_json_atomic(meta_path, meta | {"strategy": meta["strategy"] | {"knn_weight": 0.5}})
+    test = shot_run[0].parent / "test.jsonl"
+    result = CliRunner().invoke(app, [
+        "eval", "--data", str(test), "--test", str(test), "--input", "text", "--output",
+        "label", "--adapter", str(run_dir), "--embedder", "tfidf", "--out", str(tmp_path / "e"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(x) for x in (tmp_path / "e" / "predictions.jsonl").open()]
+    assert all(r["neighbour_vote"] in ("billing", "login") for r in rows)
+    pool = AdapterPool(str(tiny_model_dir), [run_dir])
+    try:
+        assert any("answers without its neighbour vote (knn_weight 0.5)" in w
+                   for w in pool.warnings())  # fmt: skip
+    finally:
+        pool.close()

@@ -61,6 +61,9 @@ def eval_command(
     shots: int | None = typer.Option(None, min=0, help="Few-shot examples (overrides the file)."),
     selector: str | None = typer.Option(None, help="fixed | random | similar."),
     cot: bool | None = typer.Option(None, "--cot/--no-cot", help="Chain of thought."),
+    knn_weight: float | None = typer.Option(
+        None, help=PromptStrategy.model_fields["knn_weight"].description + " Overrides the file."
+    ),
     labels: str = typer.Option(
         "auto",
         help="auto: a label set when outputs look like labels; "
@@ -104,7 +107,13 @@ def eval_command(
     placement = resolve_placement(device, dtype)
     trained = _trained_run_meta(adapter)
     strategy = _strategy(
-        prompt, system=system, shots=shots, selector=selector, cot=cot, base=trained.get("strategy")
+        prompt,
+        system=system,
+        shots=shots,
+        selector=selector,
+        cot=cot,
+        knn_weight=knn_weight,
+        base=trained.get("strategy"),
     )
     schema = read_schema(format_schema) if format_schema else None
     if constrain is not None:
@@ -240,6 +249,8 @@ def _describe(changes: dict) -> str:
         parts.append(changes["selector"])
     if changes.get("system"):
         parts.append("context")
+    if changes.get("knn_weight"):
+        parts.append(f"knn {changes['knn_weight']:g}")
     if changes.get("cot"):
         parts.append("cot")
     return " ".join(parts)

@@ -19,7 +19,7 @@ from tunelab.generation import GenerationConfig
 from tunelab.models import DEFAULT_MODEL, load_model
 from tunelab.models.device import resolve_placement
 from tunelab.optimize.edits import OPERATORS
-from tunelab.optimize.parts import parts_of
+from tunelab.optimize.parts import check_searchable, parts_of
 from tunelab.optimize.run import (
     OptimizeSplits,
     SearchOptions,
@@ -164,7 +164,9 @@ def optimize_command(
 
 def _start_strategy(prompt: Path | None, instruction: str | None) -> PromptStrategy:
     if prompt:
-        return load_strategy(prompt)
+        strategy = load_strategy(prompt)
+        check_searchable(strategy)
+        return strategy
     if instruction is not None:
         return PromptStrategy(name="start", instruction=instruction)
     return PromptStrategy(name="zero-shot")

@@ -20,7 +20,7 @@ from tunelab.models import DEFAULT_MODEL, resolve_model
 from tunelab.models.device import resolve_placement
 from tunelab.models.embeddings import EMBEDDER_HELP, embedder_choice
 from tunelab.paths import require_file
-from tunelab.prompting import load_strategy
+from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line
 from tunelab.prompting.shots import check_retriever_use
 from tunelab.prompting.strategy import validate_strategy
@@ -52,6 +52,11 @@ def train_command(
         "(overrides the file); the same retrieval runs at inference.",
     ),
     selector: str | None = typer.Option(None, help="Shots: similar | random | fixed."),
+    knn_weight: float | None = typer.Option(
+        None,
+        help=PromptStrategy.model_fields["knn_weight"].description
+        + " Used by the run's evaluations (overrides the file).",
+    ),
     shot_pool: Path | None = typer.Option(
         None,
         help=SHOT_POOL_HELP + " Used in training and at inference (stored with the run).",
@@ -155,7 +160,7 @@ def train_command(
     json_task = train_data.labels is None and is_json_task(held_out)
     settings = settings.resolved(train_data.labels is not None, json_task)
     strategy = load_strategy(prompt) if prompt else default_training_strategy(settings.method)
-    changes = {"shots": shots, "selector": selector}
+    changes = {"shots": shots, "selector": selector, "knn_weight": knn_weight}
     if any(v is not None for v in changes.values()):
         values = {k: v for k, v in changes.items() if v is not None}
         strategy = validate_strategy(strategy.model_dump() | values, where="--")

@@ -184,6 +184,13 @@ class StrategySpec(Strict):
     def _one_kind(self) -> "StrategySpec":
         if self.train and self.optimize:
             raise ValueError("a strategy either trains or optimises a prompt, not both")
+        if self.optimize and self.prompt is not None:
+            from tunelab.optimize.parts import check_searchable
+
+            try:
+                check_searchable(self.prompt)
+            except TuneLabError as err:
+                raise ValueError(str(err)) from None
         if self.search and not self.train:
             raise ValueError("search tunes a training strategy's settings; add train: {...}")
         if self.search:

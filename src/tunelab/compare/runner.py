@@ -32,6 +32,7 @@ from tunelab.generation import GenerationConfig
 from tunelab.models.device import resolve_placement
 from tunelab.paths import write_json_atomic
 from tunelab.prompting import PromptStrategy, load_strategy
+from tunelab.prompting.strategy import without_later_fields
 from tunelab.provenance import file_record, git_commit, package_versions, sha256_of
 from tunelab.runs import claim, read_marker, remove_run
 from tunelab.training.config import check_training_prompt, without_later_defaults
@@ -198,6 +199,8 @@ class ExperimentRunner:
         dumped = spec.model_dump(mode="json", exclude=_unset(spec, later))
         if dumped.get("train"):
             dumped["train"] = without_later_defaults(dumped["train"])
+        if dumped.get("prompt"):
+            dumped["prompt"] = without_later_fields(dumped["prompt"])
         parts = {
             # settings added later count only when set, so older results stay current
             "spec": dumped,

@@ -14,15 +14,23 @@ def classifier_labels(model) -> list[str]:
     return [config.id2label[i] for i in range(config.num_labels)]
 
 
-@torch.inference_mode()
 def classify(model, tokenizer, prompt_ids: list[list[int]], batch_size: int = 8, on_batch=None):
-    """The label of each prompt (token ids): one forward pass per batch, right-padded as in
-    training, the head read at each row's last real token."""
+    """The label of each prompt (token ids), read off the head."""
     labels = classifier_labels(model)
+    logits = classifier_logits(model, tokenizer, prompt_ids, batch_size, on_batch)
+    return [labels[i] for i in logits.argmax(-1).tolist()]
+
+
+@torch.inference_mode()
+def classifier_logits(
+    model, tokenizer, prompt_ids: list[list[int]], batch_size: int = 8, on_batch=None
+) -> torch.Tensor:
+    """(len(prompt_ids), labels) head logits, labels in :func:`classifier_labels` order: one
+    forward pass per batch, right-padded as in training, read at each row's last real token."""
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
-    answers: list[str | None] = [None] * len(prompt_ids)
+    table = torch.empty(len(prompt_ids), len(classifier_labels(model)))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         width = max(len(prompt_ids[i]) for i in rows)
@@ -34,8 +42,7 @@ def classify(model, tokenizer, prompt_ids: list[list[int]], batch_size: int = 8,
         # The model pools at each row's rightmost token that is not the pad id: the prompt's
         # last token, since every prompt ends with the template's own answer cue.
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        for r, i in enumerate(rows):
-            answers[i] = labels[int(logits[r].argmax())]
+        table[rows] = logits.float().cpu()
         if on_batch:
             on_batch(len(rows))
-    return answers
+    return table

@@ -15,8 +15,9 @@ from typing import Literal
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
 from tunelab.evaluation import metrics as m
-from tunelab.evaluation.classifier import classifier_labels, classify, is_classifier
+from tunelab.evaluation.classifier import classifier_labels, classifier_logits, is_classifier
 from tunelab.evaluation.label_scoring import score_labels
+from tunelab.evaluation.neighbour_vote import NeighbourVote
 from tunelab.generation import GenerationConfig, generate
 from tunelab.generation.constraints import Constraint
 from tunelab.models.embeddings import get_embedder
@@ -137,6 +138,11 @@ def evaluate(
             "constrained decoding applies to generated answers, and this evaluation scores "
             "labels; use --mode generate (mode: generate) or drop the constraint"
         )
+    if strategy.knn_weight and "score" not in modes:
+        raise TuneLabError(
+            "knn_weight blends label answers with the shots' vote and needs label scoring "
+            "(--mode score or both; a label set)"
+        )
     settings = with_constraint(settings, strategy)
     started = time.perf_counter()
     clock = _PhaseClock()
@@ -148,6 +154,10 @@ def evaluate(
         test, cut = fit_inputs(model, tokenizer, strategy, test, labels, shots, settings)
         prompts = build_prompts(tokenizer, strategy, test, labels, shots)
         prompt_tokens = [len(ids) for ids in encode_prompts(tokenizer, prompts)]
+    vote = None
+    if strategy.knn_weight:
+        with clock("retrieval"):
+            vote = _neighbour_vote(strategy, test, shots, train, settings)
     references = [e.output for e in test]
     rows = [
         {"line": e.line, "input": e.input, "reference": e.output, "prompt": readable(p)}
@@ -158,7 +168,7 @@ def evaluate(
         with clock("model") as elapsed:
             if mode == "score":
                 answers = _predict_by_scoring(
-                    model, tokenizer, prompts, labels, settings, on_progress
+                    model, tokenizer, prompts, labels, settings, on_progress, vote
                 )
                 raw = answers
             else:
@@ -183,6 +193,9 @@ def evaluate(
                 row[f"{mode}_checklist"] = coverage[index]
             if mode == "generate":
                 row["raw_output"] = output
+    if vote is not None:  # what the shots alone would have answered
+        for row, winner in zip(rows, vote.winners(), strict=True):
+            row["neighbour_vote"] = winner
     for row in rows:
         row["prediction"] = row[f"{modes[0]}_prediction"]
         row["correct"] = m.exact_match([row["prediction"]], [row["reference"]])[0]
@@ -361,21 +374,42 @@ def checklists(examples: list[Example], field_name: str) -> list[list[str]]:
     return lists
 
 
-def _predict_by_scoring(model, tokenizer, prompts, labels, settings, on_progress) -> list[str]:
-    """Each prompt's label: a classification head's answer, else the best-scored label."""
+def _predict_by_scoring(
+    model, tokenizer, prompts, labels, settings, on_progress, vote: NeighbourVote | None = None
+) -> list[str]:
+    """Each prompt's label: a classification head's answer, else the best-scored label; with a
+    vote, the best label of the blend (every label scored, so the model's side is exact)."""
+    batch = settings.generation.batch_size
     if is_classifier(model):
+        order = classifier_labels(model)
         ids = encode_prompts(tokenizer, prompts)
-        batch = settings.generation.batch_size
-        return classify(model, tokenizer, ids, batch_size=batch, on_batch=on_progress)
-    table = score_labels(
-        model,
-        tokenizer,
-        prompts,
-        labels,
-        batch_size=settings.generation.batch_size,
-        on_batch=on_progress,
+        table = classifier_logits(model, tokenizer, ids, batch_size=batch, on_batch=on_progress)
+    else:
+        order = labels
+        table = score_labels(
+            model,
+            tokenizer,
+            prompts,
+            labels,
+            batch_size=batch,
+            exhaustive=vote is not None,
+            on_batch=on_progress,
+        )
+    if vote is not None:
+        table = vote.blend(table, order)
+    return [order[i] for i in table.argmax(-1).tolist()]
+
+
+def _neighbour_vote(strategy, queries, shots, train, settings: EvalSettings) -> NeighbourVote:
+    """The vote of each query's shots, embedded with the retriever that chose them."""
+    embedder = get_embedder([e.input for e in train], settings.embedder)
+    return NeighbourVote(
+        queries,
+        shots,
+        embedder,
+        weight=strategy.knn_weight,
+        temperature=strategy.knn_temperature,
     )
-    return [labels[i] for i in table.argmax(-1).tolist()]
 
 
 def _score(answers, raw, references, labels, settings: EvalSettings, prefix: str):

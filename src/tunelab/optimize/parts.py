@@ -9,6 +9,7 @@ file `tunelab eval --prompt` understands.
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from tunelab.errors import TuneLabError
 from tunelab.prompting.strategy import (
     ANSWER_ONLY,
     CLASSIFY_INSTRUCTION,
@@ -62,12 +63,23 @@ class PromptParts:
         return replace(self, **changes)
 
 
+def check_searchable(strategy: PromptStrategy) -> None:
+    """A start prompt the search can carry whole: its edits change the shots, which a
+    neighbour vote (knn_weight) depends on, and the candidates are scored without one."""
+    if strategy.knn_weight:
+        raise TuneLabError(
+            "a prompt search does not keep knn_weight (its edits change the shots): search "
+            "without it, then evaluate the best prompt with `tunelab eval --knn-weight`"
+        )
+
+
 def parts_of(strategy: PromptStrategy, classification: bool) -> PromptParts:
     """Split a strategy into parts; the rendered prompt says the same as the original.
 
     The built-in default instruction (``instruction`` unset) becomes its classification
     sentence plus the answer-only constraint, so either can be edited on its own.
     """
+    check_searchable(strategy)
     task, constraint = strategy.instruction or "", None
     if strategy.instruction is None and classification:
         task, constraint = CLASSIFY_INSTRUCTION, None if strategy.cot else ANSWER_ONLY

@@ -72,6 +72,20 @@ class PromptStrategy(BaseModel):
     shot_ids: list[int] = Field(
         default_factory=list, description="Row indices of the training set, for selector=fixed."
     )
+    knn_weight: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Blend label answers with a vote of the retrieved shots (kNN-LM style): "
+        "0 = the model alone, 1 = the shots' labels alone. Needs similar shots and label "
+        "answers (label scoring or a classification head).",
+    )
+    knn_temperature: float = Field(
+        0.02,
+        gt=0.0,
+        description="Softmax temperature over the shots' cosine similarities in the vote; "
+        "small values let the nearest shot carry it.",
+    )
     cot: bool = Field(False, description="Ask for step-by-step reasoning, then a final answer.")
     constrain: str | dict | None = Field(
         None,
@@ -103,6 +117,14 @@ class PromptStrategy(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _vote_needs_neighbours(self) -> "PromptStrategy":
+        if self.knn_weight and not self.similar_shots:
+            raise ValueError(
+                "knn_weight votes with the retrieved shots: set shots > 0 and selector: similar"
+            )
+        return self
+
     @property
     def similar_shots(self) -> bool:
         """Whether its shots are retrieved per query (the only shots a retriever finds)."""
@@ -120,6 +142,17 @@ class PromptStrategy(BaseModel):
         elif classification and self.instruction is None:
             parts.append(ANSWER_ONLY)
         return "\n".join(p for p in parts if p) or None
+
+
+# Fields added after runs were stored: a stored strategy without one ran at its default, so
+# resume checks and compare's cache keys compare them only where they are set.
+LATER_FIELDS = ("knn_weight", "knn_temperature")
+
+
+def without_later_fields(strategy: dict) -> dict:
+    """A dumped strategy less the later-added fields left at their defaults."""
+    fields = PromptStrategy.model_fields
+    return {k: v for k, v in strategy.items() if k not in LATER_FIELDS or v != fields[k].default}
 
 
 def check_constraint_value(value: str | dict | None) -> str | dict | None:
@@ -152,7 +185,13 @@ def validate_strategy(raw: dict, where: str) -> PromptStrategy:
     try:
         return PromptStrategy.model_validate(raw)
     except ValidationError as err:
-        problems = [
-            f"{where}{'.'.join(map(str, e['loc'])) or '(top)'}: {e['msg']}" for e in err.errors()
-        ]
-        raise TuneLabError("\n".join(problems)) from None
+        raise TuneLabError("\n".join(_problem(where, e) for e in err.errors())) from None
+
+
+def _problem(where: str, error: dict) -> str:
+    """One line per invalid field; a rule across fields names the place only."""
+    message = error["msg"].removeprefix("Value error, ")
+    field = ".".join(map(str, error["loc"]))
+    if field:
+        return f"{where}{field}: {message}"
+    return f"{where.removesuffix('field ').removesuffix('--')}{message}"

@@ -132,10 +132,16 @@ class AdapterPool:
 
     def warnings(self) -> list[str]:
         """What the person starting the server should know about the runs it serves."""
-        return [
+        notes = [
             f"{served.name}: {served.retriever_warning}"
             for served in self.models.values()
             if served.retriever_warning
+        ]
+        return notes + [
+            f"{served.name}: answers without its neighbour vote (knn_weight "
+            f"{served.strategy.knn_weight:g}), which blends label scores in `tunelab eval` only"
+            for served in self.models.values()
+            if served.strategy is not None and served.strategy.knn_weight
         ]
 
     def _load_lora(self, adapter: Path, name: str) -> None:

@@ -6,6 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import JSON_METRICS
+from tunelab.prompting.strategy import without_later_fields
 from tunelab.training.methods import get_method
 
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
@@ -105,7 +106,11 @@ def config_changes(before: dict, after: dict, keys) -> list[str]:
     settings named one by one ('settings (shot_order: shuffled -> nearest_last)'): what a
     refused resume says. Settings added since ``before`` was stored count at their defaults."""
     old, new = (_with_later_defaults(c.get("settings") or {}) for c in (before, after))
-    before, after = before | {"settings": old}, after | {"settings": new}
+    before, after = (
+        config
+        | {"settings": settings, "strategy": without_later_fields(config.get("strategy") or {})}
+        for config, settings in ((before, old), (after, new))
+    )
     changed = [k for k in keys if before.get(k) != after.get(k)]
     if "settings" in changed:
         settings = [
