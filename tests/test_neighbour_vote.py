@@ -2,6 +2,7 @@
 shots, for label scoring and a classification head."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -62,7 +63,7 @@ def test_the_vote_weighs_each_shot_by_its_similarity():
     cosine = torch.tensor([0.9, 0.1]) / torch.tensor([0.9, 0.1]).norm()  # near, far vs q
     expected = torch.softmax(cosine, dim=0)
     assert shares[:2].tolist() == pytest.approx(expected.tolist(), abs=1e-5)
-    assert vote.winners() == ["a"]
+    assert vote.winners(["a", "b"]) == ["a"]
 
 
 def test_blend_mixes_probabilities_and_leaves_rows_without_a_vote_to_the_model():
@@ -74,68 +75,108 @@ def test_blend_mixes_probabilities_and_leaves_rows_without_a_vote_to_the_model()
     mixed = vote.blend(scores, ["a", "b"])
     assert mixed[0].tolist() == pytest.approx([0.4 * 0.7, 0.4 * 0.3 + 0.6])  # the vote wins
     assert mixed[1].tolist() == pytest.approx([0.7, 0.3])  # no shots: the model alone
-    assert vote.winners() == ["b", None]
+    assert vote.winners(["a", "b"]) == ["b", None]
 
 
-def test_a_shot_label_outside_the_label_set_gets_no_column():
-    vote = NeighbourVote(
-        [Example("q", "a", 1)], [[Example("s", "other", 2)]], Fixed({"q": [1.0], "s": [1.0]}),
-        weight=1.0, temperature=0.02,
-    )  # fmt: skip
-    assert vote.table(["a", "b"]).sum().item() == 0
+def test_shots_outside_the_label_set_abstain_and_unrelated_shots_do_not_vote():
+    embedder = Fixed({"q": [1.0, 0.0], "s": [1.0, 0.0], "t": [0.9, 0.1], "u": [0.0, 1.0]})
+    queries = [Example("q", "a", 1), Example("q", "a", 2), Example("u", "a", 3)]
+    shots = [
+        [Example("s", "other", 4), Example("t", "a", 5)],  # the nearer one is outside the set
+        [Example("s", "other", 4)],
+        [Example("s", "a", 4)],  # similarity 0 (as TF-IDF gives a query of unknown words)
+    ]
+    vote = NeighbourVote(queries, shots, embedder, weight=0.5, temperature=0.02)
+    assert vote.table(["a", "b"]).tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
+    assert vote.winners(["a", "b"]) == ["a", None, None]
 
 
 def _evaluate(model, tokenizer, strategy):
     return evaluate(model, tokenizer, strategy, TEST, train=TRAIN, labels=LABELS, settings=SETTINGS)
 
 
-def test_weight_one_answers_with_the_nearest_shot_and_records_the_vote(tiny_model, tiny_tokenizer):
-    strategy = _strategy(knn_weight=1.0)
-    result = _evaluate(tiny_model, tiny_tokenizer, strategy)
-    shots, _ = select_shots(strategy, TRAIN, TEST, embedder="tfidf")
-    nearest = [row[-1].output for row in shots]  # most similar last
-    assert [r["prediction"] for r in result.predictions] == nearest
-    assert [r["neighbour_vote"] for r in result.predictions] == nearest
+MIXED = [  # the query's nearest row is billing; the two others, farther, are login
+    Example("alpha beta gamma delta", "billing", 1),
+    Example("alpha zeta", "login", 2),
+    Example("beta eta", "login", 3),
+    Example("theta iota", "shipping", 4),
+]
+QUERY = [Example("alpha beta gamma", "billing", 1)]
 
 
-def test_a_tiny_weight_keeps_the_model_answers_exactly(tiny_model, tiny_tokenizer):
-    """The blend scores every label (no pruning): with almost no weight on the vote the answer
-    is the label-scoring argmax, which prunes."""
-    plain = _evaluate(tiny_model, tiny_tokenizer, _strategy())
-    nudged = _evaluate(tiny_model, tiny_tokenizer, _strategy(knn_weight=1e-9))
-    assert [r["prediction"] for r in nudged.predictions] == [
-        r["prediction"] for r in plain.predictions
-    ]
-    assert "neighbour_vote" not in plain.predictions[0]
-
-
-def test_a_classification_head_blends_its_own_label_order(tiny_tokenizer):
-    from transformers import LlamaForSequenceClassification
-
-    from tunelab.testing import make_tiny_model
-
-    config = make_tiny_model(tiny_tokenizer).config
-    config.num_labels = 3
-    config.id2label = dict(enumerate(reversed(LABELS)))  # not the eval's order
-    config.label2id = {v: k for k, v in config.id2label.items()}
-    torch.manual_seed(0)
-    head = LlamaForSequenceClassification(config).eval()
-    strategy = _strategy(knn_weight=1.0)
-    result = evaluate(head, tiny_tokenizer, strategy, TEST, train=TRAIN, labels=LABELS,
+def test_the_nearest_shot_outweighs_two_farther_ones_end_to_end(tiny_model, tiny_tokenizer):
+    """Only similarity weighting answers billing here: a uniform vote would say login."""
+    strategy = PromptStrategy(shots=3, selector="similar", knn_weight=1.0)
+    result = evaluate(tiny_model, tiny_tokenizer, strategy, QUERY, train=MIXED, labels=LABELS,
                       settings=SETTINGS)  # fmt: skip
-    shots, _ = select_shots(strategy, TRAIN, TEST, embedder="tfidf")
-    assert [r["prediction"] for r in result.predictions] == [row[-1].output for row in shots]
+    shots, _ = select_shots(strategy, MIXED, QUERY, embedder="tfidf")
+    assert sorted(s.output for s in shots[0]) == ["billing", "login", "login"]
+    assert result.predictions[0]["prediction"] == "billing"
+    assert result.predictions[0]["neighbour_vote"] == "billing"
+    uniform = strategy.model_copy(update={"knn_temperature": 1e6})
+    result = evaluate(tiny_model, tiny_tokenizer, uniform, QUERY, train=MIXED, labels=LABELS,
+                      settings=SETTINGS)  # fmt: skip
+    assert result.predictions[0]["prediction"] == "login"
+
+
+def test_a_vote_scores_every_label(tiny_model, tiny_tokenizer, monkeypatch):
+    """The blend needs the model's probability of every label, so label scoring does not
+    prune (a pruned label would count as impossible for the model and inflate the rest)."""
+    from tunelab.evaluation import runner
+
+    asked = []
+    scorer = runner.score_labels
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("exhaustive", False))
+        return scorer(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "score_labels", spy)
+    plain = _evaluate(tiny_model, tiny_tokenizer, _strategy())
+    voted = _evaluate(tiny_model, tiny_tokenizer, _strategy(knn_weight=0.5))
+    assert asked == [False, True]
+    assert "neighbour_vote" not in plain.predictions[0]
+    assert all(r["neighbour_vote"] in LABELS for r in voted.predictions)
+
+
+class FakeForSequenceClassification(torch.nn.Module):
+    """A head whose logits are fixed, its labels in an order of its own."""
+
+    def __init__(self, labels: list[str], logits: list[float]):
+        super().__init__()
+        self.config = SimpleNamespace(
+            id2label=dict(enumerate(labels)), num_labels=len(labels), max_position_embeddings=512
+        )
+        self.anchor = torch.nn.Parameter(torch.zeros(1))  # a device to read
+        self.logits = torch.tensor(logits)
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=self.logits.expand(len(input_ids), -1))
+
+
+def test_a_classification_head_blends_in_its_own_label_order(tiny_tokenizer):
+    """The head puts 0.79 on shipping (its first label, the eval's last). At w 0.3 the model
+    keeps every answer (0.7 * 0.79 = 0.55 against at most 0.7 * 0.11 + 0.3 = 0.37); reading
+    its logits in the eval's order would answer billing. At w 0.9 the nearest shot answers."""
+    head = FakeForSequenceClassification(list(reversed(LABELS)), [2.0, 0.0, 0.0])
+    answers = {}
+    for weight in (0.3, 0.9):
+        result = _evaluate(head, tiny_tokenizer, _strategy(knn_weight=weight))
+        answers[weight] = [r["prediction"] for r in result.predictions]
+    shots, _ = select_shots(_strategy(), TRAIN, TEST, embedder="tfidf")
+    assert answers[0.3] == ["shipping"] * len(TEST)
+    assert answers[0.9] == [row[-1].output for row in shots] == ["billing", "login", "shipping"]
 
 
 def test_the_vote_needs_retrieved_shots_and_label_answers(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match="knn_weight votes with the retrieved shots"):
         PromptStrategy(shots=2, selector="random", knn_weight=0.5)
-    with pytest.raises(TuneLabError, match="^--knn_weight: Input should be less than or equal"):
+    with pytest.raises(TuneLabError, match="^--knn-weight: Input should be less than or equal"):
         validate_strategy({"shots": 2, "selector": "similar", "knn_weight": 2}, where="--")
     with pytest.raises(TuneLabError, match="^f.yaml: knn_weight votes"):
         validate_strategy({"knn_weight": 0.5}, where="f.yaml: field ")
     generating = EvalSettings(mode="generate", embedder="tfidf")
-    with pytest.raises(TuneLabError, match="needs label scoring"):
+    with pytest.raises(TuneLabError, match="needs a label set and label scoring"):
         evaluate(tiny_model, tiny_tokenizer, _strategy(knn_weight=0.5), TEST, train=TRAIN,
                  labels=LABELS, settings=generating)  # fmt: skip
 
@@ -197,3 +238,45 @@ def test_a_prompt_search_refuses_a_start_prompt_with_a_vote(tmp_path, tiny_model
         match=r"experiment.yaml:4: strategies\[0\]\(s\): a prompt search does not keep",
     ):
         load_experiment(experiment)
+
+
+def test_a_vote_that_cannot_blend_is_refused_before_any_work(tmp_path):
+    """Free-text answers or generated ones: refused before a model loads or a run folder is
+    written (the model named here does not exist, so reaching the load would fail otherwise)."""
+    free = tmp_path / "free.jsonl"
+    free.write_text("".join(json.dumps({"input": f"question {i}", "output": f"a long answer {i}"})
+                            + "\n" for i in range(8)), encoding="utf-8")  # fmt: skip
+    labelled = tmp_path / "labelled.jsonl"
+    labelled.write_text("".join(json.dumps({"input": e.input, "output": e.output}) + "\n"
+                                for e in TRAIN), encoding="utf-8")  # fmt: skip
+    vote = ["--shots", "2", "--selector", "similar", "--knn-weight", "0.5", "--model", "/no/model"]
+    method = ["--method", "lora"]
+    runs = {
+        "train": ["train", "--data", free, "--out", tmp_path / "t", *method, *vote],
+        "eval": ["eval", "--data", labelled, "--mode", "generate", "--out", tmp_path / "e", *vote],
+    }
+    for command, args in runs.items():
+        result = CliRunner().invoke(app, [str(a) for a in args])
+        assert result.exit_code == 1, (command, result.output)
+        assert "needs a label set and label scoring" in result.output, (command, result.output)
+        assert not (tmp_path / command[0]).exists()
+
+
+def test_an_experiment_refuses_a_search_from_a_voted_prompt_wherever_it_comes_from(tmp_path):
+    from tunelab.compare.experiment import load_experiment
+
+    (tmp_path / "train.jsonl").write_text(
+        "".join(json.dumps({"input": e.input, "output": e.output}) + "\n" for e in TRAIN)
+    )
+    (tmp_path / "voted.yaml").write_text("shots: 2\nselector: similar\nknn_weight: 0.5\n")
+    head = "name: x\ndata: {train: train.jsonl}\nstrategies:\n"
+    sources = {
+        "file": "  - name: s\n    prompt_file: voted.yaml\n    optimize: {budget: 2}\n",
+        "from": "  - name: v\n    prompt_file: voted.yaml\n"
+        "  - name: s\n    prompt_from: v\n    optimize: {budget: 2}\n",
+    }
+    for how, body in sources.items():
+        path = tmp_path / f"{how}.yaml"
+        path.write_text(head + body)
+        with pytest.raises(TuneLabError, match=r"\(s\): a prompt search does not keep knn_weight"):
+            load_experiment(path)

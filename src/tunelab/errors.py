@@ -20,3 +20,11 @@ class DataError(TuneLabError):
         hidden = len(problems) - len(shown)
         lines = shown + ([f"... and {hidden} more problems"] if hidden else [])
         super().__init__("\n".join(lines))
+
+
+def validation_message(error: dict) -> str:
+    """One pydantic error as a user reads it: the rule's own words, without pydantic's
+    "Value error, " prefix; an unknown key is an "unknown field"."""
+    if error["type"] == "extra_forbidden":
+        return "unknown field"
+    return error["msg"].removeprefix("Value error, ")

@@ -23,6 +23,7 @@ from tunelab.compare.report import read_predictions
 from tunelab.compare.runner import (
     ExperimentRunner,
     check_metrics,
+    check_votes,
     experiment_record,
     headline_metric,
     json_answers,
@@ -81,6 +82,7 @@ def compare_command(
     check_out(out_dir, "compare")  # a folder TuneLab did not write is refused before any work
     data = load_experiment_data(experiment)
     check_metrics(experiment, data)
+    check_votes(experiment, data)
     warn(label_warnings(data.labels, data.test))
     specs = _selected(experiment, only)
     if not plan:

@@ -16,6 +16,7 @@ from tunelab.errors import TuneLabError
 from tunelab.evaluation.runner import (
     EvalResult,
     EvalSettings,
+    check_vote,
     config_record,
     evaluate,
     evaluate_consistency,
@@ -165,7 +166,9 @@ def eval_command(
         seed=seed,
         embedder=embedder,
     )
-    passes = len(resolve_modes(settings.mode, label_set, strategy.cot))
+    modes = resolve_modes(settings.mode, label_set, strategy.cot)
+    check_vote(strategy, modes)  # before the model loads
+    passes = len(modes)
     templates = None
     if consistency or paraphrases:
         templates = _paraphrases(paraphrases, label_set, held_out[:1])

@@ -114,7 +114,7 @@ def train_command(
     dtype: str = dtype_option(),
 ) -> None:
     """Train one method, keep the best epoch on the dev metric, evaluate, save the adapter."""
-    from tunelab.training.run import default_training_strategy, train_run
+    from tunelab.training.run import check_training_vote, default_training_strategy, train_run
 
     placement = resolve_placement(device, dtype)
     if device == "cpu":
@@ -168,6 +168,7 @@ def train_command(
     if shot_pool and not strategy.shots:
         raise TuneLabError("--shot-pool is where shots come from: it needs --shots N (N > 0)")
     check_retriever_use(train_data.embedder, strategy)
+    check_training_vote(strategy, train_data.labels)  # (a search's trials, too)
     run_dir = out or default_run_dir(settings.method)
     _print_plan(settings, train_data, run_dir)
     if search or search_space:

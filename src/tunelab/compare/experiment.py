@@ -21,7 +21,7 @@ from typing import Literal, NoReturn
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tunelab.errors import TuneLabError
+from tunelab.errors import TuneLabError, validation_message
 from tunelab.models import DEFAULT_MODEL
 from tunelab.paths import require_file
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP
@@ -184,13 +184,6 @@ class StrategySpec(Strict):
     def _one_kind(self) -> "StrategySpec":
         if self.train and self.optimize:
             raise ValueError("a strategy either trains or optimises a prompt, not both")
-        if self.optimize and self.prompt is not None:
-            from tunelab.optimize.parts import check_searchable
-
-            try:
-                check_searchable(self.prompt)
-            except TuneLabError as err:
-                raise ValueError(str(err)) from None
         if self.search and not self.train:
             raise ValueError("search tunes a training strategy's settings; add train: {...}")
         if self.search:
@@ -327,13 +320,15 @@ def load_experiment(path: Path, constrain: list[str] | None = None) -> Experimen
     except ValidationError as err:
         tree = yaml.compose(path.read_text(encoding="utf-8"))
         lines = [
-            f"{path}:{_line_of(tree, e['loc'])}: {_location(e['loc'], raw)}: {_message(e)}"
+            f"{path}:{_line_of(tree, e['loc'])}: {_location(e['loc'], raw)}: "
+            + validation_message(e)
             for e in err.errors()
         ]
         raise TuneLabError("\n".join(lines)) from None
     experiment = _with_paths_resolved(experiment, path.parent)
     _check_files(experiment, path, raw)
     _check_shot_orders(experiment, path, raw)
+    _check_search_starts(experiment, path, raw)
     # a schema file named on the command line is relative to where the command runs
     extra = [str(Path(v).resolve()) if Path(v).is_file() else v for v in constrain or []]
     return _with_constraints_expanded(experiment, path, extra)
@@ -383,6 +378,21 @@ def _check_files(experiment: Experiment, path: Path, raw: dict) -> None:
             fail(("strategies", index, "prompt_file"), err)
 
 
+def _check_search_starts(experiment: Experiment, path: Path, raw: dict) -> None:
+    """A prompt search starts from a prompt it can carry whole (no neighbour vote), refused
+    now wherever that prompt comes from, not when the search's turn comes."""
+    from tunelab.optimize.parts import check_searchable
+
+    for index, spec in enumerate(experiment.strategies):
+        prompt = known_prompt(experiment, spec) if spec.optimize else None
+        if prompt is None:
+            continue
+        try:
+            check_searchable(prompt)
+        except TuneLabError as err:
+            raise _error_at(path, raw, ("strategies", index), str(err)) from None
+
+
 def _check_shot_orders(experiment: Experiment, path: Path, raw: dict) -> None:
     """A training strategy that orders its prompt's shots needs a prompt with shots: refused
     now where the prompt is known (not a prompt search's result, checked when it trains)."""
@@ -404,18 +414,24 @@ def _error_at(path: Path, raw: dict, loc: tuple, problem: str) -> TuneLabError:
     return TuneLabError(f"{path}:{line}: {_location(loc, raw)}: {problem}")
 
 
-def _known_shots(experiment: Experiment, spec: StrategySpec) -> int | None:
-    """How many shots the strategy's prompt holds; None where only a run can tell (the
-    prompt comes from a prompt search)."""
+def known_prompt(experiment: Experiment, spec: StrategySpec) -> PromptStrategy | None:
+    """The strategy's prompt as the experiment states it (default: zero-shot); None where only
+    a run can tell (the prompt comes from a prompt search or a trained run)."""
     if spec.prompt_from:
         source = experiment.strategy(spec.prompt_from)
         unknown = source.optimize or source.run_from  # a search's result, a trained run's
-        return None if unknown else _known_shots(experiment, source)
+        return None if unknown else known_prompt(experiment, source)
     if spec.prompt_file:
         from tunelab.prompting import load_strategy
 
-        return load_strategy(spec.prompt_file).shots  # (read, and checked, just before)
-    return spec.prompt.shots if spec.prompt is not None else 0
+        return load_strategy(spec.prompt_file)  # (read, and checked, just before)
+    return spec.prompt if spec.prompt is not None else PromptStrategy()
+
+
+def _known_shots(experiment: Experiment, spec: StrategySpec) -> int | None:
+    """How many shots the strategy's prompt holds; None where only a run can tell."""
+    prompt = known_prompt(experiment, spec)
+    return None if prompt is None else prompt.shots
 
 
 def _location(loc: tuple, raw: dict) -> str:
@@ -453,13 +469,6 @@ def _has(node, key) -> bool:
     return (isinstance(node, dict) and key in node) or (
         isinstance(node, list) and isinstance(key, int) and key < len(node)
     )
-
-
-def _message(error: dict) -> str:
-    message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "extra_forbidden":
-        return "unknown field"
-    return message
 
 
 def _with_paths_resolved(experiment: Experiment, base: Path) -> Experiment:

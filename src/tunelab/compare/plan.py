@@ -98,8 +98,9 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
     loaded, settings = runner._base_model(), runner.settings
     generating = "generate" in resolve_modes(settings.mode, runner.data.labels, strategy.cot)
     sample = test[: settings.generation.batch_size if generating else SAMPLE]
+    pool = runner.data.shot_pool()
     shots, retriever = select_shots(
-        strategy, runner.data.shot_pool(), sample, seed=settings.seed, embedder=settings.embedder
+        strategy, pool, sample, seed=settings.seed, embedder=settings.embedder
     )
     prompts = build_prompts(loaded.tokenizer, strategy, sample, runner.data.labels, shots)
     tokens = sum(map(len, encode_prompts(loaded.tokenizer, prompts))) / max(len(prompts), 1)
@@ -111,8 +112,9 @@ def _eval_speed(runner: ExperimentRunner, strategy: PromptStrategy, test) -> tup
             measured[key] = _generation_seconds(loaded, prompts, settings) / len(prompts)
         else:
             result = evaluate(
-                loaded.model, loaded.tokenizer, strategy, sample, labels=runner.data.labels,
-                settings=replace(settings, latency_rows=0), chosen_shots=(shots, retriever),
+                loaded.model, loaded.tokenizer, strategy, sample, train=pool,
+                labels=runner.data.labels, settings=replace(settings, latency_rows=0),
+                chosen_shots=(shots, retriever),
             )  # fmt: skip
             # The engine's own speed: model time only, without the metrics' fixed cost.
             speeds = result.extra["examples_per_second"]

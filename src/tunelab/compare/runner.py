@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tunelab.compare.experiment import Experiment, StrategySpec
+from tunelab.compare.experiment import Experiment, StrategySpec, known_prompt
 from tunelab.compare.progress import ProgressFile
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.loading import Example, load_like
@@ -24,7 +24,9 @@ from tunelab.evaluation.metrics import JSON_METRICS, is_json_task
 from tunelab.evaluation.runner import (
     EvalResult,
     EvalSettings,
+    check_vote,
     evaluate,
+    resolve_modes,
     write_predictions,
     write_run,
 )
@@ -85,6 +87,19 @@ def check_strategy_prompt(spec: StrategySpec, settings, strategy: PromptStrategy
     except TuneLabError as err:
         source = f" (prompt from {spec.prompt_from})" if spec.prompt_from else ""
         raise TuneLabError(f"{spec.name}{source}: {err}") from None
+
+
+def check_votes(experiment: Experiment, data: TrainData) -> None:
+    """A strategy with a neighbour vote is scored by label (tunelab.evaluation.runner
+    check_vote): refused before any strategy runs, naming it, where its prompt is known."""
+    for spec in experiment.strategies:
+        prompt = known_prompt(experiment, spec)
+        if prompt is None or not prompt.knn_weight:
+            continue
+        try:
+            check_vote(prompt, resolve_modes(experiment.eval.mode, data.labels, prompt.cot))
+        except TuneLabError as err:
+            raise TuneLabError(f"{spec.name}: {err}") from None
 
 
 def check_metrics(experiment: Experiment, data: TrainData) -> None:

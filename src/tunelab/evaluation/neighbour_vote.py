@@ -9,7 +9,10 @@ the neighbours' where it is not:
 
 p_model is the softmax over the label set of the label log-likelihoods (or of a head's
 logits); p_vote spreads softmax(similarity / temperature) over the shots' labels, so at the
-default temperature the nearest shot carries most of the vote.
+default temperature the nearest shot carries most of the vote. Shots whose label is outside
+the label set abstain (the others' shares are renormalised); a query with no shot, or none
+similar at all (a TF-IDF query sharing no word with the pool), gets no vote: the model alone
+answers it.
 """
 
 import torch
@@ -39,32 +42,41 @@ class NeighbourVote:
         self.ballots: list[dict[str, float]] = []
         for query, chosen in zip(queries, shots, strict=True):
             ballot: dict[str, float] = {}
-            if chosen:
-                neighbours = vectors[[row_of[s.input] for s in chosen]]
-                similarity = neighbours @ vectors[row_of[query.input]]
+            similarity = vectors[[row_of[s.input] for s in chosen]] @ vectors[row_of[query.input]]
+            if len(chosen) and similarity.max() > 0:
                 weights = torch.softmax(similarity.float() / temperature, dim=-1).tolist()
                 for shot, share in zip(chosen, weights, strict=True):
                     ballot[shot.output] = ballot.get(shot.output, 0.0) + share
             self.ballots.append(ballot)
 
+    def rows(self, indices: list[int]) -> "NeighbourVote":
+        """The same votes for some of the queries (to time single requests)."""
+        part = object.__new__(NeighbourVote)
+        part.weight, part.ballots = self.weight, [self.ballots[i] for i in indices]
+        return part
+
     def table(self, labels: list[str]) -> torch.Tensor:
-        """(queries, labels) vote shares; labels outside ``labels`` get none."""
+        """(queries, labels) vote shares over ``labels``: each row sums to 1, or to 0 when no
+        shot of the row has a label of the set."""
         column = {label: i for i, label in enumerate(labels)}
         votes = torch.zeros(len(self.ballots), len(labels))
         for row, ballot in enumerate(self.ballots):
             for label, share in ballot.items():
                 if label in column:
                     votes[row, column[label]] = share
-        return votes
+        total = votes.sum(dim=-1, keepdim=True)
+        return torch.where(total > 0, votes / total.clamp(min=1e-12), votes)
 
-    def winners(self) -> list[str | None]:
-        """The label the shots alone would answer, per query (None: no shots)."""
-        return [max(b, key=b.get) if b else None for b in self.ballots]
+    def winners(self, labels: list[str]) -> list[str | None]:
+        """The label the shots alone would answer, per query (None: no vote)."""
+        votes = self.table(labels)
+        return [
+            labels[int(row.argmax())] if row.sum() > 0 else None for row in votes
+        ]  # fmt: skip
 
     def blend(self, model_scores: torch.Tensor, labels: list[str]) -> torch.Tensor:
         """Label probabilities: the model's (softmax of ``model_scores``, columns in ``labels``
-        order) mixed with the vote's. Rows whose shots hold no label of the set keep the
-        model's alone."""
+        order) mixed with the vote's; rows without a vote keep the model's alone."""
         model_probs = model_scores.float().softmax(dim=-1)
         votes = self.table(labels)
         voted = votes.sum(dim=-1, keepdim=True) > 0

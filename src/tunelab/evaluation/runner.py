@@ -138,11 +138,7 @@ def evaluate(
             "constrained decoding applies to generated answers, and this evaluation scores "
             "labels; use --mode generate (mode: generate) or drop the constraint"
         )
-    if strategy.knn_weight and "score" not in modes:
-        raise TuneLabError(
-            "knn_weight blends label answers with the shots' vote and needs label scoring "
-            "(--mode score or both; a label set)"
-        )
+    check_vote(strategy, modes)
     settings = with_constraint(settings, strategy)
     started = time.perf_counter()
     clock = _PhaseClock()
@@ -150,6 +146,7 @@ def evaluate(
         shots, retriever = chosen_shots or select_shots(
             strategy, list(train), test, seed=settings.seed, embedder=settings.embedder
         )
+    queries = test  # as retrieved: the vote weighs the shots by the same text
     with clock("prompts"):
         test, cut = fit_inputs(model, tokenizer, strategy, test, labels, shots, settings)
         prompts = build_prompts(tokenizer, strategy, test, labels, shots)
@@ -157,7 +154,7 @@ def evaluate(
     vote = None
     if strategy.knn_weight:
         with clock("retrieval"):
-            vote = _neighbour_vote(strategy, test, shots, train, settings)
+            vote = _neighbour_vote(strategy, queries, shots, train, settings)
     references = [e.output for e in test]
     rows = [
         {"line": e.line, "input": e.input, "reference": e.output, "prompt": readable(p)}
@@ -194,7 +191,7 @@ def evaluate(
             if mode == "generate":
                 row["raw_output"] = output
     if vote is not None:  # what the shots alone would have answered
-        for row, winner in zip(rows, vote.winners(), strict=True):
+        for row, winner in zip(rows, vote.winners(labels), strict=True):
             row["neighbour_vote"] = winner
     for row in rows:
         row["prediction"] = row[f"{modes[0]}_prediction"]
@@ -210,10 +207,21 @@ def evaluate(
     }
     if settings.latency_rows:
         extra["latency_ms_batch1"] = _one_request_ms(
-            model, tokenizer, prompts[: settings.latency_rows], labels, modes[0], settings
+            model, tokenizer, prompts[: settings.latency_rows], labels, modes[0], settings, vote
         )
     extra["timing"] = clock.seconds
     return EvalResult(rows, scores, time.perf_counter() - started, labels, extra)
+
+
+def check_vote(strategy: PromptStrategy, modes: list[str]) -> None:
+    """A neighbour vote blends label answers: it needs a label set and label scoring. Callers
+    check it before any model loads (``modes`` from :func:`resolve_modes`)."""
+    if strategy.knn_weight and "score" not in modes:
+        raise TuneLabError(
+            f"knn_weight {strategy.knn_weight:g} blends label answers with the shots' vote: it "
+            "needs a label set and label scoring (eval: --mode score or both), not generated "
+            "answers"
+        )
 
 
 def check_classifier(model, labels: list[str] | None, modes: list[str]) -> None:
@@ -259,14 +267,18 @@ class _PhaseClock:
             self.seconds[phase] = round(self.seconds.get(phase, 0.0) + spent[0], 4)
 
 
-def _one_request_ms(model, tokenizer, prompts, labels, mode, settings: EvalSettings) -> float:
+def _one_request_ms(
+    model, tokenizer, prompts, labels, mode, settings: EvalSettings, vote=None
+) -> float:
     """Mean model time of answering each prompt alone (batch size 1): what one request to
-    this strategy costs, whatever batch size the evaluation used."""
+    this strategy costs, whatever batch size the evaluation used (with a neighbour vote,
+    every label scored; the query's embedding is not counted)."""
     single = replace(settings, generation=replace(settings.generation, batch_size=1))
     began = time.perf_counter()
-    for prompt in prompts:
+    for index, prompt in enumerate(prompts):
         if mode == "score":
-            _predict_by_scoring(model, tokenizer, [prompt], labels, single, None)
+            own = vote.rows([index]) if vote is not None else None
+            _predict_by_scoring(model, tokenizer, [prompt], labels, single, None, own)
         else:
             generate(model, tokenizer, [prompt], single.generation)
     return round(1000 * (time.perf_counter() - began) / max(len(prompts), 1), 1)
@@ -500,7 +512,9 @@ def evaluate_consistency(
                       labels)  # fmt: skip
     per_template, answers = [], []
     for index, template in enumerate(templates):
-        variant = strategy.model_copy(update={"template": template, "name": f"paraphrase-{index}"})
+        variant = strategy.model_copy(  # the model's answers only: the shots' vote is
+            update={"template": template, "name": f"paraphrase-{index}", "knn_weight": 0.0}
+        )  # the same under every template and would hide how the template moves them
         result = evaluate(
             model,
             tokenizer,

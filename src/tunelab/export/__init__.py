@@ -101,6 +101,11 @@ def _with_shot_pool(exported: Exported, meta: dict, adapter: Path, folder: Path)
         "query; the engine will not add them, so put them in the prompt yourself, or serve "
         "the run with `tunelab serve`, which does"
     )
+    if strategy.knn_weight:
+        note += (
+            f"; its evaluations also blended the label scores with the shots' vote "
+            f"(knn_weight {strategy.knn_weight:g}), which neither the engine nor serve does"
+        )
     return Exported(exported.kind, exported.command, "; ".join(filter(None, [exported.note, note])))
 
 

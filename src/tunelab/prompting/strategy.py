@@ -20,7 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from tunelab.errors import TuneLabError
+from tunelab.errors import TuneLabError, validation_message
 from tunelab.paths import require_file
 from tunelab.yaml_files import read_yaml
 
@@ -189,9 +189,10 @@ def validate_strategy(raw: dict, where: str) -> PromptStrategy:
 
 
 def _problem(where: str, error: dict) -> str:
-    """One line per invalid field; a rule across fields names the place only."""
-    message = error["msg"].removeprefix("Value error, ")
+    """One line per invalid field (an option's name when ``where`` is "--"); a rule across
+    fields names the place only."""
+    message = validation_message(error)
     field = ".".join(map(str, error["loc"]))
     if field:
-        return f"{where}{field}: {message}"
+        return f"{where}{field.replace('_', '-') if where == '--' else field}: {message}"
     return f"{where.removesuffix('field ').removesuffix('--')}{message}"

@@ -139,7 +139,8 @@ class AdapterPool:
         ]
         return notes + [
             f"{served.name}: answers without its neighbour vote (knn_weight "
-            f"{served.strategy.knn_weight:g}), which blends label scores in `tunelab eval` only"
+            f"{served.strategy.knn_weight:g}), which only its evaluations (eval, compare, train) "
+            "blend into label scores"
             for served in self.models.values()
             if served.strategy is not None and served.strategy.knn_weight
         ]

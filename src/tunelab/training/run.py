@@ -15,7 +15,9 @@ from tunelab.errors import TuneLabError
 from tunelab.evaluation.runner import (
     EvalResult,
     EvalSettings,
+    check_vote,
     evaluate_sharded,
+    resolve_modes,
     write_predictions,
 )
 from tunelab.generation import GenerationConfig
@@ -88,6 +90,7 @@ def train_run(
         raise TuneLabError("training needs a dev or a test split for its final evaluation")
     if settings.head == HEAD:
         _check_head_evaluation(strategy, final_eval)
+    check_training_vote(strategy, data.labels, final_eval)
     base_model = _portable_model_name(base_model)
     config = _run_config(settings, data, strategy, base_model) | {"placement": placement.record()}
     main = distributed.is_main()  # under torchrun/accelerate only rank 0 writes
@@ -189,6 +192,17 @@ def train_run(
     _finish_run(run_dir, final, summary, "test" if held_out else "dev", keep_checkpoints)
     distributed.barrier()
     return TrainOutcome(run_dir, final, summary)
+
+
+def check_training_vote(
+    strategy: PromptStrategy, labels: list[str] | None, final_eval: EvalSettings | None = None
+) -> None:
+    """The run's evaluations (dev: auto; final: ``final_eval``'s mode) can blend its
+    neighbour vote: refused before training when they would not score labels."""
+    if not strategy.knn_weight:
+        return
+    for mode in ("auto", final_eval.mode if final_eval else "auto"):
+        check_vote(strategy, resolve_modes(mode, labels, strategy.cot))
 
 
 def _check_head_evaluation(strategy: PromptStrategy, final_eval: EvalSettings | None) -> None:
