@@ -74,3 +74,61 @@ def test_trie_shares_prefixes_and_ends_each_label_with_eos(tiny_tokenizer):
     assert trie.paths[0][:2] == trie.paths[1][:2]
     assert all(trie.tokens[path[-1]] == tiny_tokenizer.eos_token_id for path in trie.paths)
     assert [len(p) for p in trie.paths] == [3, 4, 2]
+
+
+def _peaked_model(tokenizer):
+    """A model sure of a few characters (a, then EOS, b, c): scoring prunes most labels."""
+    from tunelab.testing import make_tiny_model
+
+    model = make_tiny_model(tokenizer, seed=3)
+    with torch.no_grad():
+        head = model.lm_head.weight
+        model.lm_head = torch.nn.Linear(head.shape[1], head.shape[0], bias=True)
+        model.lm_head.weight.copy_(head)
+        model.lm_head.bias.copy_(
+            torch.randn(head.shape[0], generator=torch.Generator().manual_seed(1)) * 2
+        )
+        for token, value in [("a", 8.0), ("b", 6.0), ("c", 5.0)]:
+            model.lm_head.bias[tokenizer.convert_tokens_to_ids(token)] = value
+        model.lm_head.bias[tokenizer.eos_token_id] = 7.0
+    return model
+
+
+def test_pruning_for_a_neighbour_vote_keeps_the_blended_answer(tiny_tokenizer):
+    """Pruned for the blend, the table's blended argmax equals the full table's, for random
+    votes and weights, while about half the labels are skipped. (Stopping at the plain
+    bound, without settling Z, answers one of these 480 rows wrongly.)"""
+    model = _peaked_model(tiny_tokenizer)
+    labels = ["a", "ab", "b", "ba", "c", "d", "e", "f", "g", "h", "i", "j"]
+    texts = ["hi", "a longer question here", "mid one", "what", "card lost again", "x"]
+    prompts = [
+        tiny_tokenizer.apply_chat_template(
+            [{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True
+        )
+        for t in texts
+    ]
+    full = score_labels(model, tiny_tokenizer, prompts, labels, exhaustive=True)
+    draw = torch.Generator().manual_seed(0)
+    skipped = 0
+    for _ in range(20):
+        votes = torch.zeros(len(prompts), len(labels))
+        for row in range(len(prompts)):
+            count = int(torch.randint(0, 3, (1,), generator=draw))
+            if count:
+                chosen = torch.randperm(len(labels), generator=draw)[:count]
+                votes[row, chosen] = torch.rand(count, generator=draw)
+                votes[row] /= votes[row].sum()
+        for weight in (0.05, 0.2, 0.5, 0.9):
+            pruned = score_labels(model, tiny_tokenizer, prompts, labels, votes=votes,
+                                  weight=weight)  # fmt: skip
+            skipped += int((~pruned.isfinite()).sum())
+
+            def blended(table, weight=weight, votes=votes):
+                mixed = (1 - weight) * table.softmax(-1) + weight * votes
+                return torch.where(votes.sum(-1, keepdim=True) > 0, mixed, table.softmax(-1))
+
+            assert blended(pruned).argmax(-1).tolist() == blended(full).argmax(-1).tolist()
+            scored = pruned.isfinite()
+            torch.testing.assert_close(pruned[scored], full[scored])
+            assert scored[votes > 0].all()  # a voted label's model share counts
+    assert skipped > 0.4 * 80 * len(prompts) * len(labels)

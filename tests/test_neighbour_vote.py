@@ -119,24 +119,29 @@ def test_the_nearest_shot_outweighs_two_farther_ones_end_to_end(tiny_model, tiny
     assert result.predictions[0]["prediction"] == "login"
 
 
-def test_a_vote_scores_every_label(tiny_model, tiny_tokenizer, monkeypatch):
-    """The blend needs the model's probability of every label, so label scoring does not
-    prune (a pruned label would count as impossible for the model and inflate the rest)."""
+def test_label_scoring_prunes_for_the_blended_answer(tiny_model, tiny_tokenizer, monkeypatch):
+    """The scorer gets the vote, so its pruning keeps the blend's answer exact (not the model's
+    own, which would skip labels the vote can still carry: tests/test_label_scoring.py)."""
     from tunelab.evaluation import runner
 
     asked = []
     scorer = runner.score_labels
 
     def spy(*args, **kwargs):
-        asked.append(kwargs.get("exhaustive", False))
+        asked.append((kwargs.get("votes"), kwargs.get("weight")))
         return scorer(*args, **kwargs)
 
     monkeypatch.setattr(runner, "score_labels", spy)
     plain = _evaluate(tiny_model, tiny_tokenizer, _strategy())
     voted = _evaluate(tiny_model, tiny_tokenizer, _strategy(knn_weight=0.5))
-    assert asked == [False, True]
+    assert asked[0] == (None, 0.0)
+    votes, weight = asked[1]
+    assert weight == 0.5 and votes.shape == (len(TEST), len(LABELS))
+    assert votes.sum(-1).tolist() == pytest.approx([1.0] * len(TEST))
     assert "neighbour_vote" not in plain.predictions[0]
-    assert all(r["neighbour_vote"] in LABELS for r in voted.predictions)
+    assert [LABELS[i] for i in votes.argmax(-1).tolist()] == [
+        r["neighbour_vote"] for r in voted.predictions
+    ]
 
 
 class FakeForSequenceClassification(torch.nn.Module):

@@ -13,6 +13,16 @@ log-probability. Per example, the subtrees of the most likely first tokens are s
 a first token already less likely than the best complete label cannot hold the winner and is
 skipped (its labels get -inf). The argmax is exactly that of the full table, which
 ``exhaustive=True`` computes.
+
+With a neighbour vote (``votes``, ``weight``: the answer is the argmax of
+``(1 - w) * exp(score) / Z + w * vote``, Z summing every label), the pruning stays exact:
+every voted label is scored; a first token less likely than the best scored label still
+cannot win (unvoted, its blend is below that label's); and Z, unknown while labels are
+skipped, lies between the scored labels' sum and that sum plus the skipped first tokens'
+probabilities. Each label's blend is a line in 1/Z, so when one label wins at both ends of
+that interval it wins throughout; until it does, the likeliest skipped first tokens are
+scored too. The table returned then holds -inf for skipped labels, and blending it
+(normalising over the scored labels) picks that same winner.
 """
 
 import itertools
@@ -79,12 +89,16 @@ def score_labels(
     *,
     batch_size: int = 8,
     exhaustive: bool = False,
+    votes: torch.Tensor | None = None,
+    weight: float = 0.0,
     on_batch: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Return a (len(prompts), len(labels)) tensor of label log-likelihoods.
 
     The token prefix that all prompts share (system text, instruction, label list, fixed
-    shots) is encoded once and its KV cache reused for every batch.
+    shots) is encoded once and its KV cache reused for every batch. ``votes`` (prompts x
+    labels, rows summing to 1 or 0) and ``weight`` prune for the blended answer instead of
+    the model's own (module docstring).
     """
     trie = LabelTrie.build(tokenizer, labels)
     ids = encode_prompts(tokenizer, prompts)
@@ -95,8 +109,9 @@ def score_labels(
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
         suffixes = [ids[i][shared:] for i in batch]
+        blend = (votes[batch].double(), weight) if votes is not None and weight else None
         scores[batch] = _score_batch(
-            model, tokenizer, suffixes, trie, prefix_cache, shared, exhaustive
+            model, tokenizer, suffixes, trie, prefix_cache, shared, exhaustive, blend
         )
         if on_batch:
             on_batch(len(batch))
@@ -104,8 +119,9 @@ def score_labels(
 
 
 def _score_batch(
-    model, tokenizer, suffixes, trie: LabelTrie, prefix_cache, shared: int, exhaustive: bool
-) -> torch.Tensor:
+    model, tokenizer, suffixes, trie: LabelTrie, prefix_cache, shared: int, exhaustive: bool,
+    blend: tuple[torch.Tensor, float] | None = None,
+) -> torch.Tensor:  # fmt: skip
     device = next(model.parameters()).device
     padded = tokenizer.pad(
         {"input_ids": suffixes}, padding=True, padding_side="left", return_tensors="pt"
@@ -135,6 +151,9 @@ def _score_batch(
     else:
         top = bound.topk(min(INITIAL_ROOTS, len(roots)), dim=-1).indices.tolist()
         wanted = [{roots[i] for i in row} for row in top]
+        if blend is not None:  # every voted label is scored
+            for row, voted in enumerate(blend[0].gt(0).tolist()):
+                wanted[row] |= {trie.paths[k][0] for k, v in enumerate(voted) if v}
     while any(wanted):
         fed = [trie.fed_nodes_under(w) for w in wanted]
         node_logprobs = _tree_forward(model, cache, mask, fed, trie).cpu()  # (B, M, V)
@@ -147,7 +166,30 @@ def _score_batch(
             {r for i, r in enumerate(roots) if r not in done[row] and bound[row, i] > best[row]}
             for row in range(batch)
         ]
+        if blend is not None:
+            for row in range(batch):
+                if not wanted[row]:
+                    wanted[row] = _unsettled_blend(
+                        scores[row], bound[row], roots, done[row], blend[0][row], blend[1]
+                    )
     return scores
+
+
+def _unsettled_blend(scores, bound, roots, done: set[int], votes, weight: float) -> set[int]:
+    """The skipped first tokens to score next for an exact blended answer: none when the same
+    label wins at both ends of the interval Z may lie in, else the likeliest few."""
+    skipped = [i for i, r in enumerate(roots) if r not in done]
+    if not skipped:
+        return set()
+    scored = scores.double()
+    known = torch.logsumexp(scored, dim=-1).exp()  # the scored labels' share of Z
+    rest = bound[skipped].double().exp().sum()
+    model = (1 - weight) * scored.exp()
+    winners = {int((model / z + weight * votes).argmax()) for z in (known, known + rest)}
+    if len(winners) == 1:
+        return set()
+    order = sorted(skipped, key=lambda i: -float(bound[i]))
+    return {roots[i] for i in order[:INITIAL_ROOTS]}
 
 
 INITIAL_ROOTS = 3  # first tokens whose labels are scored before the bound can prune

@@ -390,7 +390,7 @@ def _predict_by_scoring(
     model, tokenizer, prompts, labels, settings, on_progress, vote: NeighbourVote | None = None
 ) -> list[str]:
     """Each prompt's label: a classification head's answer, else the best-scored label; with a
-    vote, the best label of the blend (every label scored, so the model's side is exact)."""
+    vote, the best label of the blend (label scoring then prunes for the blend's answer)."""
     batch = settings.generation.batch_size
     if is_classifier(model):
         order = classifier_labels(model)
@@ -404,7 +404,8 @@ def _predict_by_scoring(
             prompts,
             labels,
             batch_size=batch,
-            exhaustive=vote is not None,
+            votes=vote.table(labels) if vote is not None else None,
+            weight=vote.weight if vote is not None else 0.0,
             on_batch=on_progress,
         )
     if vote is not None:
