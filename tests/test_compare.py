@@ -653,3 +653,50 @@ def test_a_retriever_resolves_beside_the_file_and_reruns_only_strategies_with_sh
     ))  # fmt: skip
     with pytest.raises(TuneLabError, match=r":4: data.retriever: prompt searches \(opt\) score"):
         load_experiment(path)
+
+
+def test_an_edited_prompt_file_makes_its_strategies_stale(tmp_path):
+    """Edited, a prompt file re-runs the strategies that read it (its own and through
+    prompt_from); a result stored before file contents were recorded stays current."""
+    from tunelab.compare.runner import RESULT_FILE, ExperimentRunner, load_experiment_data
+    from tunelab.paths import write_json_atomic
+
+    rows = "".join(json.dumps({"input": f"q {i}", "output": "yes" if i % 2 else "no"}) + "\n"
+                   for i in range(8))  # fmt: skip
+    (tmp_path / "train.jsonl").write_text(rows, encoding="utf-8")
+    prompt = tmp_path / "few.yaml"
+    prompt.write_text("shots: 2\nselector: similar\nknn_weight: 0.5\n", encoding="utf-8")
+    path = write_experiment(tmp_path, "name: x\ndata: {train: train.jsonl}\nstrategies:\n"
+                            "  - {name: few, prompt_file: few.yaml}\n"
+                            "  - {name: lora, prompt_from: few, train: {method: lora}}\n"
+                            "  - {name: zero, prompt: {}}\n")  # fmt: skip
+    experiment = load_experiment(path)
+    runner = ExperimentRunner(experiment, load_experiment_data(experiment), tmp_path / "out")
+    for spec in experiment.strategies:
+        folder = runner.out / spec.name
+        folder.mkdir(parents=True)
+        write_json_atomic(folder / RESULT_FILE, {"spec_key": runner.spec_key(spec),
+                          "prompt_files": runner.prompt_file_hashes(spec)})  # fmt: skip
+    assert all(runner.finished(spec) for spec in experiment.strategies)
+    prompt.write_text("shots: 2\nselector: similar\nknn_weight: 0.9\n", encoding="utf-8")
+    stale = {spec.name for spec in experiment.strategies if runner.finished(spec) is None}
+    assert stale == {"few", "lora"}
+    old = runner.out / "few" / RESULT_FILE  # as stored before: no prompt_files
+    write_json_atomic(old, {"spec_key": runner.spec_key(experiment.strategy("few"))})
+    assert runner.finished(experiment.strategy("few")) is not None
+
+
+def test_a_strategy_with_a_neighbour_vote_is_marked_and_its_serving_gap_named():
+    rng = random.Random(0)
+    voted = [rng.uniform(0.6, 1.0) for _ in range(300)]
+    plain = [x - 0.2 + rng.uniform(-0.05, 0.05) for x in voted]
+    results, predictions = [], {}
+    for name, values, prompt in (("vote", voted, {"knn_weight": 0.5}), ("plain", plain, {})):
+        mean = sum(values) / len(values)
+        results.append(result(name, "prompt", mean, mean - 0.05, mean + 0.05) | {"prompt": prompt})
+        predictions[name] = scored(values)
+    rows = rows_of(results, "rouge_l", 1000, predictions)
+    assert {r.name: r.method for r in rows} == {"vote": "prompt + knn vote 0.5", "plain": "prompt"}
+    text = recommend(rows).text("rouge_l")
+    assert "vote blends a neighbour vote into its label scores" in text
+    assert "plain blends" not in text

@@ -174,14 +174,16 @@ def test_a_classification_head_blends_in_its_own_label_order(tiny_tokenizer):
 
 
 def test_the_vote_needs_retrieved_shots_and_label_answers(tiny_model, tiny_tokenizer):
-    with pytest.raises(ValueError, match="knn_weight votes with the retrieved shots"):
+    with pytest.raises(ValueError, match="knn_weight 0.5 votes with the retrieved shots"):
         PromptStrategy(shots=2, selector="random", knn_weight=0.5)
+    with pytest.raises(TuneLabError, match="^--knn-weight: Input should be a finite number"):
+        validate_strategy({"shots": 2, "selector": "similar", "knn_weight": "nan"}, where="--")
     with pytest.raises(TuneLabError, match="^--knn-weight: Input should be less than or equal"):
         validate_strategy({"shots": 2, "selector": "similar", "knn_weight": 2}, where="--")
-    with pytest.raises(TuneLabError, match="^f.yaml: knn_weight votes"):
+    with pytest.raises(TuneLabError, match="^f.yaml: knn_weight 0.5 votes"):
         validate_strategy({"knn_weight": 0.5}, where="f.yaml: field ")
     generating = EvalSettings(mode="generate", embedder="tfidf")
-    with pytest.raises(TuneLabError, match="needs a label set and label scoring"):
+    with pytest.raises(TuneLabError, match="mode generate answers by generation"):
         evaluate(tiny_model, tiny_tokenizer, _strategy(knn_weight=0.5), TEST, train=TRAIN,
                  labels=LABELS, settings=generating)  # fmt: skip
 
@@ -195,7 +197,9 @@ def test_stored_strategies_without_the_vote_fields_stay_current():
     same = {"strategy": PromptStrategy(shots=2, selector="similar").model_dump()}
     voted = {"strategy": _strategy(knn_weight=0.5).model_dump()}
     assert config_changes({"strategy": old}, same, ["strategy"]) == []
-    assert config_changes({"strategy": old}, voted, ["strategy"]) == ["strategy"]
+    assert config_changes({"strategy": old}, voted, ["strategy"]) == [
+        "strategy (knn_weight: 0.0 -> 0.5)"
+    ]
     assert "knn_weight" not in without_later_fields(same["strategy"])
 
 
@@ -207,7 +211,7 @@ def test_eval_command_takes_knn_weight(tmp_path, tiny_model_dir):
             "tfidf", "--knn-weight", "1", "--out", tmp_path / "run"]  # fmt: skip
     refused = CliRunner().invoke(app, [str(a) for a in args])
     assert refused.exit_code == 1
-    assert "knn_weight votes with the retrieved shots" in refused.output
+    assert "knn_weight 1 votes with the retrieved shots" in refused.output
     done = CliRunner().invoke(
         app, [str(a) for a in args + ["--shots", "1", "--selector", "similar"]]
     )
@@ -230,7 +234,7 @@ def test_a_prompt_search_refuses_a_start_prompt_with_a_vote(tmp_path, tiny_model
                                       "--model", str(tiny_model_dir), "--out",
                                       str(tmp_path / "opt")])  # fmt: skip
     assert result.exit_code == 1
-    assert "a prompt search does not keep knn_weight" in result.output
+    assert f"{prompt}: a prompt search does not keep knn_weight" in " ".join(result.output.split())
     assert not (tmp_path / "opt").exists()
     experiment = tmp_path / "experiment.yaml"
     experiment.write_text(
@@ -258,12 +262,24 @@ def test_a_vote_that_cannot_blend_is_refused_before_any_work(tmp_path):
     method = ["--method", "lora"]
     runs = {
         "train": ["train", "--data", free, "--out", tmp_path / "t", *method, *vote],
-        "eval": ["eval", "--data", labelled, "--mode", "generate", "--out", tmp_path / "e", *vote],
+        "eval": [
+            "eval",
+            "--data",
+            labelled,
+            "--labels",
+            ",".join(LABELS),
+            "--mode",
+            "generate",
+            "--out",
+            tmp_path / "e",
+            *vote,
+        ],
     }
     for command, args in runs.items():
         result = CliRunner().invoke(app, [str(a) for a in args])
         assert result.exit_code == 1, (command, result.output)
-        assert "needs a label set and label scoring" in result.output, (command, result.output)
+        why = {"train": "outputs are free text", "eval": "mode generate answers by generation"}
+        assert why[command] in " ".join(result.output.split()), (command, result.output)
         assert not (tmp_path / command[0]).exists()
 
 

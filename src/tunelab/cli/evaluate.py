@@ -65,6 +65,10 @@ def eval_command(
     knn_weight: float | None = typer.Option(
         None, help=PromptStrategy.model_fields["knn_weight"].description + " Overrides the file."
     ),
+    knn_temperature: float | None = typer.Option(
+        None,
+        help=PromptStrategy.model_fields["knn_temperature"].description + " Overrides the file.",
+    ),
     labels: str = typer.Option(
         "auto",
         help="auto: a label set when outputs look like labels; "
@@ -114,6 +118,7 @@ def eval_command(
         selector=selector,
         cot=cot,
         knn_weight=knn_weight,
+        knn_temperature=knn_temperature,
         base=trained.get("strategy"),
     )
     schema = read_schema(format_schema) if format_schema else None
@@ -167,7 +172,7 @@ def eval_command(
         embedder=embedder,
     )
     modes = resolve_modes(settings.mode, label_set, strategy.cot)
-    check_vote(strategy, modes)  # before the model loads
+    check_vote(strategy, modes, label_set)  # before the model loads
     passes = len(modes)
     templates = None
     if consistency or paraphrases:

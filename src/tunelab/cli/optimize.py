@@ -165,7 +165,10 @@ def optimize_command(
 def _start_strategy(prompt: Path | None, instruction: str | None) -> PromptStrategy:
     if prompt:
         strategy = load_strategy(prompt)
-        check_searchable(strategy)
+        try:
+            check_searchable(strategy)
+        except TuneLabError as err:
+            raise TuneLabError(f"{prompt}: {err}") from None
         return strategy
     if instruction is not None:
         return PromptStrategy(name="start", instruction=instruction)

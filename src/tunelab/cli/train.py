@@ -57,6 +57,10 @@ def train_command(
         help=PromptStrategy.model_fields["knn_weight"].description
         + " Used by the run's evaluations (overrides the file).",
     ),
+    knn_temperature: float | None = typer.Option(
+        None,
+        help=PromptStrategy.model_fields["knn_temperature"].description + " (overrides the file).",
+    ),
     shot_pool: Path | None = typer.Option(
         None,
         help=SHOT_POOL_HELP + " Used in training and at inference (stored with the run).",
@@ -160,7 +164,8 @@ def train_command(
     json_task = train_data.labels is None and is_json_task(held_out)
     settings = settings.resolved(train_data.labels is not None, json_task)
     strategy = load_strategy(prompt) if prompt else default_training_strategy(settings.method)
-    changes = {"shots": shots, "selector": selector, "knn_weight": knn_weight}
+    changes = {"shots": shots, "selector": selector, "knn_weight": knn_weight,
+               "knn_temperature": knn_temperature}  # fmt: skip
     if any(v is not None for v in changes.values()):
         values = {k: v for k, v in changes.items() if v is not None}
         strategy = validate_strategy(strategy.model_dump() | values, where="--")

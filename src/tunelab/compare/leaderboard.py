@@ -117,6 +117,15 @@ def rows_of(
     ]
 
 
+VOTE_MARK = " + knn vote"
+
+
+def _vote_mark(prompt: dict | None) -> str:
+    """Shown beside the method: the answers blend a neighbour vote (``knn_weight``)."""
+    weight = (prompt or {}).get("knn_weight")
+    return f"{VOTE_MARK} {weight:g}" if weight else ""
+
+
 def _row(r: dict, metric: str, total_parameters: int | None) -> Row:
     score = r["metrics"].get(metric) or {}  # null (a NaN/inf in strict JSON) reads as missing
     value = score.get("value")
@@ -126,7 +135,7 @@ def _row(r: dict, metric: str, total_parameters: int | None) -> Row:
     return Row(
         name=r["name"],
         kind=r["kind"],
-        method=r.get("training", {}).get("method", r["kind"]),
+        method=r.get("training", {}).get("method", r["kind"]) + _vote_mark(r.get("prompt")),
         value=float("nan") if value is None else value,
         low=score.get("low") or 0.0,
         high=score.get("high") or 0.0,
@@ -242,6 +251,13 @@ class Recommendation:
                 f"({_cost(adapt)}); cheapest to serve is {serve.name} ({_cost(serve)}). For "
                 f"many requests pick {serve.name}; for a one-off or few requests "
                 f"{adapt.name}. Set `prefer: serving` or `prefer: adaptation` to choose."
+            )
+        named = [best] if len(self.equivalent) == 1 else [best, adapt, serve]  # rows it names
+        voted = list(dict.fromkeys(r.name for r in named if VOTE_MARK in r.method))
+        if voted:
+            lines.append(
+                f"({', '.join(voted)} blends a neighbour vote into its label scores; `tunelab "
+                "serve`, `chat` and exported models answer without it.)"
             )
         return " ".join(lines)
 

@@ -97,7 +97,8 @@ def check_votes(experiment: Experiment, data: TrainData) -> None:
         if prompt is None or not prompt.knn_weight:
             continue
         try:
-            check_vote(prompt, resolve_modes(experiment.eval.mode, data.labels, prompt.cot))
+            modes = resolve_modes(experiment.eval.mode, data.labels, prompt.cot)
+            check_vote(prompt, modes, data.labels)
         except TuneLabError as err:
             raise TuneLabError(f"{spec.name}: {err}") from None
 
@@ -246,9 +247,24 @@ class ExperimentRunner:
         return spec.prompt is not None and spec.prompt.shots > 0
 
     def finished(self, spec: StrategySpec) -> dict | None:
-        """The stored result when it is current, else None."""
+        """The stored result when it is current, else None. A prompt file counts by its
+        contents (results stored before they were recorded count by its path only)."""
         done = finished_result(self.out / spec.name)
-        return done if done and done.get("spec_key") == self.spec_key(spec) else None
+        if not done or done.get("spec_key") != self.spec_key(spec):
+            return None
+        files = done.get("prompt_files")
+        return done if files is None or files == self.prompt_file_hashes(spec) else None
+
+    def prompt_file_hashes(self, spec: StrategySpec) -> dict[str, str]:
+        """The contents of every prompt file the strategy's prompt is read from (its own, and
+        along prompt_from / run_from), by strategy name: an edited file makes it stale."""
+        hashes = {}
+        while spec is not None:
+            if spec.prompt_file:
+                hashes[spec.name] = sha256_of(spec.prompt_file)
+            source = spec.prompt_from or spec.run_from
+            spec = self.experiment.strategy(source) if source else None
+        return hashes
 
     def run(self, spec: StrategySpec) -> dict:
         folder = self.out / spec.name
@@ -268,6 +284,7 @@ class ExperimentRunner:
             name=spec.name,
             kind=spec.kind,
             spec_key=self.spec_key(spec),
+            prompt_files=self.prompt_file_hashes(spec),
             wall_seconds=round(time.perf_counter() - began, 1),
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )

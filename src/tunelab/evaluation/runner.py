@@ -138,7 +138,7 @@ def evaluate(
             "constrained decoding applies to generated answers, and this evaluation scores "
             "labels; use --mode generate (mode: generate) or drop the constraint"
         )
-    check_vote(strategy, modes)
+    check_vote(strategy, modes, labels)
     settings = with_constraint(settings, strategy)
     started = time.perf_counter()
     clock = _PhaseClock()
@@ -213,15 +213,21 @@ def evaluate(
     return EvalResult(rows, scores, time.perf_counter() - started, labels, extra)
 
 
-def check_vote(strategy: PromptStrategy, modes: list[str]) -> None:
+def check_vote(strategy: PromptStrategy, modes: list[str], labels: list[str] | None) -> None:
     """A neighbour vote blends label answers: it needs a label set and label scoring. Callers
     check it before any model loads (``modes`` from :func:`resolve_modes`)."""
-    if strategy.knn_weight and "score" not in modes:
-        raise TuneLabError(
-            f"knn_weight {strategy.knn_weight:g} blends label answers with the shots' vote: it "
-            "needs a label set and label scoring (eval: --mode score or both), not generated "
-            "answers"
-        )
+    if not strategy.knn_weight or "score" in modes:
+        return
+    if labels is None:
+        why = "these outputs are free text (no label set)"
+    elif strategy.cot:
+        why = "chain of thought generates its answers"
+    else:
+        why = "mode generate answers by generation (use mode score or both)"
+    raise TuneLabError(
+        f"knn_weight {strategy.knn_weight:g} blends label scores with the shots' vote, and {why}; "
+        "knn_weight 0 answers without the vote"
+    )
 
 
 def check_classifier(model, labels: list[str] | None, modes: list[str]) -> None:

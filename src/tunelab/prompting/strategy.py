@@ -76,6 +76,7 @@ class PromptStrategy(BaseModel):
         0.0,
         ge=0.0,
         le=1.0,
+        allow_inf_nan=False,
         description="Blend label answers with a vote of the retrieved shots (kNN-LM style): "
         "0 = the model alone, 1 = the shots' labels alone. Needs similar shots and label "
         "answers (label scoring or a classification head).",
@@ -83,6 +84,7 @@ class PromptStrategy(BaseModel):
     knn_temperature: float = Field(
         0.02,
         gt=0.0,
+        allow_inf_nan=False,
         description="Softmax temperature over the shots' cosine similarities in the vote; "
         "small values let the nearest shot carry it.",
     )
@@ -121,7 +123,8 @@ class PromptStrategy(BaseModel):
     def _vote_needs_neighbours(self) -> "PromptStrategy":
         if self.knn_weight and not self.similar_shots:
             raise ValueError(
-                "knn_weight votes with the retrieved shots: set shots > 0 and selector: similar"
+                f"knn_weight {self.knn_weight:g} votes with the retrieved shots: it needs "
+                "shots > 0 and selector similar (knn_weight 0 answers without the vote)"
             )
         return self
 
@@ -147,6 +150,13 @@ class PromptStrategy(BaseModel):
 # Fields added after runs were stored: a stored strategy without one ran at its default, so
 # resume checks and compare's cache keys compare them only where they are set.
 LATER_FIELDS = ("knn_weight", "knn_temperature")
+
+
+def with_later_fields(strategy: dict) -> dict:
+    """A dumped strategy (a stored run's) with every later-added field it lacks at its
+    default."""
+    fields = PromptStrategy.model_fields
+    return {name: fields[name].default for name in LATER_FIELDS} | strategy
 
 
 def without_later_fields(strategy: dict) -> dict:

@@ -6,7 +6,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import JSON_METRICS
-from tunelab.prompting.strategy import without_later_fields
+from tunelab.prompting.strategy import with_later_fields
 from tunelab.training.methods import get_method
 
 CLASSIFICATION_METRICS = ("accuracy", "macro_f1")
@@ -103,21 +103,23 @@ def without_later_defaults(settings: dict) -> dict:
 
 def config_changes(before: dict, after: dict, keys) -> list[str]:
     """Which ``keys`` of a stored run or search config (``before``) differ from a request's,
-    settings named one by one ('settings (shot_order: shuffled -> nearest_last)'): what a
-    refused resume says. Settings added since ``before`` was stored count at their defaults."""
+    settings and strategy fields named one by one ('settings (shot_order: shuffled ->
+    nearest_last)'): what a refused resume says. Settings and strategy fields added since
+    ``before`` was stored count at their defaults."""
     old, new = (_with_later_defaults(c.get("settings") or {}) for c in (before, after))
     before, after = (
-        config
-        | {"settings": settings, "strategy": without_later_fields(config.get("strategy") or {})}
+        config | {"settings": settings, "strategy": with_later_fields(config.get("strategy") or {})}
         for config, settings in ((before, old), (after, new))
     )
     changed = [k for k in keys if before.get(k) != after.get(k)]
-    if "settings" in changed:
-        settings = [
-            f"{k}: {old.get(k)} -> {new.get(k)}" for k in sorted(old.keys() | new.keys())
-            if old.get(k) != new.get(k)
-        ]  # fmt: skip
-        changed[changed.index("settings")] = f"settings ({', '.join(settings)})"
+    for key in ("settings", "strategy"):
+        if key in changed:
+            was, now = before[key], after[key]
+            fields = [
+                f"{k}: {was.get(k)} -> {now.get(k)}" for k in sorted(was.keys() | now.keys())
+                if was.get(k) != now.get(k)
+            ]  # fmt: skip
+            changed[changed.index(key)] = f"{key} ({', '.join(fields)})"
     return changed
 
 

@@ -202,7 +202,7 @@ def check_training_vote(
     if not strategy.knn_weight:
         return
     for mode in ("auto", final_eval.mode if final_eval else "auto"):
-        check_vote(strategy, resolve_modes(mode, labels, strategy.cot))
+        check_vote(strategy, resolve_modes(mode, labels, strategy.cot), labels)
 
 
 def _check_head_evaluation(strategy: PromptStrategy, final_eval: EvalSettings | None) -> None:
