@@ -235,22 +235,12 @@ def test_a_retriever_other_than_the_runs_is_named(monkeypatch):
 def test_serve_and_eval_warn_when_the_shots_would_differ_from_training(
     shot_run, tiny_model_dir, tmp_path, monkeypatch
 ):
-    import shutil
-
     from tunelab.models.embeddings import MiniLMEmbedder
-    from tunelab.paths import write_json_atomic
     from tunelab.prompting import shots
 
-    run_dir = tmp_path / "minilm-run"  # a run whose shots MiniLM retrieved
-    shutil.copytree(shot_run[0], run_dir)
-    meta_path = run_dir / artifacts.ADAPTER_DIR / artifacts.META_FILE
-    meta = json.loads(meta_path.read_text())
-    write_json_atomic(meta_path, meta | {"retriever": MiniLMEmbedder.name})
-    test = shot_run[0].parent / "test.jsonl"
-    result = CliRunner().invoke(app, [
-        "eval", "--data", str(test), "--test", str(test), "--input", "text", "--output",
-        "label", "--adapter", str(run_dir), "--embedder", "tfidf", "--out", str(tmp_path / "e"),
-    ])  # fmt: skip
+    run_dir = _copied_run(shot_run, tmp_path / "minilm-run",  # MiniLM retrieved its shots
+                          lambda meta: meta | {"retriever": MiniLMEmbedder.name})  # fmt: skip
+    result = _eval_adapter(shot_run, run_dir, tmp_path / "e")
     assert result.exit_code == 0, result.output
     assert "--embedder tfidf picks other neighbours" in " ".join(result.output.split())
     monkeypatch.setattr(shots, "minilm_available", lambda: False)
@@ -427,20 +417,12 @@ def test_training_encodes_shots_in_the_order_the_settings_ask(monkeypatch, order
 def test_a_run_with_a_neighbour_vote_keeps_it_in_eval_and_serve_says_it_does_not(
     shot_run, tiny_model_dir, tmp_path
 ):
-    import shutil
-
-    from tunelab.paths import write_json_atomic
-
-    run_dir = tmp_path / "voted-run"  # as `train --knn-weight 0.5` stores it
-    shutil.copytree(shot_run[0], run_dir)
-    meta_path = run_dir / artifacts.ADAPTER_DIR / artifacts.META_FILE
-    meta = json.loads(meta_path.read_text())
-    write_json_atomic(meta_path, meta | {"strategy": meta["strategy"] | {"knn_weight": 0.5}})
-    test = shot_run[0].parent / "test.jsonl"
-    result = CliRunner().invoke(app, [
-        "eval", "--data", str(test), "--test", str(test), "--input", "text", "--output",
-        "label", "--adapter", str(run_dir), "--embedder", "tfidf", "--out", str(tmp_path / "e"),
-    ])  # fmt: skip
+    run_dir = _copied_run(
+        shot_run,
+        tmp_path / "voted-run",  # as `train --knn-weight 0.5`
+        lambda meta: meta | {"strategy": meta["strategy"] | {"knn_weight": 0.5}},
+    )
+    result = _eval_adapter(shot_run, run_dir, tmp_path / "e")  # fmt: skip
     assert result.exit_code == 0, result.output
     rows = [json.loads(x) for x in (tmp_path / "e" / "predictions.jsonl").open()]
     assert all(r["neighbour_vote"] in ("billing", "login") for r in rows)
@@ -450,3 +432,23 @@ def test_a_run_with_a_neighbour_vote_keeps_it_in_eval_and_serve_says_it_does_not
                    for w in pool.warnings())  # fmt: skip
     finally:
         pool.close()
+
+
+def _copied_run(shot_run, run_dir, change_meta):
+    """A copy of the shot run whose stored meta ``change_meta`` rewrote."""
+    import shutil
+
+    from tunelab.paths import write_json_atomic
+
+    shutil.copytree(shot_run[0], run_dir)
+    meta_path = run_dir / artifacts.ADAPTER_DIR / artifacts.META_FILE
+    write_json_atomic(meta_path, change_meta(json.loads(meta_path.read_text())))
+    return run_dir
+
+
+def _eval_adapter(shot_run, run_dir, out):
+    test = shot_run[0].parent / "test.jsonl"
+    return CliRunner().invoke(app, [
+        "eval", "--data", str(test), "--test", str(test), "--input", "text", "--output",
+        "label", "--adapter", str(run_dir), "--embedder", "tfidf", "--out", str(out),
+    ])  # fmt: skip
