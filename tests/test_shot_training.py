@@ -452,3 +452,14 @@ def _eval_adapter(shot_run, run_dir, out):
         "eval", "--data", str(test), "--test", str(test), "--input", "text", "--output",
         "label", "--adapter", str(run_dir), "--embedder", "tfidf", "--out", str(out),
     ])  # fmt: skip
+
+
+def test_serve_takes_the_base_folder_by_a_relative_name(shot_run, tiny_model_dir, monkeypatch):
+    """The run stores its base folder as an absolute path; naming the same folder relative to
+    where the server starts is the same base."""
+    monkeypatch.chdir(tiny_model_dir.parent)
+    pool = AdapterPool(tiny_model_dir.name, [shot_run[0]])
+    try:
+        assert shot_run[0].resolve().name in pool.models
+    finally:
+        pool.close()

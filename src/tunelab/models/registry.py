@@ -76,3 +76,10 @@ def _looks_like_hub_id(name: str) -> bool:
 
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+
+
+def portable_model_name(name: str) -> str:
+    """A local model folder as an absolute path (how runs store their base, so they load from
+    anywhere and compare equal however the folder was named); other names as given."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.is_dir() else name

@@ -14,6 +14,7 @@ from pathlib import Path
 from tunelab.errors import TuneLabError
 from tunelab.generation.constraints import Constraint, grammar_problem
 from tunelab.generation.engine import BASE_ADAPTER, Engine, Request, Route
+from tunelab.models.registry import portable_model_name
 from tunelab.prompting.render import encode_chat, shot_turns, system_text
 from tunelab.prompting.shots import ShotSource
 from tunelab.prompting.strategy import PromptStrategy
@@ -109,7 +110,7 @@ class AdapterPool:
             served.retriever_warning = why if served.strategy.similar_shots else None
             served.shots = ShotSource(served.strategy, pool, seed=seed, embedder=embedder)
         adapter = run_dir / "adapter"
-        if meta["method"] != "full" and meta["base_model"] != self.base_name:
+        if meta["method"] != "full" and meta["base_model"] != portable_model_name(self.base_name):
             raise TuneLabError(
                 f"{run_dir}: trained on {meta['base_model']}, but this server's base model "
                 f"is {self.base_name}; serve it with --model {meta['base_model']}"

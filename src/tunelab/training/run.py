@@ -23,6 +23,7 @@ from tunelab.evaluation.runner import (
 from tunelab.generation import GenerationConfig
 from tunelab.models.device import Placement, resolve_placement
 from tunelab.models.embeddings import get_embedder
+from tunelab.models.registry import portable_model_name
 from tunelab.paths import write_json_atomic
 from tunelab.prompting.shots import shuffled_shots, training_shots
 from tunelab.prompting.strategy import PromptStrategy
@@ -91,7 +92,7 @@ def train_run(
     if settings.head == HEAD:
         _check_head_evaluation(strategy, final_eval)
     check_training_vote(strategy, data.labels, final_eval)
-    base_model = _portable_model_name(base_model)
+    base_model = portable_model_name(base_model)
     config = _run_config(settings, data, strategy, base_model) | {"placement": placement.record()}
     main = distributed.is_main()  # under torchrun/accelerate only rank 0 writes
     console = console if main else None
@@ -286,7 +287,7 @@ def measure_training_speed(
 
     from transformers import TrainerCallback
 
-    model, tokenizer = _adapted_model(settings, _portable_model_name(base_model), data.labels)
+    model, tokenizer = _adapted_model(settings, portable_model_name(base_model), data.labels)
     train = with_task_prefix(data.train, settings.task_prefix)
     pool = data.shot_pool(settings.task_prefix) if strategy.shots else train
     encoded = _encode(tokenizer, strategy, train, data.labels, settings, None, pool, data.embedder)
@@ -378,12 +379,6 @@ def _encode(tokenizer, strategy, train, labels, settings: TrainSettings, console
             f"tokens (lines {', '.join(map(str, encoded.skipped[:5]))}...)[/]"
         )
     return encoded
-
-
-def _portable_model_name(name: str) -> str:
-    """A local model folder is stored as an absolute path, so the run loads from anywhere."""
-    path = Path(name).expanduser()
-    return str(path.resolve()) if path.is_dir() else name
 
 
 def _build_trainer(
@@ -508,7 +503,7 @@ def can_resume(
     stored = run_dir / "config.json"
     if not runs.is_run(run_dir, "train") or artifacts.is_finished(run_dir) or not stored.is_file():
         return False
-    config = _run_config(settings, data, strategy, _portable_model_name(base_model))
+    config = _run_config(settings, data, strategy, portable_model_name(base_model))
     try:
         _check_same_config(json.loads(stored.read_text(encoding="utf-8")), config, run_dir)
     except TuneLabError:
