@@ -207,3 +207,10 @@ def _wait_for(url: str, server: subprocess.Popen, seconds: float = 120) -> None:
         except OSError:
             time.sleep(0.5)
     raise AssertionError(f"{url} did not answer in {seconds} s")
+
+
+def test_the_chat_picker_says_which_strategies_answer_without_their_vote():
+    from tunelab.ui.chat import _without_vote
+
+    assert _without_vote({"knn_weight": 0.5, "shots": 8}) == " [answers without its knn vote 0.5]"
+    assert _without_vote({"shots": 8}) == _without_vote({"knn_weight": 0.0}) == ""

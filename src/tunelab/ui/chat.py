@@ -115,7 +115,8 @@ def _targets(root: Path, default_model: str) -> list[Target]:
             meta = read_meta(run)
         except TuneLabError:
             continue  # unfinished
-        targets.append(Target(_label(root, run) + f" ({meta['method']})", meta["base_model"], run))
+        label = _label(root, run) + f" ({meta['method']})" + _without_vote(meta["strategy"])
+        targets.append(Target(label, meta["base_model"], run))
     for folder in find_runs(root, "compare"):
         experiment = load_experiment(folder)
         if experiment is None:
@@ -125,8 +126,16 @@ def _targets(root: Path, default_model: str) -> list[Target]:
             if result["kind"] in ("prompt", "optimize"):
                 strategy = PromptStrategy.model_validate(result["prompt"])
                 label = _label(root, folder / result["name"]) + f" ({result['kind']})"
+                label += _without_vote(result["prompt"])
                 targets.append(Target(label, experiment.model, None, strategy, labels))
     return targets
+
+
+def _without_vote(strategy: dict) -> str:
+    """Chat generates its answers: a strategy whose evaluation blended a neighbour vote into
+    label scores (knn_weight) answers here without it, and the picker says so."""
+    weight = strategy.get("knn_weight")
+    return f" [answers without its knn vote {weight:g}]" if weight else ""
 
 
 def _label(root: Path, folder: Path) -> str:
