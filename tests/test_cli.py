@@ -195,3 +195,25 @@ def test_eval_unknown_selector_is_one_clear_line(label_file, tiny_model_dir):
     assert result.stderr.strip() == (
         "error: --selector: Input should be 'fixed', 'random' or 'similar'"
     )
+
+
+def test_ctrl_c_while_the_commands_import_ends_quietly(monkeypatch, capsys):
+    """The console script (tunelab.cli.entry) imports the commands inside its own guard."""
+    import builtins
+    import sys
+
+    from tunelab.cli import entry
+
+    real_import = builtins.__import__
+
+    def interrupted(name, *args, **kwargs):
+        if name == "tunelab.cli.main":
+            raise KeyboardInterrupt
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.delitem(sys.modules, "tunelab.cli.main", raising=False)
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        entry.main()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "interrupted\n"

@@ -1,3 +1,3 @@
-from tunelab.cli.main import main
+from tunelab.cli.entry import main
 
 main()
