@@ -655,11 +655,13 @@ def test_a_retriever_resolves_beside_the_file_and_reruns_only_strategies_with_sh
         load_experiment(path)
 
 
-def test_an_edited_prompt_file_makes_its_strategies_stale(tmp_path):
+def test_an_edited_prompt_file_makes_its_strategies_stale(tmp_path, monkeypatch):
     """Edited, a prompt file re-runs the strategies that read it (its own and through
-    prompt_from); a result stored before file contents were recorded stays current."""
+    prompt_from), also when edited while they ran; a result stored before file contents were
+    recorded stays current."""
     from tunelab.compare.runner import RESULT_FILE, ExperimentRunner, load_experiment_data
     from tunelab.paths import write_json_atomic
+    from tunelab.prompting import load_strategy
 
     rows = "".join(json.dumps({"input": f"q {i}", "output": "yes" if i % 2 else "no"}) + "\n"
                    for i in range(8))  # fmt: skip
@@ -672,18 +674,30 @@ def test_an_edited_prompt_file_makes_its_strategies_stale(tmp_path):
                             "  - {name: zero, prompt: {}}\n")  # fmt: skip
     experiment = load_experiment(path)
     runner = ExperimentRunner(experiment, load_experiment_data(experiment), tmp_path / "out")
+    edit_while_running = []
+
+    def ran(spec, folder):  # what a strategy's run returns, without running a model
+        folder.mkdir(parents=True, exist_ok=True)
+        used = load_strategy(prompt).model_dump()
+        if edit_while_running:
+            prompt.write_text(edit_while_running.pop(), encoding="utf-8")
+        return {"prompt": used}
+
+    for kind in ("_prompt", "_train"):
+        monkeypatch.setattr(runner, kind, ran)
     for spec in experiment.strategies:
-        folder = runner.out / spec.name
-        folder.mkdir(parents=True)
-        write_json_atomic(folder / RESULT_FILE, {"spec_key": runner.spec_key(spec),
-                          "prompt_files": runner.prompt_file_hashes(spec)})  # fmt: skip
+        runner.run(spec)
     assert all(runner.finished(spec) for spec in experiment.strategies)
     prompt.write_text("shots: 2\nselector: similar\nknn_weight: 0.9\n", encoding="utf-8")
     stale = {spec.name for spec in experiment.strategies if runner.finished(spec) is None}
     assert stale == {"few", "lora"}
+    few = experiment.strategy("few")
+    edit_while_running.append("shots: 2\nselector: similar\nknn_weight: 0.7\n")
+    runner.run(few)  # ran with 0.9, the file says 0.7 by the end: not current
+    assert runner.finished(few) is None
     old = runner.out / "few" / RESULT_FILE  # as stored before: no prompt_files
-    write_json_atomic(old, {"spec_key": runner.spec_key(experiment.strategy("few"))})
-    assert runner.finished(experiment.strategy("few")) is not None
+    write_json_atomic(old, {"spec_key": runner.spec_key(few), "prompt": {}})
+    assert runner.finished(few) is not None
 
 
 def test_a_strategy_with_a_neighbour_vote_is_marked_and_its_serving_gap_named():
@@ -696,7 +710,8 @@ def test_a_strategy_with_a_neighbour_vote_is_marked_and_its_serving_gap_named():
         results.append(result(name, "prompt", mean, mean - 0.05, mean + 0.05) | {"prompt": prompt})
         predictions[name] = scored(values)
     rows = rows_of(results, "rouge_l", 1000, predictions)
-    assert {r.name: r.method for r in rows} == {"vote": "prompt + knn vote 0.5", "plain": "prompt"}
+    shown = {r.name: (r.method, r.shown_method) for r in rows}
+    assert shown == {"vote": ("prompt", "prompt + knn vote 0.5"), "plain": ("prompt", "prompt")}
     text = recommend(rows).text("rouge_l")
-    assert "vote blends a neighbour vote into its label scores" in text
+    assert "(vote blends a neighbour vote into label scores;" in text
     assert "plain blends" not in text

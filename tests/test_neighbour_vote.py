@@ -128,6 +128,7 @@ def test_label_scoring_prunes_for_the_blended_answer(tiny_model, tiny_tokenizer,
     scorer = runner.score_labels
 
     def spy(*args, **kwargs):
+        assert not kwargs.get("exhaustive")  # pruned, for the blend
         asked.append((kwargs.get("votes"), kwargs.get("weight")))
         return scorer(*args, **kwargs)
 
@@ -183,7 +184,7 @@ def test_the_vote_needs_retrieved_shots_and_label_answers(tiny_model, tiny_token
     with pytest.raises(TuneLabError, match="^f.yaml: knn_weight 0.5 votes"):
         validate_strategy({"knn_weight": 0.5}, where="f.yaml: field ")
     generating = EvalSettings(mode="generate", embedder="tfidf")
-    with pytest.raises(TuneLabError, match="mode generate answers by generation"):
+    with pytest.raises(TuneLabError, match=r"the answers are generated \(mode generate\)"):
         evaluate(tiny_model, tiny_tokenizer, _strategy(knn_weight=0.5), TEST, train=TRAIN,
                  labels=LABELS, settings=generating)  # fmt: skip
 
@@ -278,7 +279,8 @@ def test_a_vote_that_cannot_blend_is_refused_before_any_work(tmp_path):
     for command, args in runs.items():
         result = CliRunner().invoke(app, [str(a) for a in args])
         assert result.exit_code == 1, (command, result.output)
-        why = {"train": "outputs are free text", "eval": "mode generate answers by generation"}
+        why = {"train": "there is no label set (auto found none",
+               "eval": "the answers are generated (mode generate)"}  # fmt: skip
         assert why[command] in " ".join(result.output.split()), (command, result.output)
         assert not (tmp_path / command[0]).exists()
 

@@ -422,7 +422,7 @@ def test_a_run_with_a_neighbour_vote_keeps_it_in_eval_and_serve_says_it_does_not
         tmp_path / "voted-run",  # as `train --knn-weight 0.5`
         lambda meta: meta | {"strategy": meta["strategy"] | {"knn_weight": 0.5}},
     )
-    result = _eval_adapter(shot_run, run_dir, tmp_path / "e")  # fmt: skip
+    result = _eval_adapter(shot_run, run_dir, tmp_path / "e")
     assert result.exit_code == 0, result.output
     rows = [json.loads(x) for x in (tmp_path / "e" / "predictions.jsonl").open()]
     assert all(r["neighbour_vote"] in ("billing", "login") for r in rows)

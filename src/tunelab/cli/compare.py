@@ -289,7 +289,7 @@ def _finish(experiment, data, runner, results, out_dir: Path, seconds: float, tr
     )  # fmt: skip
     for rank, r in enumerate(rows, 1):
         table.add_row(
-            str(rank), r.name, r.method, f"{r.value:.3f} ({r.low:.3f}–{r.high:.3f})",
+            str(rank), r.name, r.shown_method, f"{r.value:.3f} ({r.low:.3f}–{r.high:.3f})",
             diff_text(r), params_text(r), f"{r.adapt_seconds:.0f}", ms_text(r),
             f"{r.throughput:.2f}", f"{r.prompt_tokens:.0f}", f"{r.peak_memory_mb:.0f}",
             size_text(r.size_bytes), r.device or "-",

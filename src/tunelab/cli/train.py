@@ -59,7 +59,8 @@ def train_command(
     ),
     knn_temperature: float | None = typer.Option(
         None,
-        help=PromptStrategy.model_fields["knn_temperature"].description + " (overrides the file).",
+        help=PromptStrategy.model_fields["knn_temperature"].description
+        + " Used by the run's evaluations (overrides the file).",
     ),
     shot_pool: Path | None = typer.Option(
         None,

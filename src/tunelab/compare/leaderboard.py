@@ -84,6 +84,13 @@ class Row:
     prompt_tokens: float = 0.0  # mean prompt length per answer
     device: str = ""
     diff: Difference | None = None
+    knn_weight: float = 0.0  # its label answers blend a neighbour vote (knn_weight)
+
+    @property
+    def shown_method(self) -> str:
+        """The method as tables show it: with the vote its evaluation blended, since serving
+        answers without it."""
+        return f"{self.method} + knn vote {self.knn_weight:g}" if self.knn_weight else self.method
 
     @property
     def adaptation_key(self) -> tuple:
@@ -117,15 +124,6 @@ def rows_of(
     ]
 
 
-VOTE_MARK = " + knn vote"
-
-
-def _vote_mark(prompt: dict | None) -> str:
-    """Shown beside the method: the answers blend a neighbour vote (``knn_weight``)."""
-    weight = (prompt or {}).get("knn_weight")
-    return f"{VOTE_MARK} {weight:g}" if weight else ""
-
-
 def _row(r: dict, metric: str, total_parameters: int | None) -> Row:
     score = r["metrics"].get(metric) or {}  # null (a NaN/inf in strict JSON) reads as missing
     value = score.get("value")
@@ -135,7 +133,8 @@ def _row(r: dict, metric: str, total_parameters: int | None) -> Row:
     return Row(
         name=r["name"],
         kind=r["kind"],
-        method=r.get("training", {}).get("method", r["kind"]) + _vote_mark(r.get("prompt")),
+        method=r.get("training", {}).get("method", r["kind"]),
+        knn_weight=(r.get("prompt") or {}).get("knn_weight") or 0.0,
         value=float("nan") if value is None else value,
         low=score.get("low") or 0.0,
         high=score.get("high") or 0.0,
@@ -252,12 +251,13 @@ class Recommendation:
                 f"many requests pick {serve.name}; for a one-off or few requests "
                 f"{adapt.name}. Set `prefer: serving` or `prefer: adaptation` to choose."
             )
-        named = [best] if len(self.equivalent) == 1 else [best, adapt, serve]  # rows it names
-        voted = list(dict.fromkeys(r.name for r in named if VOTE_MARK in r.method))
+        named = [best, adapt, serve, *self.equivalent]  # the rows this text names
+        voted = list(dict.fromkeys(r.name for r in named if r.knn_weight))
         if voted:
+            who = f"{voted[0]} blends" if len(voted) == 1 else f"{', '.join(voted)} blend"
             lines.append(
-                f"({', '.join(voted)} blends a neighbour vote into its label scores; `tunelab "
-                "serve`, `chat` and exported models answer without it.)"
+                f"({who} a neighbour vote into label scores; `tunelab serve`, `chat` and "
+                "exported models answer without it.)"
             )
         return " ".join(lines)
 
@@ -331,7 +331,7 @@ def markdown(rows: list[Row], metric: str, recommendation: Recommendation | None
     lines = [header, "| " + " | ".join(["---"] * 13) + " |"]
     for rank, r in enumerate(rows, 1):
         lines.append(
-            f"| {rank} | {r.name} | {r.method} | {r.value:.3f} ({r.low:.3f}–{r.high:.3f}) | "
+            f"| {rank} | {r.name} | {r.shown_method} | {r.value:.3f} ({r.low:.3f}–{r.high:.3f}) | "
             f"{diff_text(r)} | {params_text(r)} | {r.adapt_seconds:.0f} | {ms_text(r)} | "
             f"{r.throughput:.2f} | {r.prompt_tokens:.0f} | {r.peak_memory_mb:.0f} | "
             f"{size_text(r.size_bytes)} | {r.device or '-'} |"

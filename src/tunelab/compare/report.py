@@ -106,7 +106,7 @@ def _leaderboard_table(rows: list[Row], metric: str, rec: Recommendation | None)
     for rank, r in enumerate(rows, 1):
         css = " class='best'" if rec and r.name == rec.best.name else ""
         body.append(
-            f"<tr{css}><td>{rank}</td><td>{_e(r.name)}</td><td>{_e(r.method)}</td>"
+            f"<tr{css}><td>{rank}</td><td>{_e(r.name)}</td><td>{_e(r.shown_method)}</td>"
             f"<td class='num'>{r.value:.3f} ({r.low:.3f}–{r.high:.3f})</td>"
             f"<td class='num'>{_e(diff_text(r))}</td>"
             f"<td class='num'>{_e(params_text(r))}</td><td class='num'>{r.adapt_seconds:.0f}</td>"

@@ -272,6 +272,8 @@ class ExperimentRunner:
         if done is not None:
             self.prompts[spec.name] = PromptStrategy.model_validate(done["prompt"])
             return done
+        # as read now, before hours of training: a file edited meanwhile makes it stale
+        key, prompt_files = self.spec_key(spec), self.prompt_file_hashes(spec)
         _clear_stale(folder, "search" if spec.search else spec.kind)
         reset_peak_memory()
         began = time.perf_counter()
@@ -283,8 +285,8 @@ class ExperimentRunner:
         result.update(
             name=spec.name,
             kind=spec.kind,
-            spec_key=self.spec_key(spec),
-            prompt_files=self.prompt_file_hashes(spec),
+            spec_key=key,
+            prompt_files=prompt_files,
             wall_seconds=round(time.perf_counter() - began, 1),
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S"),
         )

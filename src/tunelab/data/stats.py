@@ -143,7 +143,7 @@ def resolve_labels(option: str, train) -> list[str] | None:
         return None
     if option == "auto":
         return sorted({e.output for e in train}) if looks_like_classification(train) else None
-    chosen = [label.strip() for label in option.split(",") if label.strip()]
+    chosen = list(dict.fromkeys(label.strip() for label in option.split(",") if label.strip()))
     if not chosen:
         raise TuneLabError("--labels: the label list is empty")
     return chosen

@@ -21,8 +21,9 @@ cannot win (unvoted, its blend is below that label's); and Z, unknown while labe
 skipped, lies between the scored labels' sum and that sum plus the skipped first tokens'
 probabilities. Each label's blend is a line in 1/Z, so when one label wins at both ends of
 that interval it wins throughout; until it does, the likeliest skipped first tokens are
-scored too. The table returned then holds -inf for skipped labels, and blending it
-(normalising over the scored labels) picks that same winner.
+scored too (also while the lead is within rounding). The table returned then holds -inf for
+skipped labels, and blending it (normalising over the scored labels) picks that same winner.
+Labels must be distinct (a label listed twice would count its probability twice).
 """
 
 import itertools
@@ -177,21 +178,27 @@ def _score_batch(
 
 def _unsettled_blend(scores, bound, roots, done: set[int], votes, weight: float) -> set[int]:
     """The skipped first tokens to score next for an exact blended answer: none when the same
-    label wins at both ends of the interval Z may lie in, else the likeliest few."""
+    label wins, by more than rounding, at both ends of the interval Z may lie in; else the
+    likeliest few."""
     skipped = [i for i, r in enumerate(roots) if r not in done]
     if not skipped:
         return set()
     scored = scores.double()
-    known = torch.logsumexp(scored, dim=-1).exp()  # the scored labels' share of Z
-    rest = bound[skipped].double().exp().sum()
-    model = (1 - weight) * scored.exp()
-    winners = {int((model / z + weight * votes).argmax()) for z in (known, known + rest)}
-    if len(winners) == 1:
+    known = torch.logsumexp(scored, dim=-1)  # log of the scored labels' share of Z
+    rest = torch.logsumexp(bound[skipped].double(), dim=-1)  # at most the skipped share
+    winners = set()
+    for log_z in (known, torch.logaddexp(known, rest)):
+        blend = (1 - weight) * (scored - log_z).exp() + weight * votes
+        top = blend.topk(min(2, len(blend)))
+        clear = len(top.values) < 2 or top.values[0] - top.values[1] > BLEND_MARGIN
+        winners.add(int(top.indices[0]) if clear else -1)  # -1: too close to call yet
+    if len(winners) == 1 and -1 not in winners:
         return set()
     order = sorted(skipped, key=lambda i: -float(bound[i]))
     return {roots[i] for i in order[:INITIAL_ROOTS]}
 
 
+BLEND_MARGIN = 1e-6  # a lead the float32 blend of the caller cannot reverse
 INITIAL_ROOTS = 3  # first tokens whose labels are scored before the bound can prune
 
 

@@ -219,11 +219,11 @@ def check_vote(strategy: PromptStrategy, modes: list[str], labels: list[str] | N
     if not strategy.knn_weight or "score" in modes:
         return
     if labels is None:
-        why = "these outputs are free text (no label set)"
+        why = "there is no label set (auto found none: name one with --labels a,b,c)"
     elif strategy.cot:
         why = "chain of thought generates its answers"
     else:
-        why = "mode generate answers by generation (use mode score or both)"
+        why = "the answers are generated (mode generate): use mode score or both"
     raise TuneLabError(
         f"knn_weight {strategy.knn_weight:g} blends label scores with the shots' vote, and {why}; "
         "knn_weight 0 answers without the vote"
@@ -277,8 +277,8 @@ def _one_request_ms(
     model, tokenizer, prompts, labels, mode, settings: EvalSettings, vote=None
 ) -> float:
     """Mean model time of answering each prompt alone (batch size 1): what one request to
-    this strategy costs, whatever batch size the evaluation used (with a neighbour vote,
-    every label scored; the query's embedding is not counted)."""
+    this strategy costs, whatever batch size the evaluation used (with a neighbour vote, its
+    pruning included; the query's embedding is not counted)."""
     single = replace(settings, generation=replace(settings.generation, batch_size=1))
     began = time.perf_counter()
     for index, prompt in enumerate(prompts):

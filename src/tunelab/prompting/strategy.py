@@ -154,15 +154,22 @@ LATER_FIELDS = ("knn_weight", "knn_temperature")
 
 def with_later_fields(strategy: dict) -> dict:
     """A dumped strategy (a stored run's) with every later-added field it lacks at its
-    default."""
+    default, and the vote's temperature at its default where no vote uses it."""
     fields = PromptStrategy.model_fields
-    return {name: fields[name].default for name in LATER_FIELDS} | strategy
+    filled = {name: fields[name].default for name in LATER_FIELDS} | strategy
+    if not filled["knn_weight"]:
+        filled["knn_temperature"] = fields["knn_temperature"].default
+    return filled
 
 
 def without_later_fields(strategy: dict) -> dict:
-    """A dumped strategy less the later-added fields left at their defaults."""
+    """A dumped strategy less the later-added fields that change nothing: at their defaults,
+    or the temperature of no vote (compare's cache keys)."""
     fields = PromptStrategy.model_fields
-    return {k: v for k, v in strategy.items() if k not in LATER_FIELDS or v != fields[k].default}
+    filled = with_later_fields(strategy)
+    return {
+        k: v for k, v in strategy.items() if k not in LATER_FIELDS or filled[k] != fields[k].default
+    }
 
 
 def check_constraint_value(value: str | dict | None) -> str | dict | None:

@@ -96,7 +96,7 @@ def leaderboard(experiment: Experiment):
                  None)  # fmt: skip
     rows = rows_of(experiment.results, experiment.metric, total, predictions, experiment.labels)
     cells = [
-        [rank, r.name, r.method, f"{r.value:.3f} ({r.low:.3f}–{r.high:.3f})", diff_text(r),
+        [rank, r.name, r.shown_method, f"{r.value:.3f} ({r.low:.3f}–{r.high:.3f})", diff_text(r),
          params_text(r), f"{r.adapt_seconds:.0f}", ms_text(r), f"{r.throughput:.2f}",
          f"{r.prompt_tokens:.0f}", f"{r.peak_memory_mb:.0f}", size_text(r.size_bytes)]
         for rank, r in enumerate(rows, 1)
