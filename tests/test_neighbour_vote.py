@@ -303,3 +303,10 @@ def test_an_experiment_refuses_a_search_from_a_voted_prompt_wherever_it_comes_fr
         path.write_text(head + body)
         with pytest.raises(TuneLabError, match=r"\(s\): a prompt search does not keep knn_weight"):
             load_experiment(path)
+
+
+def test_a_refused_resume_names_long_strategy_values_on_one_short_line():
+    long = "Classify this message.\n" * 20
+    changes = config_changes({"strategy": {"template": long}}, {"strategy": {"template": "x"}},
+                             ["strategy"])  # fmt: skip
+    assert changes == ["strategy (template: Classify this message. Classify this ... -> x)"]

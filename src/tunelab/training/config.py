@@ -116,11 +116,18 @@ def config_changes(before: dict, after: dict, keys) -> list[str]:
         if key in changed:
             was, now = before[key], after[key]
             fields = [
-                f"{k}: {was.get(k)} -> {now.get(k)}" for k in sorted(was.keys() | now.keys())
+                f"{k}: {_short(was.get(k))} -> {_short(now.get(k))}"
+                for k in sorted(was.keys() | now.keys())
                 if was.get(k) != now.get(k)
             ]  # fmt: skip
             changed[changed.index(key)] = f"{key} ({', '.join(fields)})"
     return changed
+
+
+def _short(value) -> str:
+    """A setting's value on one short line (a long template or schema is cut)."""
+    text = " ".join(str(value).split())
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def check_training_prompt(settings: TrainSettings, strategy) -> None:
