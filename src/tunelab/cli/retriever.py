@@ -43,7 +43,7 @@ def tune_retriever_command(
 ) -> None:
     """Tune the shot retriever (MiniLM) so rows with the same label come out nearest; retrieve
     with it by --embedder OUT (eval)."""
-    from tunelab.cli.train import load_train_data
+    from tunelab.training.data import load_train_data
     from tunelab.training.retriever import tune_retriever
 
     check_out(out, "retriever")
@@ -61,7 +61,7 @@ def tune_retriever_command(
         flag = {"learning_rate": "lr"}.get(str(first["loc"][0]), str(first["loc"][0]))
         raise TuneLabError(f"--{flag.replace('_', '-')}: {first['msg']}") from None
     data_ = load_train_data(
-        data, dev, 0.0, test, input_field, output_field, "auto", seed, shot_pool
+        data, input_field, output_field, dev=dev, test=test, seed=seed, shot_pool=shot_pool
     )
     held_out = data_.dev + (data_.test or [])
     pool = data_.shot_pool()

@@ -11,9 +11,7 @@ from rich.table import Table
 from tunelab import distributed
 from tunelab.cli.common import device_option, dtype_option
 from tunelab.cli.output import console, inputs_cut_warning, warn
-from tunelab.data import load_dataset, split_examples
-from tunelab.data.loading import load_like
-from tunelab.data.stats import label_warnings, resolve_labels
+from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import is_json_task
 from tunelab.models import DEFAULT_MODEL, resolve_model
@@ -30,6 +28,7 @@ from tunelab.training.config import (
     make_settings,
     parse_option_pairs,
 )
+from tunelab.training.data import load_train_data
 from tunelab.training.methods import all_methods
 
 
@@ -158,8 +157,10 @@ def train_command(
     )
     if resume and out is None:
         raise TuneLabError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
-    train_data = load_train_data(data, dev, dev_size, test, input_field, output_field, labels, seed,
-                                 shot_pool, embedder_choice(embedder))  # fmt: skip
+    train_data = load_train_data(
+        data, input_field, output_field, labels, dev=dev, dev_size=dev_size, test=test,
+        seed=seed, shot_pool=shot_pool, embedder=embedder_choice(embedder),
+    )  # fmt: skip
     warn(label_warnings(train_data.labels, train_data.test or train_data.dev))
     held_out = [e.output for e in (train_data.test or []) + train_data.dev]  # dev: best epoch
     json_task = train_data.labels is None and is_json_task(held_out)
@@ -343,37 +344,6 @@ def _cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def load_train_data(
-    data, dev, dev_size, test, input_field, output_field, labels, seed, pool=None, embedder="auto"
-):
-    """The splits and shot pool of `tunelab train` (and `tune-retriever`, which learns from
-    the same rows)."""
-    from tunelab.training.data import TrainData
-
-    train_set = load_dataset(data, input_field, output_field)
-    train = train_set.examples
-    label_set = resolve_labels(labels, train)
-    files = {"train": data}
-    if dev:
-        dev_examples = load_dataset(dev, input_field, output_field).examples
-        files["dev"] = dev
-    elif dev_size > 0:
-        train, dev_examples = split_examples(
-            train, dev_size, seed=seed, stratify=label_set is not None
-        )
-    else:
-        dev_examples = []
-    test_examples = None
-    if test:
-        test_examples = load_dataset(test, input_field, output_field).examples
-        files["test"] = test
-    extra = []
-    if pool:
-        extra = load_like(pool, train_set).examples
-        files["shot_pool"] = pool
-    return TrainData(train, dev_examples, test_examples, label_set, files, extra, embedder=embedder)
 
 
 def _print_plan(settings, data, run_dir: Path) -> None:

@@ -16,9 +16,7 @@ from pathlib import Path
 
 from tunelab.compare.experiment import Experiment, StrategySpec, known_prompt
 from tunelab.compare.progress import ProgressFile
-from tunelab.data import load_dataset, split_examples
-from tunelab.data.loading import Example, load_like
-from tunelab.data.stats import resolve_labels
+from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import JSON_METRICS, is_json_task
 from tunelab.evaluation.runner import (
@@ -38,7 +36,7 @@ from tunelab.prompting.strategy import without_later_fields
 from tunelab.provenance import file_record, git_commit, package_versions, sha256_of
 from tunelab.runs import claim, read_marker, remove_run
 from tunelab.training.config import check_training_prompt, without_later_defaults
-from tunelab.training.data import TrainData
+from tunelab.training.data import TrainData, load_train_data
 from tunelab.training.trainer import ReportSteps, peak_memory_mb, reset_peak_memory
 
 RESULT_FILE = "result.json"
@@ -46,31 +44,12 @@ LATENCY_ROWS = 8  # test rows answered one at a time per strategy to time one re
 
 
 def load_experiment_data(experiment: Experiment) -> TrainData:
-    spec, seed = experiment.data, experiment.seed
-    train_set = load_dataset(spec.train, spec.input, spec.output)
-    train = train_set.examples
-    labels = resolve_labels(spec.labels, train)
-    stratify = labels is not None
-    files = {"train": spec.train}
-    if spec.test:
-        test = load_dataset(spec.test, spec.input, spec.output).examples
-        files["test"] = spec.test
-    else:
-        train, test = split_examples(train, spec.test_size, seed=seed, stratify=stratify)
-    if spec.dev:
-        dev = load_dataset(spec.dev, spec.input, spec.output).examples
-        files["dev"] = spec.dev
-    elif spec.dev_size > 0:
-        train, dev = split_examples(train, spec.dev_size, seed=seed, stratify=stratify)
-    else:
-        dev = []
-    pool = []
-    if spec.shot_pool:
-        pool = load_like(spec.shot_pool, train_set).examples  # filtered by TrainData
-        files["shot_pool"] = spec.shot_pool
-    return TrainData(
-        train, dev, test, labels, files, pool, embedder=experiment_embedder(experiment)
-    )
+    spec = experiment.data
+    return load_train_data(
+        spec.train, spec.input, spec.output, spec.labels, dev=spec.dev, dev_size=spec.dev_size,
+        test=spec.test, test_size=spec.test_size, seed=experiment.seed,
+        shot_pool=spec.shot_pool, embedder=experiment_embedder(experiment),
+    )  # fmt: skip
 
 
 def experiment_embedder(experiment: Experiment) -> str:
