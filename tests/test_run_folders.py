@@ -327,3 +327,25 @@ def test_compare_restarts_an_edited_training_strategy_whose_run_was_interrupted(
     assert result.exit_code == 0, result.output
     record = json.loads((out / "lora" / "result.json").read_text())
     assert record["training"]["settings"]["epochs"] == 2
+
+
+def test_weights_written_in_a_run_folder_follow_the_umask(tmp_path):
+    """safetensors writes 0600 whatever the umask (safetensors#782); TuneLab's folders give
+    the weights the mode of every other file, so a server run by another user reads them."""
+    import os
+    import stat
+
+    import torch
+    from safetensors.torch import save_file
+
+    from tunelab.paths import atomic_directory
+
+    previous = os.umask(0o022)
+    try:
+        with atomic_directory(tmp_path / "adapter") as scratch:
+            save_file({"w": torch.zeros(2)}, scratch / "adapter_model.safetensors")
+            (scratch / "config.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "adapter").iterdir()}
+    assert modes == {"adapter_model.safetensors": 0o644, "config.json": 0o644}

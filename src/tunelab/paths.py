@@ -47,6 +47,7 @@ def atomic_directory(target: Path, keep: Callable[[Path], bool] | None = None) -
     os.chmod(scratch, 0o777 & ~_umask())
     try:
         yield scratch
+        _safetensors_respect_umask(scratch)
         if target.exists():
             for entry in target.iterdir():
                 if not (keep and keep(entry)):
@@ -63,6 +64,16 @@ def atomic_directory(target: Path, keep: Callable[[Path], bool] | None = None) -
     finally:
         if scratch.exists():
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _safetensors_respect_umask(folder: Path) -> None:
+    """safetensors >= 0.8 writes through a temporary file and keeps its 0600 mode whatever
+    the umask (safetensors/safetensors#782): give the weights the mode every other file
+    written here has, so another user (a server, a container) can read them."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*.safetensors"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 == 0o600:
+            path.chmod(mode)
 
 
 def _replace_directory(new: Path, target: Path) -> None:
