@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
+from tunelab import paths
 from tunelab.data.loading import Example
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.label_scoring import score_labels
@@ -350,6 +351,9 @@ def test_resumed_run_ends_like_an_uninterrupted_one(tmp_path, tiny_model_dir, me
         run(tmp_path, tiny_model_dir, method, name="cut", save_steps=3, lr=3e-3,
             callbacks=(Interrupt(at_step=5),))  # fmt: skip
     assert not artifacts.is_finished(tmp_path / "cut")
+    saved = list((tmp_path / "cut" / "checkpoints").rglob("*.safetensors"))
+    mode = 0o666 & ~paths._umask()  # checkpoints follow the umask too (safetensors#782)
+    assert saved and all(p.stat().st_mode & 0o777 == mode for p in saved)
     with pytest.raises(TuneLabError, match="unfinished run.*--resume"):
         run(tmp_path, tiny_model_dir, method, name="cut", save_steps=3, lr=3e-3)
     counter = CountSteps()

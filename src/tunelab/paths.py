@@ -47,7 +47,7 @@ def atomic_directory(target: Path, keep: Callable[[Path], bool] | None = None) -
     os.chmod(scratch, 0o777 & ~_umask())
     try:
         yield scratch
-        _safetensors_respect_umask(scratch)
+        safetensors_respect_umask(scratch)
         if target.exists():
             for entry in target.iterdir():
                 if not (keep and keep(entry)):
@@ -66,7 +66,7 @@ def atomic_directory(target: Path, keep: Callable[[Path], bool] | None = None) -
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _safetensors_respect_umask(folder: Path) -> None:
+def safetensors_respect_umask(folder: Path) -> None:
     """safetensors >= 0.8 writes through a temporary file and keeps its 0600 mode whatever
     the umask (safetensors/safetensors#782): give the weights the mode every other file
     written here has, so another user (a server, a container) can read them."""

@@ -19,7 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from tunelab.evaluation.runner import EvalResult
-from tunelab.paths import strict_json
+from tunelab.paths import safetensors_respect_umask, strict_json
 from tunelab.training.soft_prompt import inference_view
 
 TRAINABLE_STATE = "trainable_state.safetensors"
@@ -93,6 +93,7 @@ class TaskMetricTrainer(Trainer):
             save_trainable_state(self.model, Path(output_dir))
         progress = json.dumps(self.progress())
         (Path(output_dir) / PROGRESS_FILE).write_text(progress, encoding="utf-8")
+        safetensors_respect_umask(Path(output_dir))  # a checkpoint another user may resume
 
 
 def is_peft(model) -> bool:
