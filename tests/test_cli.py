@@ -217,3 +217,13 @@ def test_ctrl_c_while_the_commands_import_ends_quietly(monkeypatch, capsys):
         entry.main()
     assert stopped.value.code == 130
     assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_python_dash_m_tunelab_runs_the_cli():
+    """`python -m tunelab` goes through the same entry as the console script."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "tunelab", "--version"], capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0 and done.stdout.startswith("tunelab ")

@@ -67,3 +67,15 @@ def test_atomic_directory_replaces_old_content(tmp_path):
             (scratch / "file").write_text(content)
     assert (target / "file").read_text() == "new"
     assert [p.name for p in tmp_path.iterdir()] == ["run"]
+
+
+def test_a_registered_name_stays_registered_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    """resolve_model reads a registered name first; the name a run stores must agree."""
+    from tunelab.models.registry import REGISTERED, portable_model_name
+
+    name = next(iter(REGISTERED))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / name).mkdir()
+    (tmp_path / "local").mkdir()
+    assert portable_model_name(name) == name
+    assert portable_model_name("local") == str((tmp_path / "local").resolve())

@@ -80,6 +80,9 @@ def hub_offline() -> bool:
 
 def portable_model_name(name: str) -> str:
     """A local model folder as an absolute path (how runs store their base, so they load from
-    anywhere and compare equal however the folder was named); other names as given."""
+    anywhere and compare equal however the folder was named); other names as given. A
+    registered name stays one, as :func:`resolve_model` reads it first."""
+    if name in REGISTERED:
+        return name
     path = Path(name).expanduser()
     return str(path.resolve()) if path.is_dir() else name

@@ -489,6 +489,7 @@ def _chosen(trial, test, metric: str) -> dict:
 
 
 def _config(settings, data, strategy, base_model, search, space) -> dict:
+    from tunelab.models.registry import portable_model_name
     from tunelab.provenance import file_record
 
     return {
@@ -496,7 +497,7 @@ def _config(settings, data, strategy, base_model, search, space) -> dict:
         "search": {"trials": search.trials, "prune": search.prune},
         "space": {k: v.model_dump(exclude_none=True) for k, v in space.items()},
         "strategy": strategy.model_dump(),
-        "base_model": base_model,
+        "base_model": portable_model_name(base_model),  # as a trial's run stores it
         "data": {role: file_record(path) for role, path in data.files.items()},
     }
 
