@@ -12,6 +12,7 @@ model alone, of the shots' vote alone, and of each blend, with TuneLab's own Nei
 
 import argparse
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -49,12 +50,12 @@ def main() -> None:
           f"({finder.name})\nmodel alone: {accuracy(table):.3f}")  # fmt: skip
     print("\n| temperature | " + " | ".join(f"w {w:g}" for w in WEIGHTS) + " |")
     print("| --- |" + " --- |" * len(WEIGHTS))
-    for temperature in TEMPERATURES:
-        cells = []
-        for weight in WEIGHTS:
-            vote = NeighbourVote(val, shots, finder.embedder, weight=weight,
-                                 temperature=temperature)  # fmt: skip
-            cells.append(f"{accuracy(vote.blend(table, labels)):.3f}")
+    for temperature in TEMPERATURES:  # the ballots once per temperature, then each weight
+        vote = NeighbourVote.of(val, shots, finder.embedder, weight=0.0, temperature=temperature)
+        cells = [
+            f"{accuracy(replace(vote, weight=weight).blend(table, labels)):.3f}"
+            for weight in WEIGHTS
+        ]
         print(f"| {temperature:g} | " + " | ".join(cells) + " |")
 
 

@@ -56,7 +56,7 @@ def test_the_vote_weighs_each_shot_by_its_similarity():
     query = Example("q", "a", 1)
     near, far = Example("near", "a", 2), Example("far", "b", 3)
     embedder = Fixed({"q": [1.0, 0.0], "near": [0.9, 0.1], "far": [0.1, 0.9]})
-    vote = NeighbourVote([query], [[far, near]], embedder, weight=0.5, temperature=1.0)
+    vote = NeighbourVote.of([query], [[far, near]], embedder, weight=0.5, temperature=1.0)
     shares = vote.table(["a", "b", "c"])[0]
     assert shares.sum().item() == pytest.approx(1.0)
     assert shares[0] > shares[1] > 0 and shares[2] == 0  # nearer shot, larger share
@@ -70,7 +70,7 @@ def test_blend_mixes_probabilities_and_leaves_rows_without_a_vote_to_the_model()
     queries = [Example("q", "a", 1), Example("r", "a", 2)]
     embedder = Fixed({"q": [1.0, 0.0], "r": [0.0, 1.0], "s": [1.0, 0.0]})
     shot = Example("s", "b", 3)
-    vote = NeighbourVote(queries, [[shot], []], embedder, weight=0.6, temperature=0.02)
+    vote = NeighbourVote.of(queries, [[shot], []], embedder, weight=0.6, temperature=0.02)
     scores = torch.log(torch.tensor([[0.7, 0.3], [0.7, 0.3]]))
     mixed = vote.blend(scores, ["a", "b"])
     assert mixed[0].tolist() == pytest.approx([0.4 * 0.7, 0.4 * 0.3 + 0.6])  # the vote wins
@@ -86,7 +86,7 @@ def test_shots_outside_the_label_set_abstain_and_unrelated_shots_do_not_vote():
         [Example("s", "other", 4)],
         [Example("s", "a", 4)],  # similarity 0 (as TF-IDF gives a query of unknown words)
     ]
-    vote = NeighbourVote(queries, shots, embedder, weight=0.5, temperature=0.02)
+    vote = NeighbourVote.of(queries, shots, embedder, weight=0.5, temperature=0.02)
     assert vote.table(["a", "b"]).tolist() == [[1.0, 0.0], [0.0, 0.0], [0.0, 0.0]]
     assert vote.winners(["a", "b"]) == ["a", None, None]
 

@@ -15,31 +15,38 @@ similar at all (a TF-IDF query sharing no word with the pool), gets no vote: the
 answers it.
 """
 
+from dataclasses import dataclass, replace
+
 import torch
 
 from tunelab.data.loading import Example
 from tunelab.models.embeddings import Embedder
 
 
+@dataclass(frozen=True)
 class NeighbourVote:
-    """Each query's shots' labels, weighted by their similarity to the query (computed once)."""
+    """Each query's shots' labels, weighted by their similarity to the query (``ballots``,
+    computed once by :meth:`of`), and the weight the vote gets in the blend."""
 
-    def __init__(
-        self,
+    weight: float
+    ballots: list[dict[str, float]]
+
+    @classmethod
+    def of(
+        cls,
         queries: list[Example],
         shots: list[list[Example]],
         embedder: Embedder,
         *,
         weight: float,
         temperature: float,
-    ):
-        self.weight = weight
+    ) -> "NeighbourVote":
         texts = list(
             dict.fromkeys([q.input for q in queries] + [s.input for r in shots for s in r])
         )
         vectors = embedder.embed(texts)
         row_of = {text: i for i, text in enumerate(texts)}
-        self.ballots: list[dict[str, float]] = []
+        ballots: list[dict[str, float]] = []
         for query, chosen in zip(queries, shots, strict=True):
             ballot: dict[str, float] = {}
             similarity = vectors[[row_of[s.input] for s in chosen]] @ vectors[row_of[query.input]]
@@ -47,13 +54,12 @@ class NeighbourVote:
                 weights = torch.softmax(similarity.float() / temperature, dim=-1).tolist()
                 for shot, share in zip(chosen, weights, strict=True):
                     ballot[shot.output] = ballot.get(shot.output, 0.0) + share
-            self.ballots.append(ballot)
+            ballots.append(ballot)
+        return cls(weight, ballots)
 
     def rows(self, indices: list[int]) -> "NeighbourVote":
         """The same votes for some of the queries (to time single requests)."""
-        part = object.__new__(NeighbourVote)
-        part.weight, part.ballots = self.weight, [self.ballots[i] for i in indices]
-        return part
+        return replace(self, ballots=[self.ballots[i] for i in indices])
 
     def table(self, labels: list[str]) -> torch.Tensor:
         """(queries, labels) vote shares over ``labels``: each row sums to 1, or to 0 when no

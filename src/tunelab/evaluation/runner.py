@@ -422,7 +422,7 @@ def _predict_by_scoring(
 def _neighbour_vote(strategy, queries, shots, train, settings: EvalSettings) -> NeighbourVote:
     """The vote of each query's shots, embedded with the retriever that chose them."""
     embedder = get_embedder([e.input for e in train], settings.embedder)
-    return NeighbourVote(
+    return NeighbourVote.of(
         queries,
         shots,
         embedder,
