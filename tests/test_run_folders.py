@@ -71,6 +71,33 @@ def test_remove_run_refuses_a_folder_that_is_not_ours(user_folder):
     assert_untouched(user_folder)
 
 
+def test_a_run_is_refused_inside_a_run_that_does_not_keep_it(tmp_path):
+    train_run = runs.claim(tmp_path / "lora", "train")
+    inside = f"inside the tunelab train run {train_run}, whose --overwrite"
+    for kind in ("retriever", "eval", "export", "train"):
+        with pytest.raises(TuneLabError, match=inside):
+            runs.check_out(train_run / "adapter" / kind, kind)
+    # a comparison keeps its strategies' runs and a search its trials, at any depth
+    compare = runs.claim(tmp_path / "cmp", "compare")
+    assert runs.check_out(compare / "strategies" / "lora", "train").state == "new"
+    search = runs.claim(compare / "tuned", "search")
+    assert runs.check_out(search / "trials" / "trial-000", "train").state == "new"
+    with pytest.raises(TuneLabError, match="inside the tunelab search run"):
+        runs.check_out(search / "mine", "eval")
+
+
+def test_overwrite_refuses_a_run_holding_another_run(tmp_path):
+    outer = runs.claim(tmp_path / "lora", "train")
+    retriever = runs.claim(outer / "my-retriever", "retriever")  # as an older TuneLab allowed
+    with pytest.raises(TuneLabError, match="holds another tunelab run.*my-retriever"):
+        runs.remove_run(outer, "train")
+    assert runs.is_run(retriever, "retriever")
+    search = runs.claim(tmp_path / "search", "search")  # its own trials go with it
+    runs.claim(search / "trials" / "trial-000", "train")
+    runs.remove_run(search, "search")
+    assert not search.exists()
+
+
 # -- atomic writes -------------------------------------------------------------------------
 
 

@@ -21,7 +21,9 @@ def files(write_jsonl, label_rows):
     return train, test
 
 
-def test_train_then_eval_adapter_applies_the_task_prefix(files, tiny_model_dir, tmp_path):
+def test_train_then_eval_adapter_applies_the_task_prefix(
+    files, tiny_model_dir, tmp_path, write_jsonl
+):
     train, test = files
     out = tmp_path / "run"
     common = ["--data", train, "--input", "text", "--output", "label"]
@@ -44,6 +46,15 @@ def test_train_then_eval_adapter_applies_the_task_prefix(files, tiny_model_dir, 
     assert [r["input"] for r in rows] == [r["input"] for r in trained]
     assert [r["prediction"] for r in rows] == [r["prediction"] for r in trained]  # same model
     assert "Classify" not in rows[0]["prompt"]  # the training prompt, not the zero-shot one
+    # these test rows are training rows: the score is not a held-out one, and eval says so
+    assert f"4 of the 4 test rows (lines 1, 2, 3, 4) are inputs {out} was trained on" in " ".join(
+        result.output.split()
+    )
+    fresh = write_jsonl([{"text": "never seen before", "label": "login"}], "fresh.jsonl")
+    result = run(
+        "eval", *common, "--test", fresh, "--adapter", out, "--out", evaluated, "--show", 0
+    )
+    assert result.exit_code == 0 and "trained on" not in result.output, result.output
 
     again = run("train", *common, "--model", tiny_model_dir, "--method", "lora", "--out", out)
     assert again.exit_code == 1 and "already holds a finished run" in again.output

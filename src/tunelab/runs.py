@@ -4,7 +4,9 @@ Each folder TuneLab writes a run into (eval, train, optimize, compare, export) c
 ``tunelab-run.json``, with the kind of run and the format version. TuneLab writes into a folder
 only when it is new, empty, or carries the marker of the same kind; a folder with anything else
 in it is the user's and is never touched. Replacing a marked run keeps the files a user put
-there by hand, except on ``--overwrite``, which removes the marked folder whole.
+there by hand, except on ``--overwrite``, which removes the marked folder whole. So a run is
+written inside another run only where that run keeps its own parts (a comparison's strategy
+runs, a settings search's trials): anywhere else the outer run's ``--overwrite`` would delete it.
 
     check_out(path, kind, ...)   before any work: what the folder holds and what may be done
     claim(path, kind)            after every check passed: create the folder, write the marker
@@ -26,6 +28,12 @@ MARKER = "tunelab-run.json"
 FORMAT = 1
 Kind = Literal["eval", "train", "optimize", "compare", "export", "search", "retriever"]
 State = Literal["new", "existing"]
+
+# the kinds of run a run of each kind writes inside its own folder (its parts)
+PARTS: dict[str, frozenset[str]] = {
+    "compare": frozenset({"eval", "train", "optimize", "search"}),
+    "search": frozenset({"train"}),
+}
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,7 @@ def check_out(path: Path, kind: Kind, *, flag: str = "--out") -> RunFolder:
         raise TuneLabError(
             f"{flag} {path}: {under_file} is a file, not a folder; choose another {flag}"
         )
+    _check_not_inside_a_run(path, kind, flag)
     if not path.exists() or not any(path.iterdir()):
         return RunFolder(path, kind, "new")
     marker = read_marker(path)
@@ -91,6 +100,34 @@ def check_out(path: Path, kind: Kind, *, flag: str = "--out") -> RunFolder:
     return RunFolder(path, kind, "existing")
 
 
+def _check_not_inside_a_run(path: Path, kind: str, flag: str) -> None:
+    """Refuse a folder inside a run that does not keep runs of this kind as its own parts."""
+    outer = next((p for p in path.resolve().parents if read_marker(p) is not None), None)
+    if outer is None:
+        return
+    outer_kind = read_marker(outer)["kind"]
+    if kind not in PARTS.get(outer_kind, frozenset()):
+        raise TuneLabError(
+            f"{flag} {path}: is inside the tunelab {outer_kind} run {outer}, whose --overwrite "
+            "would delete it; choose a folder outside that run"
+        )
+
+
+def nested_runs(path: Path) -> list[Path]:
+    """Runs inside ``path`` that are not parts of the runs holding them (written by hand or
+    by an older TuneLab): removing ``path`` whole would delete them."""
+    strays = []
+    for marker in sorted(path.rglob(MARKER)):
+        inner = marker.parent
+        inner_marker = read_marker(inner)
+        if inner == path or inner_marker is None:
+            continue
+        holder = next((read_marker(p) for p in inner.parents if read_marker(p)), {})
+        if inner_marker["kind"] not in PARTS.get(holder.get("kind", ""), frozenset()):
+            strays.append(inner)
+    return strays
+
+
 def _a(kind: str) -> str:
     return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
 
@@ -102,6 +139,8 @@ def check_request(path: Path, kind: Kind, *, resume: bool, overwrite: bool) -> R
     folder = check_out(path, kind)
     if folder.state == "new" and resume:
         raise TuneLabError(f"{path}: no {kind} run to resume here")
+    if overwrite:
+        _refuse_nested_runs(path)
     return folder
 
 
@@ -133,4 +172,14 @@ def remove_run(path: Path, kind: Kind) -> None:
     if not path.exists():
         return
     check_out(path, kind)  # raises unless it is ours (or empty)
+    _refuse_nested_runs(path)
     shutil.rmtree(path)
+
+
+def _refuse_nested_runs(path: Path) -> None:
+    strays = nested_runs(path) if path.is_dir() else []
+    if strays:
+        raise TuneLabError(
+            f"--overwrite {path}: holds another tunelab run, {strays[0]}, which --overwrite "
+            "would delete with it; move it out of the folder first"
+        )

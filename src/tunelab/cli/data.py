@@ -5,7 +5,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from tunelab.cli.output import console
+from tunelab.cli.output import console, first_lines
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.stats import DatasetStats, LengthStats, compute_stats, looks_like_classification
 from tunelab.models import DEFAULT_MODEL
@@ -96,7 +96,7 @@ def print_stats(stats: DatasetStats, model: str | None, test: Path | None) -> No
         leaks = stats.overlap_with_test
         console.print(
             f"overlap with {test}: {len(leaks)} test rows also in training"
-            + (f" (test lines {_first_lines(leaks)})" if leaks else "")
+            + (f" (test lines {first_lines(leaks)})" if leaks else "")
         )
 
 
@@ -110,7 +110,7 @@ def _print_duplicates(stats: DatasetStats) -> None:
     )
     for group in groups[:5]:
         flag = " [red]different outputs[/]" if group.conflicting else ""
-        console.print(f"  lines {_first_lines(group.lines)}: {group.text[:70]!r}{flag}")
+        console.print(f"  lines {first_lines(group.lines)}: {group.text[:70]!r}{flag}")
     if len(groups) > 5:
         console.print(f"  ... and {len(groups) - 5} more")
 
@@ -125,8 +125,3 @@ def _length_cells(lengths: LengthStats | None) -> list[str]:
         str(lengths.p95),
         str(lengths.max),
     ]
-
-
-def _first_lines(lines: list[int], limit: int = 8) -> str:
-    shown = ", ".join(map(str, lines[:limit]))
-    return shown + (", ..." if len(lines) > limit else "")

@@ -16,11 +16,15 @@ def warn(lines: list[str]) -> None:
         console.print(f"[yellow]warning:[/] {escape(line)}", highlight=False)
 
 
+def first_lines(lines: list[int], limit: int = 8) -> str:
+    """Line numbers for a message: the first ``limit`` of them, and "..." for the rest."""
+    return ", ".join(map(str, lines[:limit])) + (", ..." if len(lines) > limit else "")
+
+
 def inputs_cut_warning(lines: list[int] | None) -> list[str]:
     if not lines:
         return []
-    shown = ", ".join(map(str, lines[:8])) + (", ..." if len(lines) > 8 else "")
     return [
         f"{len(lines)} inputs were longer than the model's context and were cut to fit, keeping "
-        f"their start (lines {shown})"
+        f"their start (lines {first_lines(lines)})"
     ]

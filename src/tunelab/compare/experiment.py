@@ -331,7 +331,7 @@ def load_experiment(path: Path, constrain: list[str] | None = None) -> Experimen
     _check_search_starts(experiment, path, raw)
     # a schema file named on the command line is relative to where the command runs
     extra = [str(Path(v).resolve()) if Path(v).is_file() else v for v in constrain or []]
-    return _with_constraints_expanded(experiment, path, extra)
+    return _with_constraints_expanded(experiment, path, raw, extra)
 
 
 def _check_files(experiment: Experiment, path: Path, raw: dict) -> None:
@@ -410,8 +410,13 @@ def _check_shot_orders(experiment: Experiment, path: Path, raw: dict) -> None:
 
 def _error_at(path: Path, raw: dict, loc: tuple, problem: str) -> TuneLabError:
     """``experiment.yaml:LINE: strategies[2](lora).train.x: problem`` for one field."""
+    return TuneLabError(f"{_field_at(path, raw, loc)}: {problem}")
+
+
+def _field_at(path: Path, raw: dict, loc: tuple) -> str:
+    """``experiment.yaml:LINE: strategies[2](lora).train.x``: where a field is written."""
     line = _line_of(yaml.compose(path.read_text(encoding="utf-8")), loc)
-    return TuneLabError(f"{path}:{line}: {_location(loc, raw)}: {problem}")
+    return f"{path}:{line}: {_location(loc, raw)}"
 
 
 def known_prompt(experiment: Experiment, spec: StrategySpec) -> PromptStrategy | None:
@@ -492,7 +497,9 @@ def _with_paths_resolved(experiment: Experiment, base: Path) -> Experiment:
 _OWN = object()  # a strategy's first row when it sets no constrain: its prompt's own
 
 
-def _with_constraints_expanded(experiment: Experiment, path: Path, extra: list[str]) -> Experiment:
+def _with_constraints_expanded(
+    experiment: Experiment, path: Path, raw: dict, extra: list[str]
+) -> Experiment:
     """Each strategy's ``constrain`` in its stored form (a one-item list: set, even to none;
     absent: the prompt's own), and every further value (from the list, then ``extra`` from
     the command line) as an extra strategy reusing the first one's adaptation: ``NAME-json``
@@ -507,15 +514,20 @@ def _with_constraints_expanded(experiment: Experiment, path: Path, extra: list[s
         except TuneLabError as err:
             raise TuneLabError(f"{path}: eval.format_schema: {err}") from None
     expanded: list[StrategySpec] = []
-    for strategy in experiment.strategies:
+    for index, strategy in enumerate(experiment.strategies):
         if strategy.run_from:
             expanded.append(strategy)
             continue
-        where = f"{path}: strategies({strategy.name}).constrain"
+        loc = ("strategies", index, "constrain")
+        where = _field_at(path, raw, loc)
         entries = strategy.constrain
-        own = [_OWN] if entries is None else entries if isinstance(entries, list) else [entries]
-        values = [e if e is _OWN else _stored_constraint(e, schema, experiment.eval, path, where)
-                  for e in own]  # fmt: skip
+        listed = isinstance(entries, list)
+        own = [_OWN] if entries is None else entries if listed else [entries]
+        places = [_field_at(path, raw, (*loc, j)) for j in range(len(own))] if listed else [where]
+        values = [
+            e if e is _OWN else _stored_constraint(e, schema, experiment.eval, path, place)
+            for e, place in zip(own, places, strict=False)
+        ]
         chosen = [v for v in values if v is not _OWN]
         if len({json.dumps(v, sort_keys=True) for v in chosen}) < len(chosen):
             raise TuneLabError(f"{where}: the same constraint is listed twice")

@@ -131,6 +131,19 @@ def run_retriever(run_dir: Path, meta: dict, prefer: str = "auto") -> tuple[str,
     return str(own), None
 
 
+def training_file(run_dir: Path) -> Path | None:
+    """The file the run was trained on, when it is still where it was and unchanged (its
+    config records path and hash); None when that cannot be told."""
+    from tunelab.provenance import sha256_of
+
+    try:
+        record = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["data"]["train"]
+        path = Path(record["path"])
+        return path if path.is_file() and sha256_of(path) == record["sha256"] else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def read_meta(run_dir: Path) -> dict:
     from tunelab.runs import is_run
 
