@@ -497,6 +497,24 @@ def test_plan_measures_without_running(tiny_experiment, tmp_path):
     assert not (out / "lora").exists() and not (out / "base").exists()
 
 
+def test_the_plan_says_which_strategies_are_reused_and_which_run_again(tiny_experiment, tmp_path):
+    out = tmp_path / "out"
+    text = tiny_experiment.read_text()
+    tiny_experiment.write_text(text + "  - {name: zero, prompt: {system: Be brief.}}\n")
+    done = run_compare(tiny_experiment, "--out", out, "--only", "base", "--only", "zero")
+    assert done.exit_code == 0, done.output
+    (out / "lora").mkdir()  # an interrupted training run's folder
+    (out / "lora" / "config.json").write_text("{}")
+    tiny_experiment.write_text(text + "  - {name: zero, prompt: {system: Be terse.}}\n")
+    only = ["--only", "base", "--only", "zero", "--only", "lora"]
+    planned = run_compare(tiny_experiment, "--out", out, "--plan", *only)
+    said = " ".join(planned.output.split())
+    assert planned.exit_code == 0, planned.output
+    assert "reused, finished and current: base" in said
+    assert "zero: runs again (the file, its data or a prompt file changed since its result)" in said
+    assert "lora: resumes its interrupted run" in said
+
+
 def test_the_plan_counts_the_shot_pool_and_says_when_no_strategy_uses_it(
     tiny_experiment, tmp_path, write_jsonl, label_rows
 ):

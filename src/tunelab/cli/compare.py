@@ -95,7 +95,7 @@ def compare_command(
     estimates = {}
     if plan or (estimate and pending):
         _print_data_check(runner, data)
-        estimates = _print_plan(runner, pending)
+        estimates = _print_plan(runner, pending, [s.name for s in specs if s not in pending])
     if plan:
         return
     began = time.perf_counter()
@@ -236,8 +236,9 @@ def _print_data_check(runner: ExperimentRunner, data: TrainData) -> None:
     print_stats(data_check(data, loaded.tokenizer), runner.experiment.model, Path("the test set"))
 
 
-def _print_plan(runner: ExperimentRunner, pending) -> dict[str, float]:
-    """Print the measured plan; return each pending strategy's estimated seconds."""
+def _print_plan(runner: ExperimentRunner, pending, reused: list[str]) -> dict[str, float]:
+    """Print the measured plan and what each strategy will do with its folder (reused, run
+    again, resumed); return each pending strategy's estimated seconds."""
     from tunelab.compare.plan import plan_strategy
 
     if not pending:
@@ -245,12 +246,17 @@ def _print_plan(runner: ExperimentRunner, pending) -> dict[str, float]:
         return {}
     estimates = {}
     console.rule("plan (measured on this machine)")
+    if reused:
+        console.print(f"reused, finished and current: {', '.join(reused)}")
     table = Table(
         "strategy", "kind", "prompt tokens", "train tokens/epoch", "train/search", "test eval"
     )  # fmt: skip
     total, notes = 0.0, []
     with console.status("timing a few real steps of each strategy ..."):
         for spec in pending:
+            state = runner.state(spec)
+            if state != "new":
+                notes.append(f"  {spec.name}: {state}")
             planned = plan_strategy(runner, spec)
             total += planned.total_seconds
             estimates[spec.name] = planned.total_seconds

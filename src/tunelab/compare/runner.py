@@ -234,6 +234,19 @@ class ExperimentRunner:
         files = done.get("prompt_files")
         return done if files is None or files == self.prompt_file_hashes(spec) else None
 
+    def state(self, spec: StrategySpec) -> str:
+        """What running the strategy now will do with its folder, in words for the plan."""
+        if self.finished(spec) is not None:
+            return "reused (finished, current)"
+        folder = self.out / spec.name
+        if finished_result(folder):
+            return "runs again (the file, its data or a prompt file changed since its result)"
+        if folder.is_dir() and any(folder.iterdir()):
+            if spec.kind in ("train", "optimize"):
+                return "resumes its interrupted run (starts again if its settings changed)"
+            return "runs again (its earlier run did not finish)"
+        return "new"
+
     def prompt_file_hashes(self, spec: StrategySpec) -> dict[str, str]:
         """The contents of every prompt file the strategy's prompt is read from (its own, and
         along prompt_from / run_from), by strategy name: an edited file makes it stale."""
