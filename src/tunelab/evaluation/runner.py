@@ -129,6 +129,33 @@ def evaluate(
     metrics), so speed figures are model time only: ``examples_per_second`` at the batch size,
     and with ``settings.latency_rows`` the model time of one request (``latency_ms_batch1``).
     """
+    started = time.perf_counter()
+    rows, extra, clock = _predict(
+        model, tokenizer, strategy, test, train=train, labels=labels, settings=settings,
+        on_progress=on_progress, chosen_shots=chosen_shots,
+    )  # fmt: skip
+    with clock("metrics"):
+        scores = _score_rows(rows, extra["modes"], labels, settings)
+    extra["timing"] = clock.seconds
+    return EvalResult(rows, scores, time.perf_counter() - started, labels, extra)
+
+
+def _predict(
+    model,
+    tokenizer,
+    strategy: PromptStrategy,
+    test: list[Example],
+    *,
+    train,
+    labels,
+    settings: EvalSettings,
+    on_progress,
+    chosen_shots=None,
+) -> tuple[list[dict], dict, "_PhaseClock"]:
+    """Each test row's answers (a row per example: its prompt, each mode's prediction, raw
+    output and checklist coverage), the speed record, and the time spent per phase. No
+    metrics: they are computed over the whole test set (:func:`_score_rows`), which a
+    distributed run gathers first."""  # fmt: skip
     if labels is not None and not labels:
         raise TuneLabError("the label set is empty")
     modes = resolve_modes(settings.mode, labels, strategy.cot)
@@ -140,7 +167,6 @@ def evaluate(
         )
     check_vote(strategy, modes, labels)
     settings = with_constraint(settings, strategy)
-    started = time.perf_counter()
     clock = _PhaseClock()
     with clock("retrieval"):
         shots, retriever = chosen_shots or select_shots(
@@ -155,12 +181,11 @@ def evaluate(
     if strategy.knn_weight:
         with clock("retrieval"):
             vote = _neighbour_vote(strategy, queries, shots, train, settings)
-    references = [e.output for e in test]
     rows = [
         {"line": e.line, "input": e.input, "reference": e.output, "prompt": readable(p)}
         for e, p in zip(test, prompts, strict=True)
     ]
-    scores, speed = {}, {}
+    speed = {}
     for mode in modes:
         with clock("model") as elapsed:
             if mode == "score":
@@ -172,20 +197,12 @@ def evaluate(
                 raw = generate(model, tokenizer, prompts, settings.generation, on_batch=on_progress)
                 answers = [extract_answer(r, labels) for r in raw] if strategy.cot else raw
         speed[mode] = len(test) / max(elapsed(), 1e-9)
-        prefix = f"{mode}/" if len(modes) > 1 else ""
         with clock("metrics"):
             coverage = None
             if settings.checklist_field:
                 coverage = m.checklist_coverage(answers, checklists(test, settings.checklist_field))
-            metrics, per_example = _mode_metrics(
-                answers, raw, references, labels, settings, prefix, coverage
-            )
-        scores.update(metrics)
         for index, (row, answer, output) in enumerate(zip(rows, answers, raw, strict=True)):
             row[f"{mode}_prediction"] = answer
-            row.setdefault("scores", {}).update(
-                {name: values[index] for name, values in per_example.items()}
-            )
             if coverage is not None:
                 row[f"{mode}_checklist"] = coverage[index]
             if mode == "generate":
@@ -209,8 +226,28 @@ def evaluate(
         extra["latency_ms_batch1"] = _one_request_ms(
             model, tokenizer, prompts[: settings.latency_rows], labels, modes[0], settings, vote
         )
-    extra["timing"] = clock.seconds
-    return EvalResult(rows, scores, time.perf_counter() - started, labels, extra)
+    return rows, extra, clock
+
+
+def _score_rows(rows: list[dict], modes: list[str], labels, settings: EvalSettings) -> dict:
+    """The metrics of every mode's answers over all ``rows``, with intervals; each row gets
+    its own values (``scores``), so two strategies can be compared row by row."""
+    scores = {}
+    for mode in modes:
+        answers = [row[f"{mode}_prediction"] for row in rows]
+        raw = [row.get("raw_output", a) if mode == "generate" else a
+               for row, a in zip(rows, answers, strict=True)]  # fmt: skip
+        coverage = [row[f"{mode}_checklist"] for row in rows] if settings.checklist_field else None
+        prefix = f"{mode}/" if len(modes) > 1 else ""
+        metrics, per_example = _mode_metrics(
+            answers, raw, [row["reference"] for row in rows], labels, settings, prefix, coverage
+        )
+        scores.update(metrics)
+        for index, row in enumerate(rows):
+            row.setdefault("scores", {}).update(
+                {name: values[index] for name, values in per_example.items()}
+            )
+    return scores
 
 
 def check_vote(strategy: PromptStrategy, modes: list[str], labels: list[str] | None) -> None:
@@ -308,37 +345,21 @@ def evaluate_sharded(
     if distributed.world_size() == 1:
         return evaluate(model, tokenizer, strategy, test, train=train, labels=labels,
                         settings=settings, on_progress=on_progress)  # fmt: skip
-    modes = resolve_modes(settings.mode, labels, strategy.cot)
     part = distributed.shard(test)
     started = time.perf_counter()
-    local = (
-        evaluate(model, tokenizer, strategy, part, train=train, labels=labels,
-                 settings=settings, on_progress=on_progress)
-        if part
-        else None
-    )  # fmt: skip
-    rows = distributed.unshard(distributed.gather(local.predictions if local else []))
+    local = None
+    if part:
+        rows, extra, clock = _predict(
+            model, tokenizer, strategy, part, train=train, labels=labels, settings=settings,
+            on_progress=on_progress,
+        )  # fmt: skip
+        local = (rows, extra | {"timing": clock.seconds})
+    rows = distributed.unshard(distributed.gather(local[0] if local else []))
     seconds = max(distributed.gather(time.perf_counter() - started))
-    references = [row["reference"] for row in rows]
-    scores = {}
-    for mode in modes:
-        answers = [row[f"{mode}_prediction"] for row in rows]
-        raw = [
-            row.get("raw_output", a) if mode == "generate" else a
-            for row, a in zip(rows, answers, strict=True)
-        ]
-        coverage = [row[f"{mode}_checklist"] for row in rows] if settings.checklist_field else None
-        prefix = f"{mode}/" if len(modes) > 1 else ""
-        metrics, per_example = _mode_metrics(
-            answers, raw, references, labels, settings, prefix, coverage
-        )
-        scores.update(metrics)
-        for index, row in enumerate(rows):  # whole-test-set values (a TF-IDF embedder differs)
-            row.setdefault("scores", {}).update(
-                {name: values[index] for name, values in per_example.items()}
-            )
+    modes = resolve_modes(settings.mode, labels, strategy.cot)
+    scores = _score_rows(rows, modes, labels, settings)  # over the whole test set
     extra = {"modes": modes, "processes": distributed.world_size()}
-    parts = distributed.gather(local.extra if local else None)
+    parts = distributed.gather(local[1] if local else None)
     extra["inputs_cut"] = sorted(line for p in parts if p for line in p.get("inputs_cut", []))
     extra |= _merged_speed(parts)
     return EvalResult(rows, scores, seconds, labels, extra)
