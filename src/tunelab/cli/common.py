@@ -5,6 +5,7 @@ import ipaddress
 import socket
 
 import typer
+from pydantic import BaseModel
 
 from tunelab.errors import TuneLabError
 
@@ -13,6 +14,15 @@ def choice(option: str, value: str, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise TuneLabError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
     return value
+
+
+def settings_option(model: type[BaseModel], name: str, *flags: str, **kwargs):
+    """A CLI option whose default, and help unless given, come from a field of a settings
+    class: the command line and the file forms (experiments, stored runs) cannot drift."""
+    field = model.model_fields[name]
+    if "help" not in kwargs and field.description:
+        kwargs["help"] = field.description[0].upper() + field.description[1:] + "."
+    return typer.Option(field.get_default(call_default_factory=True), *flags, **kwargs)
 
 
 DEVICE_HELP = "auto (a GPU when PyTorch sees one, else the CPU) | cpu | cuda | mps."

@@ -5,19 +5,16 @@ from pathlib import Path
 import typer
 from pydantic import ValidationError
 
+from tunelab.cli.common import settings_option
 from tunelab.cli.output import console, warn
 from tunelab.errors import TuneLabError
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line, without_held_out
 from tunelab.runs import check_out
 from tunelab.training.retriever import RetrieverSettings, check_rows
 
-_FIELDS = RetrieverSettings.model_fields
 
-
-def _option(name: str, **kwargs):
-    """A CLI option whose default and help come from :class:`RetrieverSettings`."""
-    field = _FIELDS[name]
-    return typer.Option(field.default, help=field.description, **kwargs)
+def _option(name: str, *flags: str, **kwargs):
+    return settings_option(RetrieverSettings, name, *flags, **kwargs)
 
 
 def tune_retriever_command(
@@ -32,7 +29,7 @@ def tune_retriever_command(
     input_field: str | None = typer.Option(None, "--input", help="Input field/column."),
     output_field: str | None = typer.Option(None, "--output", help="Output field/column."),
     epochs: int = _option("epochs"),  # ranges: checked by the settings, one-line errors
-    learning_rate: float = typer.Option(_FIELDS["learning_rate"].default, "--lr"),
+    learning_rate: float = _option("learning_rate", "--lr"),
     batch_size: int = _option("batch_size"),
     temperature: float = _option("temperature"),
     max_length: int = _option("max_length"),

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from tunelab import distributed
-from tunelab.cli.common import device_option, dtype_option
+from tunelab.cli.common import device_option, dtype_option, settings_option
 from tunelab.cli.output import console, inputs_cut_warning, warn
 from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
@@ -30,6 +30,11 @@ from tunelab.training.config import (
 )
 from tunelab.training.data import load_train_data
 from tunelab.training.methods import all_methods
+
+
+def _setting(name: str, *flags: str, **kwargs):
+    """An option whose default (and help, unless given) is the TrainSettings field's."""
+    return settings_option(TrainSettings, name, *flags, **kwargs)
 
 
 def train_command(
@@ -68,32 +73,34 @@ def train_command(
     embedder: str = typer.Option(
         "auto", help=EMBEDDER_HELP + " Stored with the run: inference retrieves alike."
     ),
-    shot_order: str = typer.Option(
-        TrainSettings.model_fields["shot_order"].default,
+    shot_order: str = _setting(
+        "shot_order",
         help="nearest_last | shuffled: " + TrainSettings.model_fields["shot_order"].description,
     ),
     labels: str = typer.Option("auto", help="auto | none | comma-separated label list."),
-    task_prefix: str | None = typer.Option(None, help='e.g. "[TECH_SUPPORT]", stored with it.'),
-    head: str = typer.Option(
-        "lm", help="lm | classifier: a label head on the last token (label tasks; lora, full)."
+    task_prefix: str | None = _setting(
+        "task_prefix", help='e.g. "[TECH_SUPPORT]", stored with it.'
+    ),
+    head: str = _setting(
+        "head", help="lm | classifier: a label head on the last token (label tasks; lora, full)."
     ),
     option: list[str] = typer.Option(
         [], "--option", "-o", help="Method option KEY=VALUE (repeatable; see tunelab methods)."
     ),
-    learning_rate: float | None = typer.Option(None, "--lr", help="Default: the method's."),
-    epochs: float = typer.Option(2.0),
-    batch_size: int | None = typer.Option(
-        None, help="Default: the method's (8; 2 for soft prompts, which need more updates)."
+    learning_rate: float | None = _setting("learning_rate", "--lr"),
+    epochs: float = _setting("epochs"),
+    batch_size: int | None = _setting(
+        "batch_size", help="Default: the method's (8; 2 for soft prompts, which need more updates)."
     ),
-    grad_accum: int = typer.Option(1, help="Batches per optimiser step."),
-    warmup: float = typer.Option(0.06, help="Fraction of steps warming up."),
-    scheduler: str = typer.Option("linear", help="linear | cosine | constant_with_warmup."),
-    weight_decay: float = typer.Option(0.0),
-    max_length: int = typer.Option(512, help="Longest prompt+answer kept (tokens)."),
-    metric: str | None = typer.Option(None, help="Dev metric (default accuracy / rouge_l)."),
-    patience: int = typer.Option(2, help="Evaluations without improvement before stopping."),
-    save_steps: int = typer.Option(50, help="Checkpoint every N optimiser steps."),
-    seed: int = typer.Option(0),
+    grad_accum: int = _setting("grad_accum"),
+    warmup: float = _setting("warmup"),
+    scheduler: str = _setting("scheduler", help="linear | cosine | constant_with_warmup."),
+    weight_decay: float = _setting("weight_decay"),
+    max_length: int = _setting("max_length"),
+    metric: str | None = _setting("metric", help="Dev metric (default accuracy / rouge_l)."),
+    patience: int = _setting("patience"),
+    save_steps: int = _setting("save_steps"),
+    seed: int = _setting("seed"),
     report_to: list[str] = typer.Option([], help="tensorboard | wandb | mlflow (repeatable)."),
     search: int = typer.Option(
         0,
