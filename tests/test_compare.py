@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tunelab import runs
 from tunelab.cli.main import app
 from tunelab.compare.experiment import load_experiment
 from tunelab.compare.leaderboard import markdown, recommend, rows_of
@@ -503,16 +504,23 @@ def test_the_plan_says_which_strategies_are_reused_and_which_run_again(tiny_expe
     tiny_experiment.write_text(text + "  - {name: zero, prompt: {system: Be brief.}}\n")
     done = run_compare(tiny_experiment, "--out", out, "--only", "base", "--only", "zero")
     assert done.exit_code == 0, done.output
-    (out / "lora").mkdir()  # an interrupted training run's folder
+    runs.claim(out / "lora", "train")  # an interrupted training run's folder
     (out / "lora" / "config.json").write_text("{}")
-    tiny_experiment.write_text(text + "  - {name: zero, prompt: {system: Be terse.}}\n")
-    only = ["--only", "base", "--only", "zero", "--only", "lora"]
+    runs.claim(out / "refined", "eval")  # the folder of a strategy that changed kind
+    (out / "mine").mkdir()  # a strategy folder holding someone else's files
+    (out / "mine" / "notes.txt").write_text("mine")
+    more = "  - {name: zero, prompt: {system: Be terse.}}\n  - {name: mine, prompt: {}}\n"
+    tiny_experiment.write_text(text + more)
+    only = ["--only", "base", "--only", "zero", "--only", "lora", "--only", "refined"]
+    only += ["--only", "mine"]
     planned = run_compare(tiny_experiment, "--out", out, "--plan", *only)
     said = " ".join(planned.output.split())
     assert planned.exit_code == 0, planned.output
     assert "reused, finished and current: base" in said
-    assert "zero: runs again (the file, its data or a prompt file changed since its result)" in said
+    assert "zero: runs again (its settings, data, prompt files or device changed since)" in said
     assert "lora: resumes its interrupted run" in said
+    assert "refined: starts afresh (its folder holds a run of another kind, eval)" in said
+    assert f"mine: refused: {out / 'mine'} holds files TuneLab did not write" in said
 
 
 def test_the_plan_counts_the_shot_pool_and_says_when_no_strategy_uses_it(

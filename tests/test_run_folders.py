@@ -84,6 +84,8 @@ def test_a_run_is_refused_inside_a_run_that_does_not_keep_it(tmp_path):
     assert runs.check_out(search / "trials" / "trial-000", "train").state == "new"
     with pytest.raises(TuneLabError, match="inside the tunelab search run"):
         runs.check_out(search / "mine", "eval")
+    # a comparison is never removed whole: a retriever may live beside its strategies
+    assert runs.check_out(compare / "retriever", "retriever").state == "new"
 
 
 def test_overwrite_refuses_a_run_holding_another_run(tmp_path):

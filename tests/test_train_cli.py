@@ -1,6 +1,7 @@
 """`tunelab train`, `tunelab methods` and `tunelab eval --adapter` end to end on the tiny model."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -47,17 +48,37 @@ def test_train_then_eval_adapter_applies_the_task_prefix(
     assert [r["prediction"] for r in rows] == [r["prediction"] for r in trained]  # same model
     assert "Classify" not in rows[0]["prompt"]  # the training prompt, not the zero-shot one
     # these test rows are training rows: the score is not a held-out one, and eval says so
-    assert f"4 of the 4 test rows (lines 1, 2, 3, 4) are inputs {out} was trained on" in " ".join(
-        result.output.split()
-    )
+    said = " ".join(result.output.split())
+    assert f"4 of the 4 test rows (lines 1, 2, 3, 4) have inputs {out} learned from" in said
     fresh = write_jsonl([{"text": "never seen before", "label": "login"}], "fresh.jsonl")
     result = run(
         "eval", *common, "--test", fresh, "--adapter", out, "--out", evaluated, "--show", 0
     )
-    assert result.exit_code == 0 and "trained on" not in result.output, result.output
+    assert result.exit_code == 0 and "learned from" not in result.output, result.output
 
     again = run("train", *common, "--model", tiny_model_dir, "--method", "lora", "--out", out)
     assert again.exit_code == 1 and "already holds a finished run" in again.output
+
+
+def test_eval_counts_only_the_rows_a_run_learned_from(
+    write_jsonl, label_rows, tiny_model_dir, tmp_path
+):
+    """Dev rows carved from the training file were not learned: evaluating the whole file
+    warns about the training rows alone."""
+    data = write_jsonl(label_rows, "all.jsonl")
+    out = tmp_path / "run"
+    common = ["--data", data, "--input", "text", "--output", "label"]
+    trained = run("train", *common, "--model", tiny_model_dir, "--method", "lora",
+                  "--epochs", 1, "--batch-size", 4, "--dev-size", 0.5, "--out", out)  # fmt: skip
+    assert trained.exit_code == 0, trained.output
+    result = run("eval", *common, "--test", data, "--adapter", out, "--out", tmp_path / "e",
+                 "--show", 0)  # fmt: skip
+    said = " ".join(result.output.split())
+    count = int(re.search(r"(\d+) of the 12 test rows \(lines [^)]*\) have inputs", said).group(1))
+    assert 6 <= count <= 7, said  # 6 rows trained on (7: a dev row shares a trained input)
+    limited = run("eval", *common, "--test", data, "--adapter", out, "--out", tmp_path / "e",
+                  "--show", 0, "--limit", 3)  # fmt: skip
+    assert "of the 3 test rows" in " ".join(limited.output.split())
 
 
 @pytest.mark.parametrize(

@@ -34,6 +34,7 @@ PARTS: dict[str, frozenset[str]] = {
     "compare": frozenset({"eval", "train", "optimize", "search"}),
     "search": frozenset({"train"}),
 }
+REMOVED_WHOLE = frozenset({"train", "optimize", "search"})  # by --overwrite (or a compare)
 
 
 @dataclass(frozen=True)
@@ -101,29 +102,38 @@ def check_out(path: Path, kind: Kind, *, flag: str = "--out") -> RunFolder:
 
 
 def _check_not_inside_a_run(path: Path, kind: str, flag: str) -> None:
-    """Refuse a folder inside a run that does not keep runs of this kind as its own parts."""
-    outer = next((p for p in path.resolve().parents if read_marker(p) is not None), None)
-    if outer is None:
+    """Refuse a folder inside a run that is removed whole (--overwrite) and does not keep
+    runs of this kind as its own parts."""
+    outer, marker = _holder(path.resolve())
+    if outer is None or marker["kind"] not in REMOVED_WHOLE:
         return
-    outer_kind = read_marker(outer)["kind"]
-    if kind not in PARTS.get(outer_kind, frozenset()):
+    if kind not in PARTS.get(marker["kind"], frozenset()):
         raise TuneLabError(
-            f"{flag} {path}: is inside the tunelab {outer_kind} run {outer}, whose --overwrite "
-            "would delete it; choose a folder outside that run"
+            f"{flag} {path}: is inside the tunelab {marker['kind']} run {outer}, whose "
+            "--overwrite would delete it; choose a folder outside that run"
         )
 
 
+def _holder(path: Path) -> tuple[Path | None, dict]:
+    """The nearest run folder above ``path``, and its marker."""
+    for parent in path.parents:
+        marker = read_marker(parent)
+        if marker is not None:
+            return parent, marker
+    return None, {}
+
+
 def nested_runs(path: Path) -> list[Path]:
-    """Runs inside ``path`` that are not parts of the runs holding them (written by hand or
+    """Runs inside ``path`` that are not parts of the run holding them (written by hand, or
     by an older TuneLab): removing ``path`` whole would delete them."""
     strays = []
-    for marker in sorted(path.rglob(MARKER)):
-        inner = marker.parent
-        inner_marker = read_marker(inner)
-        if inner == path or inner_marker is None:
+    for marker_file in sorted(path.rglob(MARKER)):
+        inner = marker_file.parent
+        marker = read_marker(inner)
+        if inner == path or marker is None:
             continue
-        holder = next((read_marker(p) for p in inner.parents if read_marker(p)), {})
-        if inner_marker["kind"] not in PARTS.get(holder.get("kind", ""), frozenset()):
+        holder = _holder(inner)[1]
+        if marker["kind"] not in PARTS.get(holder.get("kind", ""), frozenset()):
             strays.append(inner)
     return strays
 
@@ -180,6 +190,6 @@ def _refuse_nested_runs(path: Path) -> None:
     strays = nested_runs(path) if path.is_dir() else []
     if strays:
         raise TuneLabError(
-            f"--overwrite {path}: holds another tunelab run, {strays[0]}, which --overwrite "
-            "would delete with it; move it out of the folder first"
+            f"{path}: holds another tunelab run, {strays[0]}, which replacing {path} would "
+            "delete with it; move that run out of the folder first"
         )

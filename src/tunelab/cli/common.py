@@ -21,7 +21,8 @@ def settings_option(model: type[BaseModel], name: str, *flags: str, **kwargs):
     class: the command line and the file forms (experiments, stored runs) cannot drift."""
     field = model.model_fields[name]
     if "help" not in kwargs and field.description:
-        kwargs["help"] = field.description[0].upper() + field.description[1:] + "."
+        text = field.description[0].upper() + field.description[1:]
+        kwargs["help"] = text if text.endswith((".", ")", "?")) else text + "."
     return typer.Option(field.get_default(call_default_factory=True), *flags, **kwargs)
 
 

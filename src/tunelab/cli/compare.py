@@ -91,16 +91,16 @@ def compare_command(
     runner = ExperimentRunner(experiment, data, out_dir, console)
     _say_shot_pool(experiment_file, runner)
     pending = [s for s in specs if runner.finished(s) is None]
-    _print_header(experiment, data, out_dir, len(specs) - len(pending))
+    cached = [s.name for s in specs if s not in pending]
+    _print_header(experiment, data, out_dir, len(cached))
     estimates = {}
     if plan or (estimate and pending):
         _print_data_check(runner, data)
-        estimates = _print_plan(runner, pending, [s.name for s in specs if s not in pending])
+        estimates = _print_plan(runner, pending, cached)
     if plan:
         return
     began = time.perf_counter()
-    cached = {s.name for s in specs if s not in pending}
-    runner.progress = ProgressFile(out_dir, specs, estimates, cached)
+    runner.progress = ProgressFile(out_dir, specs, estimates, set(cached))
     tracking = None
     results = []
     stop_on_term = _sigterm_as_interrupt()  # a scheduler's kill ends like Ctrl-C

@@ -11,7 +11,7 @@ from tunelab.cli.common import choice, device_option, dtype_option
 from tunelab.cli.output import console, first_lines, inputs_cut_warning, warn
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.loading import load_like
-from tunelab.data.stats import find_overlap, label_warnings, resolve_labels
+from tunelab.data.stats import input_hash, label_warnings, resolve_labels
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.runner import (
     EvalResult,
@@ -140,7 +140,7 @@ def eval_command(
         label_set = resolve_labels(labels, train)
     warn(label_warnings(label_set, held_out))
     if adapter:
-        warn(_trained_rows_warning(adapter, test_rows, input_field, output_field))
+        warn(_trained_rows_warning(adapter, held_out))
     if shot_pool:
         train = train + _usable_pool_rows(shot_pool, strategy, trained, train_set, train,
                                           every_test_row, label_set)  # fmt: skip
@@ -237,24 +237,18 @@ def _trained_run_meta(adapter: Path | None) -> dict:
     return read_meta(adapter)
 
 
-def _trained_rows_warning(adapter: Path, rows, input_field, output_field) -> list[str]:
-    """Test rows the run was trained on score as remembered, not as answered (told when the
-    run's training file is still there unchanged)."""
-    from tunelab.training.artifacts import training_file
+def _trained_rows_warning(adapter: Path, rows) -> list[str]:
+    """Test rows whose inputs the run learned from score as remembered, not as answered
+    (told for runs that record what they learned from: trained_inputs.json)."""
+    from tunelab.training.artifacts import trained_inputs
 
-    source = training_file(adapter)
-    if source is None:
-        return []
-    try:
-        trained = load_dataset(source, input_field, output_field).examples
-    except TuneLabError:
-        return []
-    lines = find_overlap(trained, rows)
+    seen = trained_inputs(adapter)
+    lines = [row.line for row in rows if input_hash(row.input) in seen] if seen else []
     if not lines:
         return []
     return [
-        f"{len(lines)} of the {len(rows)} test rows (lines {first_lines(lines)}) are inputs "
-        f"{adapter} was trained on ({source}): their scores are not held-out scores"
+        f"{len(lines)} of the {len(rows)} test rows (lines {first_lines(lines)}) have inputs "
+        f"{adapter} learned from in training: their scores are not held-out scores"
     ]
 
 

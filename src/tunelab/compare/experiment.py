@@ -410,13 +410,8 @@ def _check_shot_orders(experiment: Experiment, path: Path, raw: dict) -> None:
 
 def _error_at(path: Path, raw: dict, loc: tuple, problem: str) -> TuneLabError:
     """``experiment.yaml:LINE: strategies[2](lora).train.x: problem`` for one field."""
-    return TuneLabError(f"{_field_at(path, raw, loc)}: {problem}")
-
-
-def _field_at(path: Path, raw: dict, loc: tuple) -> str:
-    """``experiment.yaml:LINE: strategies[2](lora).train.x``: where a field is written."""
     line = _line_of(yaml.compose(path.read_text(encoding="utf-8")), loc)
-    return f"{path}:{line}: {_location(loc, raw)}"
+    return TuneLabError(f"{path}:{line}: {_location(loc, raw)}: {problem}")
 
 
 def known_prompt(experiment: Experiment, spec: StrategySpec) -> PromptStrategy | None:
@@ -518,24 +513,34 @@ def _with_constraints_expanded(
         if strategy.run_from:
             expanded.append(strategy)
             continue
-        loc = ("strategies", index, "constrain")
-        where = _field_at(path, raw, loc)
+        loc = ("strategies", index, "constrain")  # the file's line is looked up on error only
         entries = strategy.constrain
         listed = isinstance(entries, list)
         own = [_OWN] if entries is None else entries if listed else [entries]
-        places = [_field_at(path, raw, (*loc, j)) for j in range(len(own))] if listed else [where]
-        values = [
-            e if e is _OWN else _stored_constraint(e, schema, experiment.eval, path, place)
-            for e, place in zip(own, places, strict=False)
-        ]
+        values = []
+        for j, entry in enumerate(own):
+            try:
+                values.append(
+                    entry
+                    if entry is _OWN
+                    else _stored_constraint(entry, schema, experiment.eval, path)
+                )
+            except TuneLabError as err:
+                raise _error_at(path, raw, (*loc, j) if listed else loc, str(err)) from None
         chosen = [v for v in values if v is not _OWN]
         if len({json.dumps(v, sort_keys=True) for v in chosen}) < len(chosen):
-            raise TuneLabError(f"{where}: the same constraint is listed twice")
+            raise _error_at(path, raw, loc, "the same constraint is listed twice")
         for entry in extra:
-            value = _stored_constraint(entry, schema, experiment.eval, path, "--constrain")
+            try:
+                value = _stored_constraint(entry, schema, experiment.eval, path)
+            except TuneLabError as err:
+                raise TuneLabError(f"--constrain: {err}") from None
             if value not in values:
                 values.append(value)
-        _check_reasoning(strategy, [v for v in values if v not in (_OWN, None)], where)
+        try:
+            _check_reasoning(strategy, [v for v in values if v not in (_OWN, None)])
+        except TuneLabError as err:
+            raise _error_at(path, raw, loc, str(err)) from None
         first = strategy if values[0] is _OWN else strategy.model_copy(
             update={"constrain": values[:1]}
         )  # fmt: skip
@@ -552,7 +557,7 @@ def _with_constraints_expanded(
     return experiment.model_copy(update={"strategies": expanded})
 
 
-def _check_reasoning(strategy: StrategySpec, constraints: list, where: str) -> None:
+def _check_reasoning(strategy: StrategySpec, constraints: list) -> None:
     """Chain of thought needs free text before its answer; a grammar forbids it."""
     if not constraints:
         return
@@ -563,22 +568,19 @@ def _check_reasoning(strategy: StrategySpec, constraints: list, where: str) -> N
         prompt = load_strategy(strategy.prompt_file)
     if prompt is not None and prompt.cot:
         raise TuneLabError(
-            f"{where}: its prompt uses chain of thought (cot), which a grammar leaves no room for"
+            "its prompt uses chain of thought (cot), which a grammar leaves no room for"
         )
 
 
-def _stored_constraint(entry, schema, spec: EvalSpec, path: Path, where: str):
+def _stored_constraint(entry, schema, spec: EvalSpec, path: Path):
     """One ``constrain`` entry as a strategy stores it, compiled once so a bad schema or
-    regex fails at load, naming the strategy."""
+    regex fails at load (the caller names where it was written)."""
     from tunelab.generation.constraints import Constraint, constraint_value
 
-    try:
-        value = constraint_value(
-            entry, format_schema=schema, format_regex=spec.format_regex, base=path.parent
-        )
-        Constraint.of(value)  # checks the form too
-    except TuneLabError as err:
-        raise TuneLabError(f"{where}: {err}") from None
+    value = constraint_value(
+        entry, format_schema=schema, format_regex=spec.format_regex, base=path.parent
+    )
+    Constraint.of(value)  # checks the form too
     return value
 
 

@@ -239,13 +239,18 @@ class ExperimentRunner:
         if self.finished(spec) is not None:
             return "reused (finished, current)"
         folder = self.out / spec.name
+        if not folder.is_dir() or not any(folder.iterdir()):
+            return "new"
+        marker = read_marker(folder)
+        if marker is None:
+            return f"refused: {folder} holds files TuneLab did not write; move them away"
+        if marker["kind"] != _FOLDER_KIND["search" if spec.search else spec.kind]:
+            return f"starts afresh (its folder holds a run of another kind, {marker['kind']})"
         if finished_result(folder):
-            return "runs again (the file, its data or a prompt file changed since its result)"
-        if folder.is_dir() and any(folder.iterdir()):
-            if spec.kind in ("train", "optimize"):
-                return "resumes its interrupted run (starts again if its settings changed)"
-            return "runs again (its earlier run did not finish)"
-        return "new"
+            return "runs again (its settings, data, prompt files or device changed since)"
+        if spec.kind in ("train", "optimize"):
+            return "resumes its interrupted run (starts afresh if its settings changed)"
+        return "runs again (its earlier run did not finish)"
 
     def prompt_file_hashes(self, spec: StrategySpec) -> dict[str, str]:
         """The contents of every prompt file the strategy's prompt is read from (its own, and
@@ -587,6 +592,11 @@ def _unset(model, names: tuple[str, ...]) -> set[str]:
     return {name for name in names if getattr(model, name) is None}
 
 
+# the kind of run folder each kind of strategy writes
+_FOLDER_KIND = {"prompt": "eval", "optimize": "optimize", "train": "train", "rerun": "eval",
+                "search": "search"}  # fmt: skip
+
+
 def _clear_stale(folder: Path, kind: str) -> None:
     """Before a strategy (re)runs: a folder left by another kind of run (the strategy changed
     kind) goes whole, and a stale result.json goes; the rest is the strategy's to reuse
@@ -595,9 +605,7 @@ def _clear_stale(folder: Path, kind: str) -> None:
     marker = read_marker(folder)
     if marker is None:
         return
-    wanted = {"prompt": "eval", "optimize": "optimize", "train": "train", "rerun": "eval",
-              "search": "search"}[kind]  # fmt: skip
-    if marker["kind"] != wanted:
+    if marker["kind"] != _FOLDER_KIND[kind]:
         remove_run(folder, marker["kind"])
     else:
         (folder / RESULT_FILE).unlink(missing_ok=True)

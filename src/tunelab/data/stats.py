@@ -1,5 +1,6 @@
 """Dataset statistics that catch problems before compute is spent on them."""
 
+import hashlib
 import re
 import statistics
 import string
@@ -52,6 +53,12 @@ class DatasetStats:
 def normalize_text(text: str) -> str:
     """Case- and whitespace-insensitive key, so near-identical rows count as duplicates."""
     return re.sub(r"\s+", " ", text).strip().lower()
+
+
+def input_hash(text: str) -> str:
+    """A short hash of a normalised input: what a tuned retriever or a trained run records
+    of the rows it learned, to recognise them later without keeping the text."""
+    return hashlib.sha256(normalize_text(text).encode()).hexdigest()[:16]
 
 
 def normalize_answer(text: str) -> str:

@@ -155,7 +155,7 @@ def _predict(
     """Each test row's answers (a row per example: its prompt, each mode's prediction, raw
     output and checklist coverage), the speed record, and the time spent per phase. No
     metrics: they are computed over the whole test set (:func:`_score_rows`), which a
-    distributed run gathers first."""  # fmt: skip
+    distributed run gathers first."""
     if labels is not None and not labels:
         raise TuneLabError("the label set is empty")
     modes = resolve_modes(settings.mode, labels, strategy.cot)
@@ -347,22 +347,27 @@ def evaluate_sharded(
                         settings=settings, on_progress=on_progress)  # fmt: skip
     part = distributed.shard(test)
     started = time.perf_counter()
-    local = None
+    own_rows, own_extra = [], None
     if part:
-        rows, extra, clock = _predict(
+        own_rows, own_extra, clock = _predict(
             model, tokenizer, strategy, part, train=train, labels=labels, settings=settings,
             on_progress=on_progress,
         )  # fmt: skip
-        local = (rows, extra | {"timing": clock.seconds})
-    rows = distributed.unshard(distributed.gather(local[0] if local else []))
+        own_extra["timing"] = clock.seconds
+    rows = distributed.unshard(distributed.gather(own_rows))
     seconds = max(distributed.gather(time.perf_counter() - started))
     modes = resolve_modes(settings.mode, labels, strategy.cot)
+    scoring = time.perf_counter()
     scores = _score_rows(rows, modes, labels, settings)  # over the whole test set
+    scoring = time.perf_counter() - scoring
     extra = {"modes": modes, "processes": distributed.world_size()}
-    parts = distributed.gather(local[1] if local else None)
+    parts = distributed.gather(own_extra)
     extra["inputs_cut"] = sorted(line for p in parts if p for line in p.get("inputs_cut", []))
     extra |= _merged_speed(parts)
-    return EvalResult(rows, scores, seconds, labels, extra)
+    if "timing" in extra:  # the whole-set scoring, after the shards' own phases
+        timing = extra["timing"]
+        timing["metrics"] = round(timing.get("metrics", 0.0) + scoring, 4)
+    return EvalResult(rows, scores, seconds + scoring, labels, extra)
 
 
 def _merged_speed(parts: list[dict | None]) -> dict:

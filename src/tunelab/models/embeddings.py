@@ -7,7 +7,6 @@ folder (MiniLM tuned on the user's rows by `tunelab tune-retriever`, or any enco
 named instead, for retrieving shots.
 """
 
-import hashlib
 import importlib.util
 import json
 import math
@@ -197,13 +196,6 @@ def weights_file(folder: Path) -> Path:
     return folder / "config.json"
 
 
-def input_hash(text: str) -> str:
-    """A short hash of a normalised input: what a tuned retriever records of its rows."""
-    from tunelab.data.stats import normalize_text
-
-    return hashlib.sha256(normalize_text(text).encode()).hexdigest()[:16]
-
-
 def check_not_learned(folder: Path, held_out: list, what: str = "held-out") -> None:
     """Refuse a tuned retriever that learned any of ``held_out``'s inputs (their labels
     shaped its neighbourhoods, so their shots would be chosen with the answer known)."""
@@ -211,6 +203,8 @@ def check_not_learned(folder: Path, held_out: list, what: str = "held-out") -> N
     if not held_out or not meta_file.is_file():
         return
     learned = set(json.loads(meta_file.read_text(encoding="utf-8")).get("learned_inputs", []))
+    from tunelab.data.stats import input_hash
+
     seen = sum(input_hash(e.input) in learned for e in held_out)
     if seen:
         raise TuneLabError(

@@ -2,6 +2,7 @@
 
     RUN_DIR/
       config.json          resolved settings, data files with hashes, package versions
+      trained_inputs.json  hashes of the inputs learned from (eval warns on such test rows)
       metrics.jsonl        one record per log step and per dev evaluation
       checkpoints/         Trainer checkpoints while training (removed at the end)
       summary.json         the cost of training (time, tokens, memory), written before adapter/
@@ -33,6 +34,7 @@ FORMAT_VERSION = 1
 METRICS_LOG = "metrics.jsonl"
 SHOT_POOL = "shots.jsonl"  # in adapter/: the rows a run with shots retrieves them from
 RETRIEVER_DIR = "retriever"  # in adapter/: the tuned retriever those shots are found with
+TRAINED_INPUTS = "trained_inputs.json"  # hashes of the inputs learned from (and shown as shots)
 
 
 @dataclass
@@ -131,15 +133,19 @@ def run_retriever(run_dir: Path, meta: dict, prefer: str = "auto") -> tuple[str,
     return str(own), None
 
 
-def training_file(run_dir: Path) -> Path | None:
-    """The file the run was trained on, when it is still where it was and unchanged (its
-    config records path and hash); None when that cannot be told."""
-    from tunelab.provenance import sha256_of
+def write_trained_inputs(run_dir: Path, rows) -> None:
+    """Hashes of the inputs the run learns from (its training rows and the shots shown with
+    them), so a later evaluation can tell which test rows it has seen."""
+    from tunelab.data.stats import input_hash
 
+    hashes = sorted({input_hash(row.input) for row in rows})
+    write_json_atomic(run_dir / TRAINED_INPUTS, {"inputs": hashes})
+
+
+def trained_inputs(run_dir: Path) -> set[str] | None:
+    """The hashes :func:`write_trained_inputs` kept; None for a run written before them."""
     try:
-        record = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))["data"]["train"]
-        path = Path(record["path"])
-        return path if path.is_file() and sha256_of(path) == record["sha256"] else None
+        return set(json.loads((run_dir / TRAINED_INPUTS).read_text(encoding="utf-8"))["inputs"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

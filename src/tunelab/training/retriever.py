@@ -20,13 +20,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from tunelab.data.loading import Example
-from tunelab.data.stats import normalize_text
+from tunelab.data.stats import input_hash, normalize_text
 from tunelab.errors import TuneLabError
 from tunelab.models.embeddings import (
     RETRIEVER_META,
     EncoderEmbedder,
     MiniLMEmbedder,
-    input_hash,
     minilm_available,
 )
 from tunelab.paths import atomic_directory
@@ -44,7 +43,7 @@ class RetrieverSettings(BaseModel):
     batch_size: int = Field(
         32, ge=2, description="pairs per step; a pair's negatives: the others of another label"
     )
-    temperature: float = Field(0.05, gt=0, description="of the contrastive softmax")
+    temperature: float = Field(0.05, gt=0, description="temperature of the contrastive softmax")
     max_length: int = Field(64, ge=8, description="longest input kept, in tokens")
     seed: int = 0
 

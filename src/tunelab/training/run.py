@@ -136,7 +136,8 @@ def train_run(
     # rank 0 writes to it (a slower rank would otherwise find rank 0's fresh claim and refuse).
     distributed.barrier()
     if main:
-        _start_run_dir(run_dir, config, start)
+        learned = data.shot_pool() if strategy.shots else data.train  # inputs as given
+        _start_run_dir(run_dir, config, start, learned)
     distributed.barrier()  # the run folder exists before any other rank touches it
     if console:
         progress = ProgressDisplay(console, metric_key)
@@ -511,11 +512,12 @@ def can_resume(
     return True
 
 
-def _start_run_dir(run_dir: Path, config: dict, start: StartPoint) -> None:
+def _start_run_dir(run_dir: Path, config: dict, start: StartPoint, learned: list) -> None:
     """Write to the folder, now that every check passed and the model is ready."""
     if start.overwrite:
         remove_run(run_dir, "train")
     claim(run_dir, "train")
+    artifacts.write_trained_inputs(run_dir, learned)  # the same rows when resumed
     if start.resume:
         truncate_metrics_file(run_dir / artifacts.METRICS_LOG, _step_of(start.checkpoint))
         return
