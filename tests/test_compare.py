@@ -518,9 +518,9 @@ def test_the_plan_says_which_strategies_are_reused_and_which_run_again(tiny_expe
     assert planned.exit_code == 0, planned.output
     assert "reused, finished and current: base" in said
     assert "zero: runs again (its settings, data, prompt files or device changed since)" in said
-    assert "lora: resumes its interrupted run" in said
-    assert "refined: starts afresh (its folder holds a run of another kind, eval)" in said
-    assert f"mine: refused: {out / 'mine'} holds files TuneLab did not write" in said
+    assert "lora: starts afresh (its interrupted run had other settings)" in said
+    assert "refined: starts afresh: its folder holds a run of another kind (eval), replaced" in said
+    assert "mine: new, beside the files already in its folder" in said
 
 
 def test_the_plan_counts_the_shot_pool_and_says_when_no_strategy_uses_it(
@@ -542,6 +542,24 @@ def test_the_plan_counts_the_shot_pool_and_says_when_no_strategy_uses_it(
     assert "data.shot_pool is set, but no strategy's prompt holds shots" in " ".join(
         alone.output.split()
     )
+
+
+def test_a_constraint_on_label_scoring_is_refused_before_anything_runs(tiny_experiment, tmp_path):
+    text = tiny_experiment.read_text().replace(
+        "{name: base, prompt: {}}", "{name: base, prompt: {}, constrain: json}"
+    )
+    tiny_experiment.write_text(text)
+    refused = run_compare(tiny_experiment, "--out", tmp_path / "x")
+    assert refused.exit_code == 1
+    assert "base: constrain applies to generated answers" in " ".join(refused.output.split())
+    assert not (tmp_path / "x").exists()
+    tiny_experiment.write_text(
+        text.replace(
+            "metrics: [accuracy, macro_f1]", "metrics: [accuracy, macro_f1]\neval: {mode: generate}"
+        )
+    )
+    planned = run_compare(tiny_experiment, "--out", tmp_path / "y", "--plan", "--only", "base")
+    assert planned.exit_code == 0, planned.output
 
 
 def test_unknown_metric_is_refused(tiny_experiment, tmp_path):

@@ -3,6 +3,7 @@ be finished after a crash."""
 
 import json
 import os
+import shutil
 import stat
 from pathlib import Path
 
@@ -71,31 +72,43 @@ def test_remove_run_refuses_a_folder_that_is_not_ours(user_folder):
     assert_untouched(user_folder)
 
 
-def test_a_run_is_refused_inside_a_run_that_does_not_keep_it(tmp_path):
+def test_a_run_is_written_inside_another_only_as_its_part(tmp_path):
     train_run = runs.claim(tmp_path / "lora", "train")
-    inside = f"inside the tunelab train run {train_run}, whose --overwrite"
+    inside = f"inside the tunelab train run {train_run}, which may replace"
     for kind in ("retriever", "eval", "export", "train"):
         with pytest.raises(TuneLabError, match=inside):
             runs.check_out(train_run / "adapter" / kind, kind)
-    # a comparison keeps its strategies' runs and a search its trials, at any depth
     compare = runs.claim(tmp_path / "cmp", "compare")
-    assert runs.check_out(compare / "strategies" / "lora", "train").state == "new"
-    search = runs.claim(compare / "tuned", "search")
-    assert runs.check_out(search / "trials" / "trial-000", "train").state == "new"
-    with pytest.raises(TuneLabError, match="inside the tunelab search run"):
-        runs.check_out(search / "mine", "eval")
-    # a comparison is never removed whole: a retriever may live beside its strategies
-    assert runs.check_out(compare / "retriever", "retriever").state == "new"
+    for folder in (compare / "base", compare / "retriever"):  # a user's, or a strategy's name
+        with pytest.raises(TuneLabError, match="inside the tunelab compare run"):
+            runs.check_out(folder, "eval")
+    # while a comparison writes its strategies, and a search its trials, in their places
+    with runs.writing_parts_of(compare):
+        assert runs.check_out(compare / "lora", "train").state == "new"
+        with pytest.raises(TuneLabError, match="inside the tunelab compare run"):
+            runs.check_out(compare / "deeper" / "lora", "train")
+        search = runs.claim(compare / "tuned", "search")
+        with runs.writing_parts_of(search):
+            assert runs.check_out(search / "trials" / "trial-000", "train").state == "new"
+            with pytest.raises(TuneLabError, match="inside the tunelab search run"):
+                runs.check_out(search / "foo", "train")
+            with pytest.raises(TuneLabError, match="inside the tunelab search run"):
+                runs.check_out(search / "trials" / "x", "eval")
 
 
 def test_overwrite_refuses_a_run_holding_another_run(tmp_path):
     outer = runs.claim(tmp_path / "lora", "train")
     retriever = runs.claim(outer / "my-retriever", "retriever")  # as an older TuneLab allowed
-    with pytest.raises(TuneLabError, match="holds another tunelab run.*my-retriever"):
+    runs.claim(retriever / "inner", "eval")  # the outermost stray is the one named
+    with pytest.raises(TuneLabError, match=r"holds another tunelab run, \S*my-retriever,"):
         runs.remove_run(outer, "train")
     assert runs.is_run(retriever, "retriever")
-    search = runs.claim(tmp_path / "search", "search")  # its own trials go with it
-    runs.claim(search / "trials" / "trial-000", "train")
+    search = runs.claim(tmp_path / "search", "search")
+    runs.claim(search / "foo", "train")  # a train run, but not in a trial's place
+    with pytest.raises(TuneLabError, match="foo"):
+        runs.remove_run(search, "search")
+    shutil.rmtree(search / "foo")
+    runs.claim(search / "trials" / "trial-000", "train")  # its own trials go with it
     runs.remove_run(search, "search")
     assert not search.exists()
 

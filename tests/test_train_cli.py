@@ -49,7 +49,7 @@ def test_train_then_eval_adapter_applies_the_task_prefix(
     assert "Classify" not in rows[0]["prompt"]  # the training prompt, not the zero-shot one
     # these test rows are training rows: the score is not a held-out one, and eval says so
     said = " ".join(result.output.split())
-    assert f"4 of the 4 test rows (lines 1, 2, 3, 4) have inputs {out} learned from" in said
+    assert f"4 of the 4 test rows ({test} lines 1, 2, 3, 4) have inputs {out} learned" in said
     fresh = write_jsonl([{"text": "never seen before", "label": "login"}], "fresh.jsonl")
     result = run(
         "eval", *common, "--test", fresh, "--adapter", out, "--out", evaluated, "--show", 0
@@ -74,7 +74,7 @@ def test_eval_counts_only_the_rows_a_run_learned_from(
     result = run("eval", *common, "--test", data, "--adapter", out, "--out", tmp_path / "e",
                  "--show", 0)  # fmt: skip
     said = " ".join(result.output.split())
-    count = int(re.search(r"(\d+) of the 12 test rows \(lines [^)]*\) have inputs", said).group(1))
+    count = int(re.search(r"(\d+) of the 12 test rows \(\S+ lines [^)]*\) have", said).group(1))
     assert 6 <= count <= 7, said  # 6 rows trained on (7: a dev row shares a trained input)
     limited = run("eval", *common, "--test", data, "--adapter", out, "--out", tmp_path / "e",
                   "--show", 0, "--limit", 3)  # fmt: skip

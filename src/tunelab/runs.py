@@ -15,7 +15,9 @@ runs, a settings search's trials): anywhere else the outer run's ``--overwrite``
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,12 +31,14 @@ FORMAT = 1
 Kind = Literal["eval", "train", "optimize", "compare", "export", "search", "retriever"]
 State = Literal["new", "existing"]
 
-# the kinds of run a run of each kind writes inside its own folder (its parts)
-PARTS: dict[str, frozenset[str]] = {
-    "compare": frozenset({"eval", "train", "optimize", "search"}),
-    "search": frozenset({"train"}),
+# Where a run keeps other runs as its own parts: the subfolder they sit in directly (a
+# comparison's strategies, a search's trials), and their kinds. Nowhere else is a run written
+# inside another, since replacing or removing the outer one would take it along.
+PARTS: dict[str, tuple[str, frozenset[str]]] = {
+    "compare": ("", frozenset({"eval", "train", "optimize", "search"})),
+    "search": ("trials", frozenset({"train"})),
 }
-REMOVED_WHOLE = frozenset({"train", "optimize", "search"})  # by --overwrite (or a compare)
+_WRITING_PARTS_OF: ContextVar[tuple[Path, ...]] = ContextVar("writing_parts_of", default=())
 
 
 @dataclass(frozen=True)
@@ -101,17 +105,34 @@ def check_out(path: Path, kind: Kind, *, flag: str = "--out") -> RunFolder:
     return RunFolder(path, kind, "existing")
 
 
+@contextmanager
+def writing_parts_of(folder: Path) -> Iterator[None]:
+    """Within the block, runs written in ``folder``'s part places are its own (a comparison
+    writing its strategies, a search its trials); any other run there is refused."""
+    token = _WRITING_PARTS_OF.set((*_WRITING_PARTS_OF.get(), folder.resolve()))
+    try:
+        yield
+    finally:
+        _WRITING_PARTS_OF.reset(token)
+
+
 def _check_not_inside_a_run(path: Path, kind: str, flag: str) -> None:
-    """Refuse a folder inside a run that is removed whole (--overwrite) and does not keep
-    runs of this kind as its own parts."""
-    outer, marker = _holder(path.resolve())
-    if outer is None or marker["kind"] not in REMOVED_WHOLE:
+    """Refuse a folder inside another run, unless that run is writing it as its part."""
+    inner = path.resolve()
+    outer, marker = _holder(inner)
+    if outer is None:
         return
-    if kind not in PARTS.get(marker["kind"], frozenset()):
-        raise TuneLabError(
-            f"{flag} {path}: is inside the tunelab {marker['kind']} run {outer}, whose "
-            "--overwrite would delete it; choose a folder outside that run"
-        )
+    if outer in _WRITING_PARTS_OF.get() and _is_part(inner, kind, outer, marker["kind"]):
+        return
+    raise TuneLabError(
+        f"{flag} {path}: is inside the tunelab {marker['kind']} run {outer}, which may replace "
+        "or remove what is in it; choose a folder outside that run"
+    )
+
+
+def _is_part(inner: Path, kind: str, outer: Path, outer_kind: str) -> bool:
+    where, kinds = PARTS.get(outer_kind, ("", frozenset()))
+    return kind in kinds and inner.parent == (outer / where if where else outer)
 
 
 def _holder(path: Path) -> tuple[Path | None, dict]:
@@ -125,15 +146,15 @@ def _holder(path: Path) -> tuple[Path | None, dict]:
 
 def nested_runs(path: Path) -> list[Path]:
     """Runs inside ``path`` that are not parts of the run holding them (written by hand, or
-    by an older TuneLab): removing ``path`` whole would delete them."""
-    strays = []
-    for marker_file in sorted(path.rglob(MARKER)):
+    by an older TuneLab), outermost first: removing ``path`` whole would delete them."""
+    strays: list[Path] = []
+    for marker_file in sorted(path.rglob(MARKER), key=lambda f: len(f.parts)):
         inner = marker_file.parent
         marker = read_marker(inner)
-        if inner == path or marker is None:
+        if inner == path or marker is None or any(s in inner.parents for s in strays):
             continue
-        holder = _holder(inner)[1]
-        if marker["kind"] not in PARTS.get(holder.get("kind", ""), frozenset()):
+        outer, holder = _holder(inner)
+        if outer is None or not _is_part(inner, marker["kind"], outer, holder["kind"]):
             strays.append(inner)
     return strays
 

@@ -22,6 +22,7 @@ from tunelab.compare.progress import ProgressFile
 from tunelab.compare.report import read_predictions
 from tunelab.compare.runner import (
     ExperimentRunner,
+    check_constraints,
     check_metrics,
     check_votes,
     experiment_record,
@@ -83,6 +84,7 @@ def compare_command(
     data = load_experiment_data(experiment)
     check_metrics(experiment, data)
     check_votes(experiment, data)
+    check_constraints(experiment, data)
     warn(label_warnings(data.labels, data.test))
     specs = _selected(experiment, only)
     if not plan:

@@ -42,7 +42,7 @@ from tunelab.prompting.strategy import (
     PARAPHRASES_FREE,
     validate_strategy,
 )
-from tunelab.prompting.task_prefix import with_task_prefix
+from tunelab.prompting.task_prefix import apply_task_prefix, with_task_prefix
 from tunelab.runs import check_out, claim
 from tunelab.training.artifacts import load_trained_run
 from tunelab.yaml_files import read_yaml
@@ -140,7 +140,8 @@ def eval_command(
         label_set = resolve_labels(labels, train)
     warn(label_warnings(label_set, held_out))
     if adapter:
-        warn(_trained_rows_warning(adapter, held_out))
+        source = test or data
+        warn(_trained_rows_warning(adapter, held_out, source, trained.get("task_prefix")))
     if shot_pool:
         train = train + _usable_pool_rows(shot_pool, strategy, trained, train_set, train,
                                           every_test_row, label_set)  # fmt: skip
@@ -237,18 +238,26 @@ def _trained_run_meta(adapter: Path | None) -> dict:
     return read_meta(adapter)
 
 
-def _trained_rows_warning(adapter: Path, rows) -> list[str]:
+def _trained_rows_warning(adapter: Path, rows, source: Path, prefix: str | None) -> list[str]:
     """Test rows whose inputs the run learned from score as remembered, not as answered
     (told for runs that record what they learned from: trained_inputs.json)."""
     from tunelab.training.artifacts import trained_inputs
 
     seen = trained_inputs(adapter)
-    lines = [row.line for row in rows if input_hash(row.input) in seen] if seen else []
+    if not seen:
+        return []
+    lines = [r.line for r in rows if input_hash(apply_task_prefix(r.input, prefix)) in seen]
     if not lines:
         return []
+    if len(lines) == 1:
+        which = f"{source} line {lines[0]}) has an input"
+        verdict = "its score is not a held-out score"
+    else:
+        which = f"{source} lines {first_lines(lines)}) have inputs"
+        verdict = "their scores are not held-out scores"
     return [
-        f"{len(lines)} of the {len(rows)} test rows (lines {first_lines(lines)}) have inputs "
-        f"{adapter} learned from in training: their scores are not held-out scores"
+        f"{len(lines)} of the {len(rows)} test rows ({which} {adapter} learned from in "
+        f"training: {verdict}"
     ]
 
 

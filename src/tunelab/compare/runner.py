@@ -34,7 +34,7 @@ from tunelab.paths import write_json_atomic
 from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.prompting.strategy import without_later_fields
 from tunelab.provenance import file_record, git_commit, package_versions, sha256_of
-from tunelab.runs import claim, read_marker, remove_run
+from tunelab.runs import claim, nested_runs, read_marker, remove_run, writing_parts_of
 from tunelab.training.config import check_training_prompt, without_later_defaults
 from tunelab.training.data import TrainData, load_train_data
 from tunelab.training.trainer import ReportSteps, peak_memory_mb, reset_peak_memory
@@ -80,6 +80,23 @@ def check_votes(experiment: Experiment, data: TrainData) -> None:
             check_vote(prompt, modes, data.labels)
         except TuneLabError as err:
             raise TuneLabError(f"{spec.name}: {err}") from None
+
+
+def check_constraints(experiment: Experiment, data: TrainData) -> None:
+    """A constraint shapes generated answers: a strategy whose answers are scored by label
+    is refused before any strategy runs, naming it (not when its turn comes)."""
+    for spec in experiment.strategies:
+        prompt = known_prompt(experiment, spec)
+        value = spec.constrain[0] if spec.constrain else prompt.constrain if prompt else None
+        if value is None:
+            continue
+        modes = resolve_modes(experiment.eval.mode, data.labels, bool(prompt and prompt.cot))
+        if "generate" not in modes:
+            raise TuneLabError(
+                f"{spec.name}: constrain applies to generated answers, and this experiment "
+                f"scores labels (eval.mode {experiment.eval.mode}); set eval.mode: generate "
+                "(or both), or drop the constraint"
+            )
 
 
 def check_metrics(experiment: Experiment, data: TrainData) -> None:
@@ -243,14 +260,42 @@ class ExperimentRunner:
             return "new"
         marker = read_marker(folder)
         if marker is None:
-            return f"refused: {folder} holds files TuneLab did not write; move them away"
+            if spec.kind == "train":  # train_run refuses a folder it did not write
+                return f"refused: {folder} holds files TuneLab did not write; move them away"
+            return "new, beside the files already in its folder"
+        strays = nested_runs(folder)
+        if strays:
+            return f"refused: its folder holds another run, {strays[0]}; move that run out"
         if marker["kind"] != _FOLDER_KIND["search" if spec.search else spec.kind]:
-            return f"starts afresh (its folder holds a run of another kind, {marker['kind']})"
+            other = marker["kind"]
+            return f"starts afresh: its folder holds a run of another kind ({other}), replaced"
         if finished_result(folder):
             return "runs again (its settings, data, prompt files or device changed since)"
+        if spec.kind == "train":
+            resumes = self._resumable(spec, folder)
+            if resumes is not None:
+                return "resumes its interrupted run" if resumes else (
+                    "starts afresh (its interrupted run had other settings)"
+                )  # fmt: skip
         if spec.kind in ("train", "optimize"):
             return "resumes its interrupted run (starts afresh if its settings changed)"
         return "runs again (its earlier run did not finish)"
+
+    def _resumable(self, spec: StrategySpec, folder: Path) -> bool | None:
+        """Whether an interrupted training run continues; None where only running tells (a
+        prompt another strategy refines first)."""
+        from tunelab.training.run import can_resume, default_training_strategy
+        from tunelab.training.search import same_search
+
+        try:
+            settings = self.train_settings(spec)
+            strategy = self._strategy_of(spec, default=default_training_strategy(spec.name))
+        except (TuneLabError, KeyError):
+            return None
+        model = self.experiment.model
+        if spec.search:
+            return same_search(folder, settings, self.data, strategy, model, spec.search)
+        return can_resume(folder, settings, self.data, strategy, model)
 
     def prompt_file_hashes(self, spec: StrategySpec) -> dict[str, str]:
         """The contents of every prompt file the strategy's prompt is read from (its own, and
@@ -278,7 +323,8 @@ class ExperimentRunner:
             "prompt": self._prompt, "optimize": self._optimize, "train": self._train,
             "rerun": self._rerun,
         }  # fmt: skip
-        result = kind_runner[spec.kind](spec, folder)
+        with writing_parts_of(self.out):
+            result = kind_runner[spec.kind](spec, folder)
         result.update(
             name=spec.name,
             kind=spec.kind,

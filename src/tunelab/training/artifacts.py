@@ -135,7 +135,7 @@ def run_retriever(run_dir: Path, meta: dict, prefer: str = "auto") -> tuple[str,
 
 def write_trained_inputs(run_dir: Path, rows) -> None:
     """Hashes of the inputs the run learns from (its training rows and the shots shown with
-    them), so a later evaluation can tell which test rows it has seen."""
+    them, task prefix included), so a later evaluation can tell which test rows it has seen."""
     from tunelab.data.stats import input_hash
 
     hashes = sorted({input_hash(row.input) for row in rows})

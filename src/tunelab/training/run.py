@@ -136,7 +136,7 @@ def train_run(
     # rank 0 writes to it (a slower rank would otherwise find rank 0's fresh claim and refuse).
     distributed.barrier()
     if main:
-        learned = data.shot_pool() if strategy.shots else data.train  # inputs as given
+        learned = data.shot_pool(settings.task_prefix) if strategy.shots else train  # as seen
         _start_run_dir(run_dir, config, start, learned)
     distributed.barrier()  # the run folder exists before any other rank touches it
     if console:

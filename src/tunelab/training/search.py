@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tunelab.errors import TuneLabError
 from tunelab.paths import write_json_atomic
-from tunelab.runs import check_request, claim, remove_run
+from tunelab.runs import check_request, claim, remove_run, writing_parts_of
 from tunelab.training.config import TrainSettings, config_changes
 
 STUDY = "tunelab"
@@ -287,7 +287,8 @@ def run_search(
         import torch
 
         # a trial that fails (diverged, out of memory) is recorded and the search goes on
-        study.optimize(objective, n_trials=todo, catch=(TuneLabError, torch.OutOfMemoryError))
+        with writing_parts_of(out):
+            study.optimize(objective, n_trials=todo, catch=(TuneLabError, torch.OutOfMemoryError))
     return _finish(study, optuna, settings, data, strategy, out, final_eval, placement, began)
 
 
