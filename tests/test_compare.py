@@ -504,8 +504,8 @@ def test_the_plan_says_which_strategies_are_reused_and_which_run_again(tiny_expe
     tiny_experiment.write_text(text + "  - {name: zero, prompt: {system: Be brief.}}\n")
     done = run_compare(tiny_experiment, "--out", out, "--only", "base", "--only", "zero")
     assert done.exit_code == 0, done.output
-    runs.claim(out / "lora", "train")  # an interrupted training run's folder
-    (out / "lora" / "config.json").write_text("{}")
+    runs.claim(out / "lora", "train")  # an interrupted training run's folder, half written
+    (out / "lora" / "config.json").write_text("")
     runs.claim(out / "refined", "eval")  # the folder of a strategy that changed kind
     (out / "mine").mkdir()  # a strategy folder holding someone else's files
     (out / "mine" / "notes.txt").write_text("mine")
@@ -518,9 +518,12 @@ def test_the_plan_says_which_strategies_are_reused_and_which_run_again(tiny_expe
     assert planned.exit_code == 0, planned.output
     assert "reused, finished and current: base" in said
     assert "zero: runs again (its settings, data, prompt files or device changed since)" in said
-    assert "lora: starts afresh (its interrupted run had other settings)" in said
-    assert "refined: starts afresh: its folder holds a run of another kind (eval), replaced" in said
+    assert "lora: starts afresh (its earlier run had other settings or none)" in said
+    assert "refined: starts afresh: its folder holds a run of another kind (eval)" in said
     assert "mine: new, beside the files already in its folder" in said
+    ran = run_compare(tiny_experiment, "--out", out, "--only", "refined", "--only", "mine")
+    assert ran.exit_code == 0, ran.output  # the eval folder of refined replaced by its search
+    assert runs.is_run(out / "refined", "optimize") and (out / "mine" / "notes.txt").exists()
 
 
 def test_the_plan_counts_the_shot_pool_and_says_when_no_strategy_uses_it(

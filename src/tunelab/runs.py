@@ -36,7 +36,7 @@ State = Literal["new", "existing"]
 # inside another, since replacing or removing the outer one would take it along.
 PARTS: dict[str, tuple[str, frozenset[str]]] = {
     "compare": ("", frozenset({"eval", "train", "optimize", "search"})),
-    "search": ("trials", frozenset({"train"})),
+    "search": ("trials", frozenset({"train"})),  # training.search.TRIALS_DIR
 }
 _WRITING_PARTS_OF: ContextVar[tuple[Path, ...]] = ContextVar("writing_parts_of", default=())
 

@@ -84,9 +84,9 @@ def compare_command(
     data = load_experiment_data(experiment)
     check_metrics(experiment, data)
     check_votes(experiment, data)
-    check_constraints(experiment, data)
     warn(label_warnings(data.labels, data.test))
     specs = _selected(experiment, only)
+    check_constraints(experiment, data, specs)
     if not plan:
         claim(out_dir, "compare")
         write_json_atomic(out_dir / "experiment.json", experiment_record(experiment, data))

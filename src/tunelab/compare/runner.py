@@ -82,15 +82,17 @@ def check_votes(experiment: Experiment, data: TrainData) -> None:
             raise TuneLabError(f"{spec.name}: {err}") from None
 
 
-def check_constraints(experiment: Experiment, data: TrainData) -> None:
+def check_constraints(experiment: Experiment, data: TrainData, specs: list) -> None:
     """A constraint shapes generated answers: a strategy whose answers are scored by label
     is refused before any strategy runs, naming it (not when its turn comes)."""
-    for spec in experiment.strategies:
+    for spec in specs:
         prompt = known_prompt(experiment, spec)
-        value = spec.constrain[0] if spec.constrain else prompt.constrain if prompt else None
+        if prompt is None:  # a refined prompt may reason first: told when it runs
+            continue
+        value = spec.constrain[0] if spec.constrain else prompt.constrain
         if value is None:
             continue
-        modes = resolve_modes(experiment.eval.mode, data.labels, bool(prompt and prompt.cot))
+        modes = resolve_modes(experiment.eval.mode, data.labels, prompt.cot)
         if "generate" not in modes:
             raise TuneLabError(
                 f"{spec.name}: constrain applies to generated answers, and this experiment "
@@ -263,39 +265,39 @@ class ExperimentRunner:
             if spec.kind == "train":  # train_run refuses a folder it did not write
                 return f"refused: {folder} holds files TuneLab did not write; move them away"
             return "new, beside the files already in its folder"
-        strays = nested_runs(folder)
-        if strays:
-            return f"refused: its folder holds another run, {strays[0]}; move that run out"
+        strays = nested_runs(folder)  # they stop only a removal of the folder
+        refused = (
+            f"refused: its folder holds another run, {strays[0]}; move it out" if strays else ""
+        )
         if marker["kind"] != _FOLDER_KIND["search" if spec.search else spec.kind]:
             other = marker["kind"]
-            return f"starts afresh: its folder holds a run of another kind ({other}), replaced"
+            return refused or f"starts afresh: its folder holds a run of another kind ({other})"
+        resumes = self._resumable(spec, folder) if spec.kind == "train" else None
+        if resumes is False:
+            return refused or "starts afresh (its earlier run had other settings or none)"
         if finished_result(folder):
             return "runs again (its settings, data, prompt files or device changed since)"
-        if spec.kind == "train":
-            resumes = self._resumable(spec, folder)
-            if resumes is not None:
-                return "resumes its interrupted run" if resumes else (
-                    "starts afresh (its interrupted run had other settings)"
-                )  # fmt: skip
+        if resumes:
+            return "resumes its interrupted run"
         if spec.kind in ("train", "optimize"):
             return "resumes its interrupted run (starts afresh if its settings changed)"
         return "runs again (its earlier run did not finish)"
 
     def _resumable(self, spec: StrategySpec, folder: Path) -> bool | None:
         """Whether an interrupted training run continues; None where only running tells (a
-        prompt another strategy refines first)."""
+        prompt another strategy refines first, a folder that cannot be read now)."""
         from tunelab.training.run import can_resume, default_training_strategy
         from tunelab.training.search import same_search
 
         try:
             settings = self.train_settings(spec)
             strategy = self._strategy_of(spec, default=default_training_strategy(spec.name))
-        except (TuneLabError, KeyError):
+            model = self.experiment.model
+            if spec.search:
+                return same_search(folder, settings, self.data, strategy, model, spec.search)
+            return can_resume(folder, settings, self.data, strategy, model)
+        except (TuneLabError, KeyError, ValueError, OSError, AttributeError, TypeError):
             return None
-        model = self.experiment.model
-        if spec.search:
-            return same_search(folder, settings, self.data, strategy, model, spec.search)
-        return can_resume(folder, settings, self.data, strategy, model)
 
     def prompt_file_hashes(self, spec: StrategySpec) -> dict[str, str]:
         """The contents of every prompt file the strategy's prompt is read from (its own, and
@@ -316,7 +318,6 @@ class ExperimentRunner:
             return done
         # as read now, before hours of training: a file edited meanwhile makes it stale
         key, prompt_files = self.spec_key(spec), self.prompt_file_hashes(spec)
-        _clear_stale(folder, "search" if spec.search else spec.kind)
         reset_peak_memory()
         began = time.perf_counter()
         kind_runner = {
@@ -324,6 +325,7 @@ class ExperimentRunner:
             "rerun": self._rerun,
         }  # fmt: skip
         with writing_parts_of(self.out):
+            _clear_stale(folder, "search" if spec.search else spec.kind)
             result = kind_runner[spec.kind](spec, folder)
         result.update(
             name=spec.name,

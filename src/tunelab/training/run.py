@@ -490,7 +490,11 @@ def _check_run_dir(run_dir: Path, config: dict, *, resume: bool, overwrite: bool
         raise TuneLabError(f"{run_dir}: this run already finished; nothing to resume")
     if not stored.is_file():  # stopped before its settings were written: start afresh
         return StartPoint(folder, overwrite=True)
-    _check_same_config(json.loads(stored.read_text(encoding="utf-8")), config, run_dir)
+    try:
+        before = json.loads(stored.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise TuneLabError(f"{stored}: unreadable ({err}); start again with --overwrite") from None
+    _check_same_config(before, config, run_dir)
     saved = artifacts.has_adapter(run_dir) and (run_dir / artifacts.SUMMARY_FILE).is_file()
     checkpoint = latest_checkpoint(run_dir / artifacts.CHECKPOINTS_DIR)
     return StartPoint(folder, resume=True, checkpoint=checkpoint, adapter_saved=saved)
@@ -507,7 +511,7 @@ def can_resume(
     config = _run_config(settings, data, strategy, portable_model_name(base_model))
     try:
         _check_same_config(json.loads(stored.read_text(encoding="utf-8")), config, run_dir)
-    except TuneLabError:
+    except (TuneLabError, OSError, ValueError, AttributeError, TypeError):  # or unreadable
         return False
     return True
 

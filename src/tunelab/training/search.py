@@ -511,8 +511,11 @@ def same_search(out: Path, settings, data, strategy, base_model, search) -> bool
     if not is_run(out, "search") or not stored.is_file():
         return False
     config = _config(settings, data, strategy, base_model, search, resolve_space(settings, search))
-    before = json.loads(stored.read_text(encoding="utf-8"))
-    return not config_changes(before, config, [k for k in config if k != "search"])
+    try:
+        before = json.loads(stored.read_text(encoding="utf-8"))
+        return not config_changes(before, config, [k for k in config if k != "search"])
+    except (OSError, ValueError, AttributeError, TypeError):  # unreadable: start afresh
+        return False
 
 
 def _check_folder(out: Path, config: dict, *, resume: bool, overwrite: bool) -> None:
