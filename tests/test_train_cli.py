@@ -50,6 +50,16 @@ def test_train_then_eval_adapter_applies_the_task_prefix(
     # these test rows are training rows: the score is not a held-out one, and eval says so
     said = " ".join(result.output.split())
     assert f"4 of the 4 test rows ({test} lines 1, 2, 3, 4) have inputs {out} learned" in said
+    # a trained run keeps its labels: --test alone is enough, with the same answers
+    alone = run("eval", "--test", test, "--input", "text", "--output", "label", "--adapter", out,
+                "--out", tmp_path / "alone", "--show", 0)  # fmt: skip
+    assert alone.exit_code == 0, alone.output
+    again = [
+        json.loads(x) for x in (tmp_path / "alone" / "predictions.jsonl").read_text().splitlines()
+    ]
+    assert [r["prediction"] for r in again] == [r["prediction"] for r in rows]
+    refused = run("eval", "--test", test, "--input", "text", "--output", "label")
+    assert refused.exit_code == 1 and "--data is needed" in refused.output
     fresh = write_jsonl([{"text": "never seen before", "label": "login"}], "fresh.jsonl")
     result = run(
         "eval", *common, "--test", fresh, "--adapter", out, "--out", evaluated, "--show", 0

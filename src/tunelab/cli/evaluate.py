@@ -49,7 +49,11 @@ from tunelab.yaml_files import read_yaml
 
 
 def eval_command(
-    data: Path = typer.Option(..., help="Training data (shots, label set); split if no --test."),
+    data: Path | None = typer.Option(
+        None,
+        help="Training data (shots, label set); split if no --test. Needed unless --adapter "
+        "and --test are given (the run keeps its labels and its shot pool).",
+    ),
     test: Path | None = typer.Option(None, help="Held-out test file."),
     input_field: str | None = typer.Option(None, "--input", help="Input field/column."),
     output_field: str | None = typer.Option(None, "--output", help="Output field/column."),
@@ -126,9 +130,11 @@ def eval_command(
         value = constraint_value(constrain, format_schema=schema, format_regex=format_regex)
         strategy = validate_strategy(strategy.model_dump() | {"constrain": value}, "--")
     Constraint.of(strategy.constrain)  # a grammar that cannot compile stops here, not later
-    train_set = load_dataset(data, input_field, output_field)
+    _check_data_given(data, test, adapter, trained, strategy)
+    train_set = load_dataset(data or test, input_field, output_field)  # fields as in --data
     if test:
-        train, held_out = train_set.examples, load_dataset(test, input_field, output_field).examples
+        held_out = load_dataset(test, input_field, output_field).examples
+        train = train_set.examples if data else []
     else:
         train, held_out = split_examples(train_set.examples, 0.2, seed=seed)
     every_test_row = held_out  # the stored pool is filtered against all, whatever --limit
@@ -140,7 +146,7 @@ def eval_command(
         label_set = resolve_labels(labels, train)
     warn(label_warnings(label_set, held_out))
     if adapter:
-        source = test or data
+        source = test or data  # the file the test rows were read from
         warn(_trained_rows_warning(adapter, held_out, source, trained.get("task_prefix")))
     if shot_pool:
         train = train + _usable_pool_rows(shot_pool, strategy, trained, train_set, train,
@@ -228,6 +234,23 @@ def eval_command(
     _print_result(result, strategy, show)
     warn(inputs_cut_warning(result.extra.get("inputs_cut", [])))
     console.print(f"run folder: {run_dir}")
+
+
+def _check_data_given(data, test, adapter, trained: dict, strategy: PromptStrategy) -> None:
+    """--data may be left out only where nothing is read from it: a trained run (its labels)
+    evaluated on --test, whose shots, if any, come from the pool it stores."""
+    if data is not None:
+        return
+    if adapter is None or test is None:
+        raise TuneLabError(
+            "--data is needed: the shots and the label set come from it (only --adapter RUN "
+            "with --test FILE may go without)"
+        )
+    if strategy.shots and not trained.get("shot_pool"):
+        raise TuneLabError(
+            f"--data is needed: the prompt shows {strategy.shots} shots, and {adapter} keeps "
+            "no shot pool of its own"
+        )
 
 
 def _trained_run_meta(adapter: Path | None) -> dict:
