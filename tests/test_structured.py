@@ -277,7 +277,7 @@ def test_constraint_mistakes_in_experiment_and_strategy_files(tmp_path):
     for strategies, message in (
         ("- {name: z, prompt: {}, constrain: []}", "at least one value"),
         ("- {name: z, prompt: {}, constrain: 5}", r"z\)\.constrain: use json, schema"),
-        ("- {name: z, prompt: {}, constrain: [json, json]}", "listed twice"),
+        ("- {name: z, prompt: {}, constrain: [json, json]}", r"constrain\[1\]: the same .* twice"),
         ("- {name: z, prompt: {cot: true}, constrain: [none, json]}", "chain of thought"),
         ("- {name: z, prompt: {}, constrain: schema}", "no format schema is set"),
         ("- {name: t, train: {method: lora}}\n  - {name: r, run_from: t, prompt_from: t}",

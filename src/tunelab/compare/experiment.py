@@ -527,9 +527,13 @@ def _with_constraints_expanded(
                 )
             except TuneLabError as err:
                 raise _error_at(path, raw, (*loc, j) if listed else loc, str(err)) from None
-        chosen = [v for v in values if v is not _OWN]
-        if len({json.dumps(v, sort_keys=True) for v in chosen}) < len(chosen):
-            raise _error_at(path, raw, loc, "the same constraint is listed twice")
+        seen: set[str] = set()
+        for j, value in enumerate(values):
+            key = json.dumps(value, sort_keys=True) if value is not _OWN else f"own-{j}"
+            if key in seen:
+                where = (*loc, j) if listed else loc
+                raise _error_at(path, raw, where, "the same constraint is listed twice")
+            seen.add(key)
         for entry in extra:
             try:
                 value = _stored_constraint(entry, schema, experiment.eval, path)
