@@ -315,6 +315,20 @@ def test_a_clearly_worse_cheap_strategy_is_not_recommended():
     assert rec.runner_up is None  # the data tell them apart: no "cannot tell" sentence
 
 
+def test_a_pick_the_data_cannot_separate_from_the_runner_up_is_called_tentative():
+    rng = random.Random(3)
+    lora = [rng.uniform(0.3, 0.9) for _ in range(100)]
+    prompt = [x - 0.02 + rng.uniform(-0.4, 0.4) for x in lora]  # a bit worse, very noisy
+    rows, rec = board({
+        "lora": (lora, {"trainable": 100, "seconds": 60, "method": "lora"}),
+        "prompt": (prompt, {}),
+    })  # fmt: skip
+    assert [r.name for r in rec.equivalent] == ["lora"] and rec.runner_up.name == "prompt"
+    text = " ".join(rec.text("rouge_l").split())
+    assert "This test set cannot tell the best from prompt" in text
+    assert "lora is the pick, a tentative one: it is not shown better than prompt either" in text
+
+
 def test_an_equivalent_cheaper_strategy_is_recommended_and_both_costs_are_named():
     rng = random.Random(1)
     lora = [rng.uniform(0.3, 0.9) for _ in range(400)]

@@ -228,10 +228,13 @@ class Recommendation:
             lines.append(_undecided(self.runner_up, self.rows_needed))
         adapt, serve = self.cheapest_to_adapt, self.cheapest_to_serve
         if len(self.equivalent) == 1:
+            undecided = self.runner_up is not None and self.rows_needed is not None
             lines.append(
                 f"No other strategy is shown to be as good (paired interval containing 0 and "
-                f"at most {self.margin:.3f} below); on this test set {best.name} is the pick."
-            )
+                f"at most {self.margin:.3f} below); on this test set {best.name} is the pick"
+                + (f", a tentative one: it is not shown better than {self.runner_up.name} "
+                   "either." if undecided else ".")
+            )  # fmt: skip
         elif self.prefer or adapt.name == serve.name:
             chosen = self.pick
             reading = {
