@@ -227,3 +227,19 @@ def test_python_dash_m_tunelab_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "tunelab", "--version"], capture_output=True,
                           text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0 and done.stdout.startswith("tunelab ")
+
+
+def test_the_resume_hint_names_only_the_flags_missing_and_never_resume_with_overwrite():
+    from tunelab.cli.output import resume_hint
+
+    def hint(**flags):
+        return resume_hint("runs/x", **{"out_given": False, "resumed": False} | flags)
+
+    assert hint(overwrite=False) == "continue with the same command plus --out runs/x --resume"
+    assert hint(out_given=True, overwrite=False) == "continue with the same command plus --resume"
+    assert hint(out_given=True, resumed=True, overwrite=False) == (
+        "continue by running the same command again"
+    )
+    assert hint(out_given=True, overwrite=True) == (
+        "continue with the same command without --overwrite plus --resume"
+    )

@@ -8,7 +8,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tunelab.cli.common import choice, device_option, dtype_option
-from tunelab.cli.output import console
+from tunelab.cli.output import console, resume_hint
 from tunelab.data import load_dataset, split_examples
 from tunelab.data.loading import load_like
 from tunelab.data.stats import looks_like_classification, resolve_labels
@@ -144,10 +144,8 @@ def optimize_command(
     if result.stop_reason == "interrupted":
         _write_summary(run_dir, result, metric, None, cache)
         _print_best(result, metric)
-        console.print(
-            f"[yellow]interrupted[/]: everything scored so far is in {run_dir}; continue with "
-            f"the same command plus --out {run_dir} --resume"
-        )
+        hint = resume_hint(run_dir, out_given=out is not None, resumed=resume, overwrite=overwrite)
+        console.print(f"[yellow]interrupted[/]: everything scored so far is in {run_dir}; {hint}")
         raise typer.Exit(130)
     console.print(f"scoring the start and the best prompt on {len(splits.test)} test rows ...")
     strategies = {"start": start, "best": result.best.parts.to_strategy(f"{start.name}-optimized")}

@@ -28,3 +28,13 @@ def inputs_cut_warning(lines: list[int] | None) -> list[str]:
         f"{len(lines)} inputs were longer than the model's context and were cut to fit, keeping "
         f"their start (lines {first_lines(lines)})"
     ]
+
+
+def resume_hint(run_dir, *, out_given: bool, resumed: bool, overwrite: bool) -> str:
+    """How to continue an interrupted run: the flags its command still lacks, and never
+    --resume beside --overwrite (they exclude each other)."""
+    missing = ([] if out_given else [f"--out {run_dir}"]) + ([] if resumed else ["--resume"])
+    text = "continue with the same command" + (" without --overwrite" if overwrite else "")
+    if missing:
+        return f"{text} plus {' '.join(missing)}"
+    return text if overwrite else "continue by running the same command again"

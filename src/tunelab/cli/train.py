@@ -10,7 +10,7 @@ from rich.table import Table
 
 from tunelab import distributed
 from tunelab.cli.common import device_option, dtype_option, settings_option
-from tunelab.cli.output import console, inputs_cut_warning, warn
+from tunelab.cli.output import console, inputs_cut_warning, resume_hint, warn
 from tunelab.data.stats import label_warnings
 from tunelab.errors import TuneLabError
 from tunelab.evaluation.metrics import is_json_task
@@ -186,7 +186,8 @@ def train_command(
     run_dir = out or default_run_dir(settings.method)
     _print_plan(settings, train_data, run_dir)
     if search or search_space:
-        _search(settings, train_data, strategy, model, run_dir, search, search_space,
+        hint = resume_hint(run_dir, out_given=out is not None, resumed=resume, overwrite=overwrite)
+        _search(settings, train_data, strategy, model, run_dir, search, search_space, hint,
                 resume=resume, overwrite=overwrite, placement=placement)  # fmt: skip
         return
     try:
@@ -203,16 +204,14 @@ def train_command(
             placement=placement,
         )
     except KeyboardInterrupt:
-        console.print(
-            f"\n[yellow]interrupted[/]; continue with the same command plus "
-            f"--out {run_dir} --resume"
-        )
+        hint = resume_hint(run_dir, out_given=out is not None, resumed=resume, overwrite=overwrite)
+        console.print(f"\n[yellow]interrupted[/]; {hint}")
         raise typer.Exit(130) from None
     _print_outcome(outcome)
     warn(inputs_cut_warning(outcome.final.extra.get("inputs_cut", [])))
 
 
-def _search(settings, data, strategy, model, run_dir, trials, space_file, **kwargs) -> None:
+def _search(settings, data, strategy, model, run_dir, trials, space_file, hint, **kwargs) -> None:
     from tunelab.training.search import SearchSettings, run_search
 
     if not trials:
@@ -235,10 +234,7 @@ def _search(settings, data, strategy, model, run_dir, trials, space_file, **kwar
         outcome = run_search(settings, data, strategy, model, run_dir, search, console=console,
                              **kwargs)  # fmt: skip
     except KeyboardInterrupt:
-        console.print(
-            f"\n[yellow]interrupted[/]; continue with the same command plus --out {run_dir} "
-            "--resume (finished trials are kept)"
-        )
+        console.print(f"\n[yellow]interrupted[/]; {hint} (finished trials are kept)")
         raise typer.Exit(130) from None
     _print_search(outcome)
 
