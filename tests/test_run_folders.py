@@ -183,8 +183,10 @@ def test_train_refuses_user_folders_files_and_overwrite_of_them(
     train, test = files
     args = ["train", "--data", train, "--input", "text", "--output", "label", "--model",
             tiny_model_dir, "--method", "lora", "--epochs", 1, "--batch-size", 4]  # fmt: skip
-    for extra in ([], ["--overwrite"], ["--resume"]):
-        one_error_line(run(*args, "--out", user_folder, *extra))
+    for extra in ([], ["--overwrite"], ["--resume"], ["--search", 2]):
+        result = run(*args, "--out", user_folder, *extra)
+        one_error_line(result)
+        assert " → " not in result.output  # refused before the data is read and the plan shown
         assert_untouched(user_folder)
     a_file = tmp_path / "file.txt"
     a_file.write_text("keep")

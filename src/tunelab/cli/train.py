@@ -22,6 +22,7 @@ from tunelab.prompting import PromptStrategy, load_strategy
 from tunelab.prompting.shot_pool import SHOT_POOL_HELP, shot_pool_line
 from tunelab.prompting.shots import check_retriever_use
 from tunelab.prompting.strategy import validate_strategy
+from tunelab.runs import check_request
 from tunelab.training.config import (
     TrainSettings,
     check_training_prompt,
@@ -164,6 +165,9 @@ def train_command(
     )
     if resume and out is None:
         raise TuneLabError("--resume needs --out RUN_DIR (the folder of the interrupted run)")
+    if out is not None:  # a folder that is not ours stops here, before the data is read
+        kind = "search" if search or search_space else "train"
+        check_request(out, kind, resume=resume, overwrite=overwrite)
     train_data = load_train_data(
         data, input_field, output_field, labels, dev=dev, dev_size=dev_size, test=test,
         seed=seed, shot_pool=shot_pool, embedder=embedder_choice(embedder),
