@@ -100,7 +100,9 @@ def search_setup(
     dev_rows = int(options.dev_rows) if options.dev_rows >= 1 else options.dev_rows
     if dev_rows >= len(train):
         raise TuneLabError(
-            f"dev rows {options.dev_rows:g}: the training data has {len(train)} rows"
+            f"dev rows {options.dev_rows:g}: the training data has {len(train)} rows; carve "
+            f"fewer (--dev-rows, or dev_rows: in an experiment): a count below {len(train)} "
+            "or a share such as 0.3"
         )
     splits = optimization_splits(train, test, dev_rows, seed=seed, stratify=labels is not None)
     if extra_shot_rows:
