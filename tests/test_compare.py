@@ -568,7 +568,9 @@ def test_a_constraint_on_label_scoring_is_refused_before_anything_runs(tiny_expe
     tiny_experiment.write_text(text)
     refused = run_compare(tiny_experiment, "--out", tmp_path / "x")
     assert refused.exit_code == 1
-    assert "base: constrain applies to generated answers" in " ".join(refused.output.split())
+    assert "base: constrained decoding applies to generated answers" in " ".join(
+        refused.output.split()
+    )
     assert not (tmp_path / "x").exists()
     tiny_experiment.write_text(
         text.replace(

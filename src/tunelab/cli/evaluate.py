@@ -16,6 +16,7 @@ from tunelab.errors import TuneLabError
 from tunelab.evaluation.runner import (
     EvalResult,
     EvalSettings,
+    check_constraint,
     check_vote,
     config_record,
     evaluate,
@@ -181,7 +182,8 @@ def eval_command(
         embedder=embedder,
     )
     modes = resolve_modes(settings.mode, label_set, strategy.cot)
-    check_vote(strategy, modes, label_set)  # before the model loads
+    check_constraint(strategy, modes)  # before the model loads
+    check_vote(strategy, modes, label_set)
     passes = len(modes)
     templates = None
     if consistency or paraphrases:

@@ -22,6 +22,7 @@ from tunelab.evaluation.metrics import JSON_METRICS, is_json_task
 from tunelab.evaluation.runner import (
     EvalResult,
     EvalSettings,
+    check_constraint,
     check_vote,
     evaluate,
     resolve_modes,
@@ -71,34 +72,34 @@ def check_strategy_prompt(spec: StrategySpec, settings, strategy: PromptStrategy
 def check_votes(experiment: Experiment, data: TrainData) -> None:
     """A strategy with a neighbour vote is scored by label (tunelab.evaluation.runner
     check_vote): refused before any strategy runs, naming it, where its prompt is known."""
-    for spec in experiment.strategies:
-        prompt = known_prompt(experiment, spec)
-        if prompt is None or not prompt.knn_weight:
-            continue
-        try:
-            modes = resolve_modes(experiment.eval.mode, data.labels, prompt.cot)
-            check_vote(prompt, modes, data.labels)
-        except TuneLabError as err:
-            raise TuneLabError(f"{spec.name}: {err}") from None
+    _check_known_prompts(
+        experiment, data, experiment.strategies, lambda prompt: prompt.knn_weight, check_vote
+    )
 
 
 def check_constraints(experiment: Experiment, data: TrainData, specs: list) -> None:
-    """A constraint shapes generated answers: a strategy whose answers are scored by label
-    is refused before any strategy runs, naming it (not when its turn comes)."""
+    """A constraint shapes generated answers (check_constraint): a strategy whose answers are
+    scored by label is refused before any strategy runs, naming it (not when its turn comes)."""
+    _check_known_prompts(
+        experiment, data, specs, lambda prompt: prompt.constrain is not None,
+        lambda prompt, modes, _labels: check_constraint(prompt, modes),
+    )  # fmt: skip
+
+
+def _check_known_prompts(experiment: Experiment, data: TrainData, specs, applies, check) -> None:
+    """``check(prompt, modes, labels)`` for each of ``specs`` whose prompt the experiment
+    states (with the strategy's own constrain) and ``applies`` to; a refusal names it. A
+    prompt a search refines first is checked when it runs."""
     for spec in specs:
         prompt = known_prompt(experiment, spec)
-        if prompt is None:  # a refined prompt may reason first: told when it runs
+        if prompt is not None and spec.constrain:
+            prompt = prompt.model_copy(update={"constrain": spec.constrain[0]})
+        if prompt is None or not applies(prompt):
             continue
-        value = spec.constrain[0] if spec.constrain else prompt.constrain
-        if value is None:
-            continue
-        modes = resolve_modes(experiment.eval.mode, data.labels, prompt.cot)
-        if "generate" not in modes:
-            raise TuneLabError(
-                f"{spec.name}: constrain applies to generated answers, and this experiment "
-                f"scores labels (eval.mode {experiment.eval.mode}); set eval.mode: generate "
-                "(or both), or drop the constraint"
-            )
+        try:
+            check(prompt, resolve_modes(experiment.eval.mode, data.labels, prompt.cot), data.labels)
+        except TuneLabError as err:
+            raise TuneLabError(f"{spec.name}: {err}") from None
 
 
 def check_metrics(experiment: Experiment, data: TrainData) -> None:

@@ -160,11 +160,7 @@ def _predict(
         raise TuneLabError("the label set is empty")
     modes = resolve_modes(settings.mode, labels, strategy.cot)
     check_classifier(model, labels, modes)
-    if strategy.constrain is not None and "generate" not in modes:
-        raise TuneLabError(
-            "constrained decoding applies to generated answers, and this evaluation scores "
-            "labels; use --mode generate (mode: generate) or drop the constraint"
-        )
+    check_constraint(strategy, modes)
     check_vote(strategy, modes, labels)
     settings = with_constraint(settings, strategy)
     clock = _PhaseClock()
@@ -248,6 +244,16 @@ def _score_rows(rows: list[dict], modes: list[str], labels, settings: EvalSettin
                 {name: values[index] for name, values in per_example.items()}
             )
     return scores
+
+
+def check_constraint(strategy: PromptStrategy, modes: list[str]) -> None:
+    """A constraint shapes generated answers; label scoring generates none. Callers that can
+    check it before any model loads do (``modes`` from :func:`resolve_modes`)."""
+    if strategy.constrain is not None and "generate" not in modes:
+        raise TuneLabError(
+            "constrained decoding applies to generated answers, and this evaluation scores "
+            "labels; use --mode generate (mode: generate) or drop the constraint"
+        )
 
 
 def check_vote(strategy: PromptStrategy, modes: list[str], labels: list[str] | None) -> None:
