@@ -133,9 +133,10 @@ def eval_command(
     Constraint.of(strategy.constrain)  # a grammar that cannot compile stops here, not later
     _check_data_given(data, test, adapter, trained, strategy)
     train_set = load_dataset(data or test, input_field, output_field)  # fields as in --data
-    if test:
-        held_out = load_dataset(test, input_field, output_field).examples
-        train = train_set.examples if data else []
+    if data is None:  # --adapter and --test alone: what was read are the test rows
+        train, held_out = [], train_set.examples
+    elif test:
+        train, held_out = train_set.examples, load_dataset(test, input_field, output_field).examples
     else:
         train, held_out = split_examples(train_set.examples, 0.2, seed=seed)
     every_test_row = held_out  # the stored pool is filtered against all, whatever --limit
